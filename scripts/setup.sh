@@ -5,7 +5,7 @@
 # Idempotent: a second run only checks what is already there.
 set -euo pipefail
 
-CONSUL_VERSION="${CONSUL_VERSION:-v1.20.2}"
+CONSUL_VERSION="${CONSUL_VERSION:-v1.20.1}"
 CACHE_DIR="${SUCCESSOVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/successover}"
 BIN_DIR="$CACHE_DIR/bin"
 CONSUL_BIN="$BIN_DIR/consul-${CONSUL_VERSION}"
@@ -69,6 +69,8 @@ GOSRC
     (
         cd "$work"
         export GOFLAGS="-mod=mod -buildvcs=false"
+        # Only the module proxy is reachable; never fall back to VCS.
+        export GOPROXY="${GOPROXY_OVERRIDE:-https://proxy.golang.org}"
         go mod tidy -e >/dev/null 2>"$work/tidy.log" || true
         go get "github.com/hashicorp/consul@${CONSUL_VERSION}" 2>>"$work/tidy.log"
         go build -trimpath -ldflags "-s -w" -o "$CONSUL_BIN.tmp" github.com/hashicorp/consul

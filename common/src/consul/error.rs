@@ -1,0 +1,78 @@
+use std::time::Duration;
+
+/// Every error names the request (`op`, e.g. "kv put") and what it was about
+/// (`target`, usually the key), so a log line says which key failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("{op} {target}: cannot reach Consul at {addr}")]
+    Unreachable {
+        op: &'static str,
+        target: String,
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{op} {target}: no answer from Consul within {timeout:?}")]
+    Timeout {
+        op: &'static str,
+        target: String,
+        timeout: Duration,
+    },
+    #[error("{op} {target}: Consul answered {status}: {body}")]
+    Status {
+        op: &'static str,
+        target: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{op} {target}: unexpected response from Consul")]
+    Decode {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A renew answered 404: the session expired or was destroyed, and every
+    /// lock it held is gone with it.
+    #[error("session {id} no longer exists")]
+    SessionGone { id: String },
+    #[error("Consul client configuration: {what}")]
+    Config {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl ConsulError {
+    pub(crate) fn config(what: impl Into<String>) -> Self {
+        ConsulError::Config {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// HTTP status of an error answer, if Consul answered at all.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ConsulError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when the request certainly was not applied and can be sent again
+    /// unchanged: the connection was never made, Consul has no leader, or it
+    /// shed load. A timeout or a reset mid-request is not in this set: the
+    /// write may have been committed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConsulError::Unreachable { source, .. } => source.is_connect(),
+            ConsulError::Status { status, body, .. } => {
+                *status == 429
+                    || *status == 503
+                    || (*status == 500 && body.contains("No cluster leader"))
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Async Consul HTTP client: KV (with CAS, recurse, keys), blocking queries,
+//! sessions and locks, and `/v1/txn`.
+//!
+//! Only the subset successover needs, but each part follows Consul's
+//! documented rules (blocking-query index handling, 404 on session renew,
+//! `X-Consul-Token` never logged).
+
+mod config;
+mod error;
+mod kv;
+mod session;
+mod txn;
+mod watch;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+
+pub use config::{ConsulConfig, TlsFiles, Token};
+pub use error::ConsulError;
+pub use kv::KvPair;
+pub use session::{keep_alive, SessionBehavior, SessionInfo, SessionRequest};
+pub use txn::{TxnError, TxnOp, TxnOutcome};
+pub use watch::{backoff_delay, next_index, Watch};
+
+/// A cheap-to-clone handle; clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct Consul {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    cfg: ConsulConfig,
+}
+
+/// The parts of a Consul answer the callers need.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub index: Option<u64>,
+    pub body: Vec<u8>,
+}
+
+impl Consul {
+    pub fn new(cfg: ConsulConfig) -> Result<Self, ConsulError> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &cfg.token {
+            let mut value = HeaderValue::from_str(token.expose())
+                .map_err(|_| ConsulError::config("ACL token contains invalid characters"))?;
+            // Keeps the token out of reqwest/hyper debug output.
+            value.set_sensitive(true);
+            headers.insert("X-Consul-Token", value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(ca) = &cfg.tls.ca_file {
+            let pem = read_file(ca, "CA certificate")?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ConsulError::Config {
+                what: format!("CA certificate {} is not valid PEM", ca.display()),
+                source: Some(Box::new(e)),
+            })?;
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert);
+        }
+        match (&cfg.tls.client_cert, &cfg.tls.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read_file(cert, "client certificate")?;
+                pem.push(b'\n');
+                pem.extend(read_file(key, "client key")?);
+                let identity =
+                    reqwest::Identity::from_pem(&pem).map_err(|e| ConsulError::Config {
+                        what: format!(
+                            "client certificate {} / key {} are not a valid PEM pair",
+                            cert.display(),
+                            key.display()
+                        ),
+                        source: Some(Box::new(e)),
+                    })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConsulError::config(
+                    "a client certificate needs both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY",
+                ))
+            }
+        }
+        let http = builder.build().map_err(|e| ConsulError::Config {
+            what: "cannot build the HTTP client".to_owned(),
+            source: Some(Box::new(e)),
+        })?;
+        Ok(Consul {
+            inner: Arc::new(Inner { http, cfg }),
+        })
+    }
+
+    pub fn from_env() -> Result<Self, ConsulError> {
+        Self::new(ConsulConfig::from_env()?)
+    }
+
+    pub fn config(&self) -> &ConsulConfig {
+        &self.inner.cfg
+    }
+
+    /// The current Raft leader's address, empty while there is none.
+    pub async fn leader(&self) -> Result<String, ConsulError> {
+        let reply = self
+            .call(
+                "status leader",
+                "",
+                Method::GET,
+                "/v1/status/leader",
+                &[],
+                None,
+                None,
+            )
+            .await?;
+        let leader: String = decode("status leader", "", &reply.body)?;
+        Ok(leader)
+    }
+
+    /// Sends one request, retrying for up to `retry_for` while Consul's
+    /// answer guarantees the request was not applied.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn call(
+        &self,
+        op: &'static str,
+        target: &str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, ConsulError> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let result = self
+                .call_once(
+                    op,
+                    target,
+                    method.clone(),
+                    path,
+                    query,
+                    body.clone(),
+                    timeout,
+                )
+                .await;
+            match result {
+                Err(err) if err.is_retryable() && started.elapsed() < self.inner.cfg.retry_for => {
+                    let delay = backoff_delay(attempt);
+                    tracing::debug!(op, target, error = %err, ?delay, "retrying Consul request");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_once(
+        &self,
+        op: &'static str,
+        target: &str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, ConsulError> {
+        let cfg = &self.inner.cfg;
+        let url = format!("{}{}", cfg.addr, path);
+        let timeout = timeout.unwrap_or(cfg.request_timeout);
+        let mut req = self
+            .inner
+            .http
+            .request(method, &url)
+            .timeout(timeout)
+            .query(query);
+        if let Some(dc) = &cfg.datacenter {
+            req = req.query(&[("dc", dc)]);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let transport = |source: reqwest::Error| {
+            if source.is_timeout() {
+                ConsulError::Timeout {
+                    op,
+                    target: target.to_owned(),
+                    timeout,
+                }
+            } else {
+                ConsulError::Unreachable {
+                    op,
+                    target: target.to_owned(),
+                    addr: cfg.addr.clone(),
+                    source,
+                }
+            }
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = resp.bytes().await.map_err(transport)?.to_vec();
+        Ok(Reply {
+            status,
+            index,
+            body,
+        })
+    }
+}
+
+/// Turns a non-success reply into a typed error carrying Consul's message.
+pub(crate) fn expect_ok(
+    op: &'static str,
+    target: &str,
+    reply: Reply,
+) -> Result<Reply, ConsulError> {
+    if reply.status.is_success() {
+        Ok(reply)
+    } else {
+        Err(status_error(op, target, &reply))
+    }
+}
+
+pub(crate) fn status_error(op: &'static str, target: &str, reply: &Reply) -> ConsulError {
+    let mut body = String::from_utf8_lossy(&reply.body).trim().to_owned();
+    body.truncate(512);
+    ConsulError::Status {
+        op,
+        target: target.to_owned(),
+        status: reply.status.as_u16(),
+        body,
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    op: &'static str,
+    target: &str,
+    body: &[u8],
+) -> Result<T, ConsulError> {
+    serde_json::from_slice(body).map_err(|e| ConsulError::Decode {
+        op,
+        target: target.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, ConsulError> {
+    std::fs::read(path).map_err(|e| ConsulError::Config {
+        what: format!("cannot read {what} {}", path.display()),
+        source: Some(Box::new(e)),
+    })
+}
+
+/// Keys go into the URL path; escape what would change its meaning while
+/// keeping `/` as the hierarchy separator Consul expects.
+pub(crate) fn key_path(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 8);
+    out.push_str("/v1/kv/");
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_path_escapes_query_and_fragment_characters() {
+        assert_eq!(key_path("mysql/master/c1"), "/v1/kv/mysql/master/c1");
+        assert_eq!(key_path("a?b#c d"), "/v1/kv/a%3Fb%23c%20d");
+    }
+}
