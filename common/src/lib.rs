@@ -4,3 +4,4 @@
 
 pub mod consul;
 pub mod contract;
+pub mod secret;
