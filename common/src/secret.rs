@@ -84,7 +84,10 @@ mod tests {
             env: None,
         };
         let err = src.load("mysql password").unwrap_err();
-        assert!(err.starts_with("mysql password: cannot read /nonexistent/pw"), "{err}");
+        assert!(
+            err.starts_with("mysql password: cannot read /nonexistent/pw"),
+            "{err}"
+        );
         let src = SecretSource {
             file: None,
             env: Some("SUCCESSOVER_TEST_UNSET_VARIABLE".into()),

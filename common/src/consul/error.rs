@@ -65,6 +65,27 @@ impl ConsulError {
     /// shed load. A timeout or a reset mid-request is not in this set: the
     /// write may have been committed.
     pub fn is_retryable(&self) -> bool {
+        self.is_retryable_when(false)
+    }
+
+    /// Like [`ConsulError::is_retryable`]; with `idempotent`, also errors
+    /// that leave the outcome unknown (a reset connection, a timeout, a
+    /// forwarding RPC cut by a leader change): sending a plain put, a read,
+    /// a lock acquire by the same session or a renew twice is harmless.
+    pub fn is_retryable_when(&self, idempotent: bool) -> bool {
+        if idempotent {
+            match self {
+                ConsulError::Unreachable { .. } | ConsulError::Timeout { .. } => return true,
+                ConsulError::Status { status, body, .. }
+                    if (*status == 500
+                        && (body.contains("rpc error") || body.contains("leadership lost")))
+                        || matches!(*status, 502 | 504) =>
+                {
+                    return true
+                }
+                _ => {}
+            }
+        }
         match self {
             ConsulError::Unreachable { source, .. } => source.is_connect(),
             ConsulError::Status { status, body, .. } => {

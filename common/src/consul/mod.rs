@@ -25,6 +25,20 @@ pub use session::{keep_alive, SessionBehavior, SessionInfo, SessionRequest};
 pub use txn::{TxnError, TxnOp, TxnOutcome};
 pub use watch::{backoff_delay, next_index, Watch};
 
+/// Writes that may be sent twice without harm, so they are retried even
+/// when the first attempt's outcome is unknown. CAS, txn and session create
+/// are not among them: a repeated CAS can report a false conflict, and a
+/// repeated create leaks a session.
+const IDEMPOTENT_OPS: &[&str] = &[
+    "kv put",
+    "kv delete",
+    "kv delete recurse",
+    "kv acquire",
+    "kv release",
+    "session renew",
+    "session destroy",
+];
+
 /// A cheap-to-clone handle; clones share one connection pool.
 #[derive(Clone, Debug)]
 pub struct Consul {
@@ -138,6 +152,7 @@ impl Consul {
         body: Option<Vec<u8>>,
         timeout: Option<Duration>,
     ) -> Result<Reply, ConsulError> {
+        let idempotent = method == Method::GET || IDEMPOTENT_OPS.contains(&op);
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -152,15 +167,22 @@ impl Consul {
                     timeout,
                 )
                 .await;
-            match result {
-                Err(err) if err.is_retryable() && started.elapsed() < self.inner.cfg.retry_for => {
-                    let delay = backoff_delay(attempt);
-                    tracing::debug!(op, target, error = %err, ?delay, "retrying Consul request");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
+            // Error statuses come back as replies (404 and 409 are answers
+            // the callers interpret); 5xx and 429 are judged as errors here.
+            let retryable = match &result {
+                Ok(reply) if reply.status.is_server_error() || reply.status.as_u16() == 429 => {
+                    status_error(op, target, reply).is_retryable_when(idempotent)
                 }
-                other => return other,
+                Ok(_) => false,
+                Err(err) => err.is_retryable_when(idempotent),
+            };
+            if !retryable || started.elapsed() >= self.inner.cfg.retry_for {
+                return result;
             }
+            let delay = backoff_delay(attempt);
+            tracing::debug!(op, target, ?delay, "retrying Consul request");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
         }
     }
 

@@ -1,0 +1,149 @@
+//! Finding the external programs the tests drive.
+//!
+//! A missing program panics with what to install: in CI a missing component
+//! must fail the run, never turn into a silently skipped test.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const SETUP_HINT: &str = "run scripts/setup.sh, which installs every component the tests need";
+
+/// `consul`: `$SUCCESSOVER_CONSUL`, else the binary `scripts/setup.sh` builds
+/// into its cache (`$SUCCESSOVER_CACHE` or `~/.cache/successover`, `bin/consul`),
+/// else `PATH`.
+pub fn consul() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let cached = cache_dir().join("bin/consul");
+        find(
+            "consul",
+            "SUCCESSOVER_CONSUL",
+            &[cached],
+            "run scripts/setup.sh, which builds Consul into ~/.cache/successover/bin/consul",
+        )
+    })
+}
+
+/// `mariadbd`, the MariaDB server.
+pub fn mariadbd() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        find(
+            "mariadbd",
+            "SUCCESSOVER_MARIADBD",
+            &[PathBuf::from("/usr/sbin/mariadbd")],
+            "apt-get install mariadb-server (or run scripts/setup.sh)",
+        )
+    })
+}
+
+/// `mariadb-install-db`, which creates a fresh datadir.
+pub fn mariadb_install_db() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        find(
+            "mariadb-install-db",
+            "SUCCESSOVER_MARIADB_INSTALL_DB",
+            &[PathBuf::from("/usr/bin/mariadb-install-db")],
+            "apt-get install mariadb-server (or run scripts/setup.sh)",
+        )
+    })
+}
+
+/// `haproxy`.
+pub fn haproxy() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        find(
+            "haproxy",
+            "SUCCESSOVER_HAPROXY",
+            &[PathBuf::from("/usr/sbin/haproxy")],
+            "apt-get install haproxy (or run scripts/setup.sh)",
+        )
+    })
+}
+
+/// `ip` from iproute2, for the network-namespace hosts.
+pub fn ip() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        find(
+            "ip",
+            "SUCCESSOVER_IP",
+            &[PathBuf::from("/usr/sbin/ip"), PathBuf::from("/sbin/ip")],
+            "apt-get install iproute2 (or run scripts/setup.sh)",
+        )
+    })
+}
+
+/// `socat`, a handy listener and client for network tests.
+pub fn socat() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        find(
+            "socat",
+            "SUCCESSOVER_SOCAT",
+            &[PathBuf::from("/usr/bin/socat")],
+            "apt-get install socat (or run scripts/setup.sh)",
+        )
+    })
+}
+
+/// The cache directory `scripts/setup.sh` uses; the harness keeps its
+/// MariaDB datadir template there too.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SUCCESSOVER_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::env::temp_dir().join("successover-cache"));
+    base.join("successover")
+}
+
+fn find(name: &str, env_var: &str, candidates: &[PathBuf], install: &str) -> PathBuf {
+    if let Some(explicit) = std::env::var_os(env_var) {
+        let path = PathBuf::from(explicit);
+        assert!(
+            is_executable(&path),
+            "{env_var}={} is not an executable file; unset it or point it at `{name}`: {SETUP_HINT}",
+            path.display()
+        );
+        return path;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    // Root's PATH has the sbin directories, other users' often does not.
+    let sbin = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(|d| Path::new(d).join(name));
+    candidates
+        .iter()
+        .cloned()
+        .chain(on_path)
+        .chain(sbin)
+        .find(|p| is_executable(p))
+        .unwrap_or_else(|| {
+            panic!(
+                "the successover tests need `{name}`, which was not found \
+                 (looked at ${env_var}, {}, PATH and the sbin directories): {install}",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    // metadata() follows symlinks, so a dangling cache symlink counts as missing.
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}

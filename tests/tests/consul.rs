@@ -1,0 +1,320 @@
+//! The Consul client against a real Consul: locks, blocking queries, txn
+//! guarded by a session, and riding out a leader change.
+
+use std::time::Duration;
+
+use successover_common::consul::{
+    keep_alive, Consul, ConsulConfig, ConsulError, SessionBehavior, SessionRequest, TxnOp,
+    TxnOutcome, Watch,
+};
+use successover_tests::consul::{ConsulCluster, ConsulDev};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+/// One dev agent for the whole binary; each test uses its own key prefix.
+static DEV: OnceCell<ConsulDev> = OnceCell::const_new();
+
+async fn dev() -> &'static ConsulDev {
+    DEV.get_or_init(|| async { ConsulDev::start().await }).await
+}
+
+async fn client() -> Consul {
+    Consul::new(ConsulConfig::new(dev().await.http_addr())).unwrap()
+}
+
+fn session_req(name: &str, lock_delay: Duration) -> SessionRequest {
+    let mut req = SessionRequest::new(name, Duration::from_secs(10));
+    req.lock_delay = lock_delay;
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_roundtrip_cas_keys_and_delete() {
+    let c = client().await;
+    let p = "t-kv/";
+    assert_eq!(c.kv_get(&format!("{p}missing")).await.unwrap(), None);
+    c.kv_put(&format!("{p}a"), "1").await.unwrap();
+    c.kv_put(&format!("{p}dir/b"), "2").await.unwrap();
+    let a = c.kv_get(&format!("{p}a")).await.unwrap().unwrap();
+    assert_eq!(a.value_str(), Some("1"));
+
+    // CAS with a stale index loses; with the current one wins.
+    assert!(!c
+        .kv_cas(&format!("{p}a"), "x", a.modify_index + 1000)
+        .await
+        .unwrap());
+    assert!(c
+        .kv_cas(&format!("{p}a"), "3", a.modify_index)
+        .await
+        .unwrap());
+    assert!(
+        !c.kv_cas(&format!("{p}a"), "y", 0).await.unwrap(),
+        "cas 0 = create only"
+    );
+    assert_eq!(
+        c.kv_get(&format!("{p}a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value_str(),
+        Some("3")
+    );
+
+    let all = c.kv_get_recurse(p).await.unwrap();
+    let keys: Vec<_> = all.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, vec!["t-kv/a", "t-kv/dir/b"]);
+    let top = c.kv_keys(p, Some("/")).await.unwrap();
+    assert_eq!(top, vec!["t-kv/a".to_owned(), "t-kv/dir/".to_owned()]);
+
+    c.kv_delete(&format!("{p}a")).await.unwrap();
+    assert_eq!(c.kv_get(&format!("{p}a")).await.unwrap(), None);
+    c.kv_delete_recurse(p).await.unwrap();
+    assert!(c.kv_get_recurse(p).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_clients_race_for_a_lock_and_the_loser_takes_over() {
+    let (a, b) = (client().await, client().await);
+    let key = "t-lock/c1";
+    let sa = a
+        .session_create(&session_req("a", Duration::ZERO))
+        .await
+        .unwrap();
+    let sb = b
+        .session_create(&session_req("b", Duration::ZERO))
+        .await
+        .unwrap();
+
+    let (ra, rb) = tokio::join!(a.kv_acquire(key, "a", &sa), b.kv_acquire(key, "b", &sb));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra ^ rb, "exactly one must win: a={ra} b={rb}");
+    let (winner, w_sess, loser, l_sess) = if ra {
+        (&a, &sa, &b, &sb)
+    } else {
+        (&b, &sb, &a, &sa)
+    };
+    assert!(!loser.kv_acquire(key, "again", l_sess).await.unwrap());
+    let held = winner.kv_get(key).await.unwrap().unwrap();
+    assert_eq!(held.session.as_deref(), Some(w_sess.as_str()));
+
+    winner.session_destroy(w_sess).await.unwrap();
+    assert!(matches!(
+        winner.session_renew(w_sess).await,
+        Err(ConsulError::SessionGone { .. })
+    ));
+    assert!(
+        loser.kv_acquire(key, "took over", l_sess).await.unwrap(),
+        "the lock must be free once the holder's session is destroyed"
+    );
+    assert!(loser.kv_release(key, "released", l_sess).await.unwrap());
+    assert_eq!(loser.kv_get(key).await.unwrap().unwrap().session, None);
+    loser.session_destroy(l_sess).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_session_frees_its_lock() {
+    let (a, b) = (client().await, client().await);
+    let key = "t-expire/c1";
+    // Consul's minimum TTL; it invalidates somewhere between TTL and 2×TTL.
+    let sa = a
+        .session_create(&session_req("a", Duration::ZERO))
+        .await
+        .unwrap();
+    let sb = b
+        .session_create(&session_req("b", Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(a.kv_acquire(key, "a", &sa).await.unwrap());
+
+    // b keeps its own session alive while a's runs out.
+    let cancel = CancellationToken::new();
+    let keeper = {
+        let (b, sb, cancel) = (b.clone(), sb.clone(), cancel.clone());
+        tokio::spawn(async move { keep_alive(&b, &sb, Duration::from_secs(10), &cancel).await })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        if b.kv_acquire(key, "b", &sb).await.unwrap() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's session never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(matches!(
+        a.session_renew(&sa).await,
+        Err(ConsulError::SessionGone { .. })
+    ));
+    cancel.cancel();
+    keeper
+        .await
+        .unwrap()
+        .expect("b's session must have stayed alive");
+    b.session_destroy(&sb).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_session_with_delete_behavior_removes_its_keys() {
+    let c = client().await;
+    let mut req = session_req("reporter", Duration::ZERO);
+    req.behavior = SessionBehavior::Delete;
+    let s = c.session_create(&req).await.unwrap();
+    assert!(c.kv_acquire("t-del/report", "{}", &s).await.unwrap());
+    let info = c.session_info(&s).await.unwrap().unwrap();
+    assert_eq!(info.behavior, SessionBehavior::Delete);
+    c.session_destroy(&s).await.unwrap();
+    assert_eq!(c.kv_get("t-del/report").await.unwrap(), None);
+    assert!(c.session_info(&s).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocking_query_wakes_on_a_key_and_on_a_prefix_change() {
+    let c = client().await;
+    c.kv_put("t-watch/c1", "db1:3306").await.unwrap();
+    let mut key_watch = Watch::prefix(c.clone(), "t-watch/c1").with_wait(Duration::from_secs(30));
+    let mut prefix_watch = Watch::prefix(c.clone(), "t-watch/").with_wait(Duration::from_secs(30));
+    assert_eq!(
+        key_watch.next().await.unwrap()[0].value_str(),
+        Some("db1:3306")
+    );
+    assert_eq!(prefix_watch.next().await.unwrap().len(), 1);
+
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.kv_put("t-watch/c1", "db2:3306").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.kv_put("t-watch/c2", "db9:3306").await.unwrap();
+        })
+    };
+    let started = std::time::Instant::now();
+    let changed = tokio::time::timeout(Duration::from_secs(10), key_watch.next())
+        .await
+        .expect("key watch did not wake")
+        .unwrap();
+    assert_eq!(changed[0].value_str(), Some("db2:3306"));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "woke by timeout, not by the change"
+    );
+    // The prefix watch sees the first change, then the new key.
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|kv: &successover_common::consul::KvPair| kv.key == "t-watch/c2")
+    {
+        seen = tokio::time::timeout(Duration::from_secs(10), prefix_watch.next())
+            .await
+            .expect("prefix watch did not wake")
+            .unwrap();
+    }
+    assert_eq!(seen.len(), 2);
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_txn_guarded_by_check_session_rolls_back_once_the_session_is_gone() {
+    let c = client().await;
+    let lock = "t-txn/lock/c1";
+    let s = c
+        .session_create(&session_req("coord", Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(c.kv_acquire(lock, "coord", &s).await.unwrap());
+
+    let guarded = |value: &'static str| {
+        vec![
+            TxnOp::check_session(lock, s.clone()),
+            TxnOp::set("t-txn/master/c1", value),
+            TxnOp::set("t-txn/master/c1/port", "3306"),
+            TxnOp::delete("t-txn/master/c1/failed"),
+        ]
+    };
+    c.kv_put("t-txn/master/c1/failed", "fenced").await.unwrap();
+    let outcome = c.txn(&guarded("db1:3306")).await.unwrap();
+    assert!(outcome.is_committed(), "{outcome:?}");
+    assert_eq!(
+        c.kv_get("t-txn/master/c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .value_str(),
+        Some("db1:3306")
+    );
+    assert_eq!(c.kv_get("t-txn/master/c1/failed").await.unwrap(), None);
+
+    c.kv_put("t-txn/master/c1/failed", "fenced again")
+        .await
+        .unwrap();
+    c.session_destroy(&s).await.unwrap();
+    match c.txn(&guarded("db2:3306")).await.unwrap() {
+        TxnOutcome::RolledBack(errors) => {
+            assert_eq!(errors[0].op_index, 0, "{errors:?}");
+        }
+        other => panic!("expected a rollback, got {other:?}"),
+    }
+    // Nothing of the rolled-back txn was applied.
+    assert_eq!(
+        c.kv_get("t-txn/master/c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .value_str(),
+        Some("db1:3306")
+    );
+    assert_eq!(
+        c.kv_get("t-txn/master/c1/failed")
+            .await
+            .unwrap()
+            .unwrap()
+            .value_str(),
+        Some("fenced again")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_the_request_and_key() {
+    // Nothing listens on port 1: the error must say what was attempted.
+    let mut cfg = ConsulConfig::new("http://127.0.0.1:1");
+    cfg.retry_for = Duration::from_millis(300);
+    let c = Consul::new(cfg).unwrap();
+    let err = c.kv_get("mysql/master/c1").await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("kv get") && text.contains("mysql/master/c1"),
+        "{text}"
+    );
+    assert!(!err.is_retryable() || matches!(err, ConsulError::Unreachable { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_rides_out_a_leader_stop_in_a_three_server_cluster() {
+    successover_tests::init_tracing();
+    let mut cluster = ConsulCluster::start(3).await;
+    let leader = cluster.leader_index().await;
+    // Clients talk to their local agent; use a server that is not the leader.
+    let follower = (leader + 1) % 3;
+    let c = Consul::new(ConsulConfig::new(&cluster.http_addrs()[follower])).unwrap();
+    c.kv_put("t-ha/before", "1").await.unwrap();
+
+    let stopped = cluster.stop_leader().await;
+    assert_eq!(stopped, leader);
+    // Issued right after the stop: the client retries until a new leader
+    // is elected instead of failing.
+    c.kv_put("t-ha/after", "2")
+        .await
+        .expect("put across a leader change");
+    assert_eq!(
+        c.kv_get("t-ha/before").await.unwrap().unwrap().value_str(),
+        Some("1")
+    );
+    let new_leader = cluster.leader_index().await;
+    assert_ne!(new_leader, stopped);
+
+    // A watch keeps working across the change too.
+    let mut w = Watch::prefix(c.clone(), "t-ha/").with_wait(Duration::from_secs(5));
+    assert_eq!(w.next().await.unwrap().len(), 2);
+}
