@@ -1,1 +1,213 @@
-fn main() {}
+//! successover-render: Consul KV → HAProxy on every proxy host.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use successover_common::consul::Consul;
+use tokio_util::sync::CancellationToken;
+
+use successover_render::config::{self, Config};
+use successover_render::engine::{self, report, Engine};
+use successover_render::metrics::{self, Metrics};
+use successover_render::template::Template;
+use successover_render::watch;
+
+/// Usage errors and bad config: nothing was started.
+const EXIT_USAGE: u8 = 2;
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "successover-render",
+    version,
+    about = "Renders HAProxy listen blocks from Consul KV and switches HAProxy without losing writes"
+)]
+struct Cli {
+    /// Config file (TOML). A missing file at the default path means defaults.
+    #[arg(short, long, env = "SUCCESSOVER_RENDER_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Render the current state, apply it, exit (0 on success).
+    #[arg(long, conflicts_with_all = ["dry_run", "check_config"])]
+    once: bool,
+
+    /// Print the config that would be written; touch nothing.
+    #[arg(long, conflicts_with = "check_config")]
+    dry_run: bool,
+
+    /// Validate the config file and the template, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    };
+    let cfg = match config::load(&path, explicit) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("successover-render: {}", report(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let template = match &cfg.template_path {
+        Some(p) => Template::from_file(p),
+        None => Ok(Template::builtin()),
+    };
+    let template = match template.and_then(|t| engine::check_template(&t, &cfg).map(|_| t)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("successover-render: {}", report(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let consul_cfg = match cfg.consul.consul_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("successover-render: {}", report(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.check_config {
+        let file = if path.exists() {
+            path.display().to_string()
+        } else {
+            format!("(none at {}, defaults)", path.display())
+        };
+        println!("config {file} OK; template {} renders", template.origin());
+        return ExitCode::SUCCESS;
+    }
+    let consul = match Consul::new(consul_cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("successover-render: {}", report(&e));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("successover-render: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async_main(cli, cfg, template, consul))
+}
+
+async fn async_main(cli: Cli, cfg: Arc<Config>, template: Template, consul: Consul) -> ExitCode {
+    let metrics = Arc::new(Metrics::default());
+    let mut engine = Engine::new(cfg.clone(), template, metrics.clone());
+
+    if cli.dry_run || cli.once {
+        let tree = match watch::fetch_once(&consul, &cfg.keys).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("reading Consul: {}", report(&e));
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        if cli.dry_run {
+            return match engine.preview(&tree) {
+                Ok(text) => {
+                    let mut out = std::io::stdout().lock();
+                    if out.write_all(text.as_bytes()).is_err() {
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("{}", report(&e));
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            };
+        }
+        return match engine.cycle(&tree).await {
+            Ok(r) => {
+                tracing::info!(
+                    written = r.written,
+                    reloaded = r.executed.reloaded,
+                    runtime_steps = r.executed.runtime_steps,
+                    "done: {}",
+                    r.plan
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(stage = e.stage(), "{}", report(&e));
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
+
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if let Some(addr) = cfg.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "serving /metrics");
+                tasks.push(tokio::spawn(metrics::serve(
+                    listener,
+                    metrics.clone(),
+                    cancel.clone(),
+                )));
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot bind the metrics listener");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
+    if cfg.haproxy.master_socket.is_none() {
+        tracing::warn!("no master_socket: after a reload, connections held by old HAProxy workers end only at hard-stop-after");
+    }
+    tasks.push(tokio::spawn(shutdown_on_signal(cancel.clone())));
+    tracing::info!(
+        prefix = cfg.keys.prefix(),
+        config = %cfg.haproxy.config.display(),
+        "watching Consul"
+    );
+    engine::run(engine, consul, cancel.clone()).await;
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing the current cycle"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing the current cycle"),
+        _ = cancel.cancelled() => {}
+    }
+    cancel.cancel();
+}

@@ -23,6 +23,7 @@ pub mod netns;
 pub mod ports;
 pub mod process;
 mod wait;
+pub mod writer;
 
 pub use consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
 pub use haproxy::HaProxy;

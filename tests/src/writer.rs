@@ -1,0 +1,151 @@
+//! A writer that goes through HAProxy like an application would and records
+//! every write the server acknowledged, so a test can prove none was lost
+//! and measure the write-unavailability windows.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts, OptsBuilder};
+use tokio_util::sync::CancellationToken;
+
+pub const SCHEMA: &str = "successover_check";
+
+/// The acknowledged writes of one run.
+#[derive(Clone, Debug, Default)]
+pub struct WriterLog {
+    /// (id, when the commit was acknowledged, relative to the start).
+    pub acked: Vec<(u64, Duration)>,
+    /// Attempts that failed (connect or commit).
+    pub failed: u64,
+    pub elapsed: Duration,
+}
+
+impl WriterLog {
+    /// Gaps between consecutive acknowledged writes longer than `min`:
+    /// (start offset, length). A switch shows up as one such window.
+    pub fn gaps(&self, min: Duration) -> Vec<(Duration, Duration)> {
+        self.acked
+            .windows(2)
+            .filter_map(|w| {
+                let gap = w[1].1.saturating_sub(w[0].1);
+                (gap >= min).then_some((w[0].1, gap))
+            })
+            .collect()
+    }
+
+    pub fn max_gap(&self) -> Duration {
+        self.acked
+            .windows(2)
+            .map(|w| w[1].1.saturating_sub(w[0].1))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// Creates the writer's table on the source (replicated to the others).
+pub async fn prepare(source_url: &str) -> anyhow::Result<()> {
+    let mut conn = Conn::new(Opts::from_url(source_url)?).await?;
+    conn.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS {SCHEMA}; \
+         CREATE TABLE IF NOT EXISTS {SCHEMA}.writes (id BIGINT PRIMARY KEY, writer INT NOT NULL, at_ms BIGINT NOT NULL) ENGINE=InnoDB"
+    ))
+    .await?;
+    conn.disconnect().await?;
+    Ok(())
+}
+
+/// Writes one row per iteration through `host:port` until `cancel` fires.
+/// A failed write is retried with a new id after reconnecting, the way an
+/// application with a connection pool would; only writes whose COMMIT
+/// returned OK count as acknowledged.
+pub async fn run(
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    writer: u32,
+    interval: Duration,
+    cancel: CancellationToken,
+) -> WriterLog {
+    let opts: Opts = OptsBuilder::default()
+        .ip_or_hostname(host)
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false)
+        .wait_timeout(Some(28800))
+        .into();
+    let start = Instant::now();
+    let mut log = WriterLog::default();
+    let mut conn: Option<Conn> = None;
+    let mut next_id = u64::from(writer) << 40;
+    while !cancel.is_cancelled() {
+        next_id += 1;
+        let id = next_id;
+        let attempt = async {
+            if conn.is_none() {
+                conn = Some(Conn::new(opts.clone()).await.context("connect")?);
+            }
+            let c = conn.as_mut().expect("connected above");
+            c.exec_drop(
+                format!("INSERT INTO {SCHEMA}.writes (id, writer, at_ms) VALUES (?, ?, ?)"),
+                (id, writer, start.elapsed().as_millis() as u64),
+            )
+            .await
+            .context("insert")?;
+            anyhow::Ok(())
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), attempt) => r,
+            _ = cancel.cancelled() => break,
+        };
+        match result {
+            Ok(Ok(())) => log.acked.push((id, start.elapsed())),
+            _ => {
+                log.failed += 1;
+                conn = None;
+                // A refused connection fails at once; don't spin on it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+    }
+    log.elapsed = start.elapsed();
+    log
+}
+
+/// The acknowledged ids missing from a server: each one a lost write.
+pub async fn missing(server_url: &str, log: &WriterLog) -> anyhow::Result<Vec<u64>> {
+    let mut conn = Conn::new(Opts::from_url(server_url)?).await?;
+    let present: Vec<u64> = conn
+        .query(format!("SELECT id FROM {SCHEMA}.writes"))
+        .await?;
+    conn.disconnect().await?;
+    let present: std::collections::HashSet<u64> = present.into_iter().collect();
+    Ok(log
+        .acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_measured_between_acknowledgements() {
+        let ms = Duration::from_millis;
+        let log = WriterLog {
+            acked: vec![(1, ms(0)), (2, ms(10)), (3, ms(700)), (4, ms(710))],
+            failed: 3,
+            elapsed: ms(720),
+        };
+        assert_eq!(log.max_gap(), ms(690));
+        assert_eq!(log.gaps(ms(100)), vec![(ms(10), ms(690))]);
+    }
+}
