@@ -5,3 +5,4 @@
 pub mod consul;
 pub mod contract;
 pub mod secret;
+pub mod telemetry;
