@@ -1,0 +1,13 @@
+//! successover agent library: the building blocks the `successover-agent`
+//! binary runs.
+
+pub mod cluster;
+pub mod config;
+pub mod decide;
+pub mod membership;
+pub mod metrics;
+pub mod mysql;
+pub mod observe;
+pub mod report;
+pub mod run;
+pub mod wake;

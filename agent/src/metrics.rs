@@ -1,0 +1,178 @@
+//! Agent metrics in the Prometheus text format.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `successover_agent_cycles_total` | counter | `role`: coordinator, member |
+//! | `successover_agent_actions_total` | counter | `action`, `outcome`: ok, error |
+//! | `successover_agent_errors_total` | counter | `stage`: mysql, consul, report, lock |
+//! | `successover_agent_self_fences_total` | counter | |
+//! | `successover_agent_sessions_lost_total` | counter | |
+//! | `successover_agent_report_writes_total` | counter | |
+//! | `successover_agent_coordinator` | gauge | 1 while this agent holds the cluster lock |
+//! | `successover_agent_mysql_up` | gauge | 1 when the local server answered this tick |
+//! | `successover_agent_last_cycle_timestamp_seconds` | gauge | |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Default)]
+struct Inner {
+    cycles: BTreeMap<&'static str, u64>,
+    actions: BTreeMap<(&'static str, &'static str), u64>,
+    errors: BTreeMap<&'static str, u64>,
+    self_fences: u64,
+    sessions_lost: u64,
+    report_writes: u64,
+    coordinator: bool,
+    mysql_up: bool,
+    last_cycle: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn cycle(&self, coordinator: bool, mysql_up: bool) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.with(|m| {
+            let role = if coordinator { "coordinator" } else { "member" };
+            *m.cycles.entry(role).or_default() += 1;
+            m.coordinator = coordinator;
+            m.mysql_up = mysql_up;
+            m.last_cycle = now;
+        });
+    }
+
+    pub fn action(&self, action: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.with(|m| *m.actions.entry((action, outcome)).or_default() += 1);
+    }
+
+    pub fn error(&self, stage: &'static str) {
+        self.with(|m| *m.errors.entry(stage).or_default() += 1);
+    }
+
+    pub fn self_fence(&self) {
+        self.with(|m| m.self_fences += 1);
+    }
+
+    pub fn session_lost(&self) {
+        self.with(|m| m.sessions_lost += 1);
+    }
+
+    pub fn report_write(&self) {
+        self.with(|m| m.report_writes += 1);
+    }
+
+    pub fn exposition(&self) -> String {
+        self.with(|m| {
+            let mut out = String::new();
+            let mut line = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                for (labels, value) in samples {
+                    let _ = writeln!(out, "{name}{labels} {value}");
+                }
+            };
+            line(
+                "successover_agent_cycles_total",
+                "counter",
+                "Agent cycles by role.",
+                m.cycles
+                    .iter()
+                    .map(|(r, v)| (format!("{{role=\"{r}\"}}"), v.to_string()))
+                    .collect(),
+            );
+            line(
+                "successover_agent_actions_total",
+                "counter",
+                "Coordinator actions by kind and outcome.",
+                m.actions
+                    .iter()
+                    .map(|((a, o), v)| {
+                        (format!("{{action=\"{a}\",outcome=\"{o}\"}}"), v.to_string())
+                    })
+                    .collect(),
+            );
+            line(
+                "successover_agent_errors_total",
+                "counter",
+                "Failures by stage.",
+                m.errors
+                    .iter()
+                    .map(|(s, v)| (format!("{{stage=\"{s}\"}}"), v.to_string()))
+                    .collect(),
+            );
+            let plain = |v: u64| vec![(String::new(), v.to_string())];
+            line(
+                "successover_agent_self_fences_total",
+                "counter",
+                "Times the local server was made read-only because it is not the published source.",
+                plain(m.self_fences),
+            );
+            line(
+                "successover_agent_sessions_lost_total",
+                "counter",
+                "Consul sessions found gone (coordinator work stopped each time).",
+                plain(m.sessions_lost),
+            );
+            line(
+                "successover_agent_report_writes_total",
+                "counter",
+                "Health report writes to Consul KV.",
+                plain(m.report_writes),
+            );
+            line(
+                "successover_agent_coordinator",
+                "gauge",
+                "1 while this agent holds the cluster's coordinator lock.",
+                plain(m.coordinator as u64),
+            );
+            line(
+                "successover_agent_mysql_up",
+                "gauge",
+                "1 when the local server answered in the last cycle.",
+                plain(m.mysql_up as u64),
+            );
+            line(
+                "successover_agent_last_cycle_timestamp_seconds",
+                "gauge",
+                "When the last cycle finished.",
+                vec![(String::new(), format!("{:.3}", m.last_cycle))],
+            );
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_each_family() {
+        let m = Metrics::default();
+        m.cycle(true, true);
+        m.action("set_read_only", true);
+        m.action("publish", false);
+        m.error("consul");
+        let text = m.exposition();
+        assert!(text.contains("successover_agent_cycles_total{role=\"coordinator\"} 1"));
+        assert!(text
+            .contains("successover_agent_actions_total{action=\"publish\",outcome=\"error\"} 1"));
+        assert!(text.contains("successover_agent_coordinator 1"));
+        assert!(text.contains("successover_agent_errors_total{stage=\"consul\"} 1"));
+    }
+}

@@ -1,0 +1,836 @@
+//! One database server, as the agent sees it: a single connection, its flavour detected when the
+//! connection opens, and typed operations each bounded by a timeout.
+//!
+//! One connection rather than a pool: the agent's load is a few statements per tick, each
+//! database host gets one connection per agent watching it, and `kill_client_connections` must
+//! know which connection is ours. A connection that fails at the I/O level or times out is
+//! thrown away; the next operation reconnects and detects the flavour again (a server may have
+//! been upgraded in between).
+
+use std::fmt;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Params, Row};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use super::dialect::{self, Dialect, InvalidInput, SemiSyncPlugins, SourceSpec};
+use super::flavor::{Flavor, FlavorError};
+use super::gtid::{GtidState, Uuid};
+use super::status::{
+    client_threads, name_values, parse_gtid_executed, BinlogStatus, ClientThread, MariaDbPositions,
+    ParseError, ReadOnly, ReplicaStatus, RowMap, SemiSyncState, ServerInfoRow,
+};
+
+/// A failed operation on a node; every variant names the node and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("connecting to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("connecting to {addr} failed")]
+    Connect {
+        addr: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    #[error("{addr} is not a server successover supports")]
+    Unsupported {
+        addr: String,
+        #[source]
+        source: FlavorError,
+    },
+    #[error("{op} on {addr} timed out after {after:?}")]
+    Timeout {
+        op: &'static str,
+        addr: String,
+        after: Duration,
+    },
+    #[error("{op} on {addr} failed")]
+    Query {
+        op: &'static str,
+        addr: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    #[error("{op} on {addr} returned an unexpected result")]
+    Parse {
+        op: &'static str,
+        addr: String,
+        #[source]
+        source: ParseError,
+    },
+    #[error("{op} on {addr} refused its input")]
+    Invalid {
+        op: &'static str,
+        addr: String,
+        #[source]
+        source: InvalidInput,
+    },
+    #[error("{op} on {addr}: the semi-sync {side} plugin is not loaded")]
+    SemiSyncUnavailable {
+        op: &'static str,
+        addr: String,
+        side: &'static str,
+    },
+    #[error("{op} on {addr}: GTIDs of the other flavour given to a {flavor} server")]
+    WrongGtidFlavour {
+        op: &'static str,
+        addr: String,
+        flavor: Flavor,
+    },
+}
+
+impl NodeError {
+    /// The MySQL error code, when the server refused a statement.
+    pub fn server_error_code(&self) -> Option<u16> {
+        match self {
+            NodeError::Query {
+                source: mysql_async::Error::Server(e),
+                ..
+            }
+            | NodeError::Connect {
+                source: mysql_async::Error::Server(e),
+                ..
+            } => Some(e.code),
+            _ => None,
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            NodeError::Timeout { .. } | NodeError::ConnectTimeout { .. }
+        )
+    }
+
+    /// The operation that failed (`"connect"` for connection failures).
+    pub fn op(&self) -> &'static str {
+        match self {
+            NodeError::ConnectTimeout { .. }
+            | NodeError::Connect { .. }
+            | NodeError::Unsupported { .. } => "connect",
+            NodeError::Timeout { op, .. }
+            | NodeError::Query { op, .. }
+            | NodeError::Parse { op, .. }
+            | NodeError::Invalid { op, .. }
+            | NodeError::SemiSyncUnavailable { op, .. }
+            | NodeError::WrongGtidFlavour { op, .. } => op,
+        }
+    }
+}
+
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;
+
+/// How to reach a node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// TCP connect, handshake and flavour detection together.
+    pub connect_timeout: Duration,
+    /// Each statement; also the server-side `lock_wait_timeout`, so a `SET GLOBAL read_only`
+    /// we gave up on does not keep queueing for the global read lock (blocking every writer)
+    /// for the server default of a day or a year.
+    pub query_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        NodeConfig {
+            host: host.into(),
+            port,
+            user: user.into(),
+            password: password.into(),
+            connect_timeout: Duration::from_secs(2),
+            query_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("query_timeout", &self.query_timeout)
+            .finish()
+    }
+}
+
+/// What the connection learnt about the server when it opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub flavor: Flavor,
+    /// `@@version` verbatim.
+    pub version_string: String,
+    pub version_comment: String,
+    pub server_id: u32,
+    /// MariaDB has none.
+    pub server_uuid: Option<Uuid>,
+    /// Our own connection, which `kill_client_connections` spares.
+    pub connection_id: u64,
+    /// Whether the session's `sql_mode` lacks `NO_BACKSLASH_ESCAPES`.
+    pub backslash_escapes: bool,
+}
+
+impl ServerInfo {
+    pub fn dialect(&self) -> Dialect {
+        self.flavor.into()
+    }
+}
+
+struct Session {
+    conn: Conn,
+    info: ServerInfo,
+}
+
+/// A database server. Operations take `&mut self`: one statement at a time on one connection.
+pub struct Node {
+    cfg: NodeConfig,
+    addr: String,
+    session: Option<Session>,
+}
+
+/// Closes a connection we no longer trust without waiting on the server. `Conn`'s own `Drop`
+/// first reads the rest of any pending result, which a frozen server never sends: that task and
+/// its socket would live forever, one more on every timed-out tick. `disconnect` marks the
+/// connection closed before it writes anything, so when the bounded wait below gives up, the
+/// socket is simply closed.
+fn discard(conn: Conn) {
+    tokio::spawn(async move {
+        let _ = timeout(Duration::from_secs(1), conn.disconnect()).await;
+    });
+}
+
+fn whole_secs_at_least_one(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+impl Node {
+    /// No I/O happens until the first operation.
+    pub fn new(cfg: NodeConfig) -> Self {
+        let addr = if cfg.host.contains(':') {
+            format!("[{}]:{}", cfg.host, cfg.port)
+        } else {
+            format!("{}:{}", cfg.host, cfg.port)
+        };
+        Node {
+            cfg,
+            addr,
+            session: None,
+        }
+    }
+
+    /// `host:port`, as errors name the node.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Connects (if not connected) and returns what was detected.
+    pub async fn server_info(&mut self) -> Result<&ServerInfo> {
+        Ok(&self.session().await?.info)
+    }
+
+    pub async fn flavor(&mut self) -> Result<Flavor> {
+        Ok(self.server_info().await?.flavor)
+    }
+
+    pub async fn version(&mut self) -> Result<super::flavor::Version> {
+        Ok(self.server_info().await?.flavor.version())
+    }
+
+    pub async fn server_id(&mut self) -> Result<u32> {
+        Ok(self.server_info().await?.server_id)
+    }
+
+    pub async fn server_uuid(&mut self) -> Result<Option<Uuid>> {
+        Ok(self.server_info().await?.server_uuid)
+    }
+
+    /// The default channel's replica status; `None` when the server is not a replica.
+    pub async fn replica_status(&mut self) -> Result<Option<ReplicaStatus>> {
+        const OP: &str = "replica_status";
+        let d = self.dialect().await?;
+        let rows = self.query_rows(OP, d.show_replica_status()).await?;
+        ReplicaStatus::parse(d, &rows).map_err(|e| self.parse_error(OP, e))
+    }
+
+    /// The current binlog file and position; `None` when binary logging is off.
+    pub async fn binary_log_status(&mut self) -> Result<Option<BinlogStatus>> {
+        const OP: &str = "binary_log_status";
+        let d = self.dialect().await?;
+        let rows = self.query_rows(OP, d.show_binary_log_status()).await?;
+        BinlogStatus::parse(&rows).map_err(|e| self.parse_error(OP, e))
+    }
+
+    /// Everything this server holds: MariaDB `@@gtid_current_pos`, MySQL `@@gtid_executed`.
+    pub async fn gtid_executed(&mut self) -> Result<GtidState> {
+        const OP: &str = "gtid_executed";
+        let d = self.dialect().await?;
+        let row = self.query_first(OP, d.gtid_executed_query()).await?;
+        parse_gtid_executed(d, &row).map_err(|e| self.parse_error(OP, e))
+    }
+
+    /// MariaDB's binlog, slave and current positions; `None` on MySQL.
+    pub async fn mariadb_gtid_positions(&mut self) -> Result<Option<MariaDbPositions>> {
+        const OP: &str = "mariadb_gtid_positions";
+        let d = self.dialect().await?;
+        if !d.is_mariadb() {
+            return Ok(None);
+        }
+        let row = self.query_first(OP, d.gtid_executed_query()).await?;
+        MariaDbPositions::parse(&row)
+            .map(Some)
+            .map_err(|e| self.parse_error(OP, e))
+    }
+
+    pub async fn read_only(&mut self) -> Result<ReadOnly> {
+        const OP: &str = "read_only";
+        let d = self.dialect().await?;
+        let row = self.query_first(OP, d.read_only_query()).await?;
+        ReadOnly::parse(d, &row).map_err(|e| self.parse_error(OP, e))
+    }
+
+    /// Read-only on: MySQL also sets `super_read_only`. Off: MySQL clears `super_read_only`
+    /// first.
+    pub async fn set_read_only(&mut self, on: bool) -> Result<()> {
+        let d = self.dialect().await?;
+        for sql in d.set_read_only(on) {
+            self.query_drop("set_read_only", sql).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn semi_sync(&mut self) -> Result<SemiSyncState> {
+        const OP: &str = "semi_sync";
+        let vars = self
+            .query_rows(OP, dialect::SHOW_SEMI_SYNC_VARIABLES)
+            .await?;
+        let status = self.query_rows(OP, dialect::SHOW_SEMI_SYNC_STATUS).await?;
+        let parsed = name_values(&vars).and_then(|v| {
+            let s = name_values(&status)?;
+            SemiSyncState::parse(&v, &s)
+        });
+        parsed.map_err(|e| self.parse_error(OP, e))
+    }
+
+    async fn semi_sync_plugins(&mut self, op: &'static str) -> Result<SemiSyncPlugins> {
+        let vars = self
+            .query_rows(op, dialect::SHOW_SEMI_SYNC_VARIABLES)
+            .await?;
+        let names = name_values(&vars).map_err(|e| self.parse_error(op, e))?;
+        Ok(SemiSyncPlugins::detect(names.keys().map(String::as_str)))
+    }
+
+    /// Enables or disables the source side. Disabling where the plugin is not loaded is a no-op
+    /// (semi-sync is off either way); enabling there is an error: loading plugins is the
+    /// deployment's job, not the agent's.
+    pub async fn set_semi_sync_source(&mut self, on: bool) -> Result<()> {
+        const OP: &str = "set_semi_sync_source";
+        match self.semi_sync_plugins(OP).await?.source {
+            Some(naming) => self.query_drop(OP, &naming.set_source_enabled(on)).await,
+            None if !on => Ok(()),
+            None => Err(NodeError::SemiSyncUnavailable {
+                op: OP,
+                addr: self.addr.clone(),
+                side: "source",
+            }),
+        }
+    }
+
+    /// Enables or disables the replica side, and restarts the IO thread when that is what it
+    /// takes: the IO thread only negotiates semi-sync when it connects, so on both flavours a
+    /// running replica keeps its old mode until restarted. A stopped IO thread stays stopped —
+    /// it may be stopped on purpose, to fence a source. Returns whether it restarted the thread.
+    pub async fn set_semi_sync_replica(&mut self, on: bool) -> Result<bool> {
+        const OP: &str = "set_semi_sync_replica";
+        let Some(naming) = self.semi_sync_plugins(OP).await?.replica else {
+            if on {
+                return Err(NodeError::SemiSyncUnavailable {
+                    op: OP,
+                    addr: self.addr.clone(),
+                    side: "replica",
+                });
+            }
+            return Ok(false);
+        };
+        self.query_drop(OP, &naming.set_replica_enabled(on)).await?;
+        let active = self
+            .replica_status()
+            .await?
+            .is_some_and(|r| r.io_thread_active());
+        if !active || self.semi_sync().await?.replica_status_on == on {
+            return Ok(false);
+        }
+        let d = self.dialect().await?;
+        self.query_drop(OP, d.stop_io_thread()).await?;
+        self.query_drop(OP, d.start_io_thread()).await?;
+        Ok(true)
+    }
+
+    /// Stops receiving from the source: once the only semi-sync replica has stopped its IO
+    /// thread, the source can collect no more ACKs and so acknowledge no more commits.
+    pub async fn stop_io_thread(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        self.query_drop("stop_io_thread", d.stop_io_thread()).await
+    }
+
+    pub async fn start_io_thread(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        self.query_drop("start_io_thread", d.start_io_thread())
+            .await
+    }
+
+    pub async fn stop_replica(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        self.query_drop("stop_replica", d.stop_replica()).await
+    }
+
+    pub async fn start_replica(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        self.query_drop("start_replica", d.start_replica()).await
+    }
+
+    /// Forgets the replication configuration entirely (the node stops being a replica).
+    pub async fn reset_replica_all(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        self.query_drop("reset_replica_all", d.reset_replica_all())
+            .await
+    }
+
+    /// Points replication at a new source with GTID auto-positioning. Stop the replica first.
+    pub async fn change_source(&mut self, spec: &SourceSpec) -> Result<()> {
+        const OP: &str = "change_source";
+        let (d, backslash_escapes) = {
+            let info = self.server_info().await?;
+            (info.dialect(), info.backslash_escapes)
+        };
+        let sql = d
+            .change_source(spec, backslash_escapes)
+            .map_err(|e| NodeError::Invalid {
+                op: OP,
+                addr: self.addr.clone(),
+                source: e,
+            })?;
+        self.query_drop(OP, &sql)
+            .await
+            .map_err(|e| redact(e, &spec.password))
+    }
+
+    /// Waits until this server has applied `target`: `true` when it has, `false` when `wait`
+    /// ran out first. MariaDB's wait compares with `gtid_slave_pos`, so it is for replicas: on
+    /// the server that wrote the transactions it never succeeds.
+    pub async fn wait_for_gtid(&mut self, target: &GtidState, wait: Duration) -> Result<bool> {
+        const OP: &str = "wait_for_gtid";
+        let info = self.server_info().await?;
+        let d = info.dialect();
+        let flavor = info.flavor;
+        if matches!(target, GtidState::MariaDb(_)) != d.is_mariadb() {
+            return Err(NodeError::WrongGtidFlavour {
+                op: OP,
+                addr: self.addr.clone(),
+                flavor,
+            });
+        }
+        if target.is_empty() {
+            return Ok(true);
+        }
+        let params = Params::Positional(vec![target.to_string().into(), d.gtid_wait_timeout(wait)]);
+        // The server-side wait ends first (MySQL rounds up to a whole second); the client-side
+        // limit only catches a server that stopped answering.
+        let limit = wait + Duration::from_secs(1) + self.cfg.query_timeout;
+        let row = self.exec_first(OP, d.gtid_wait(), params, limit).await?;
+        let value = row.at(0).flatten();
+        let reached = value
+            .map(|v| v.trim().parse::<i64>().ok())
+            .and_then(|v| d.gtid_wait_reached(v));
+        reached.ok_or_else(|| {
+            self.parse_error(
+                OP,
+                ParseError::BadValue {
+                    column: d.gtid_wait().to_owned(),
+                    value: value.unwrap_or("NULL").to_owned(),
+                },
+            )
+        })
+    }
+
+    /// Client connections: not replication or other server threads, not our own connection.
+    /// Without the PROCESS privilege the server lists only our own account's threads, so the
+    /// agent's account needs it (and CONNECTION ADMIN or SUPER to kill them).
+    pub async fn processlist_clients(&mut self) -> Result<Vec<ClientThread>> {
+        const OP: &str = "processlist_clients";
+        let own = self.session().await?.info.connection_id;
+        let rows = self.query_rows(OP, dialect::SHOW_PROCESSLIST).await?;
+        client_threads(&rows, own).map_err(|e| self.parse_error(OP, e))
+    }
+
+    /// Kills every client connection except ours and those of `except_users` (peers' agents,
+    /// say), sparing replication threads. Returns the ids it killed; connections that ended on
+    /// their own meanwhile are skipped. A client that bypasses the proxy is exactly what this
+    /// is for, so it runs after `set_read_only(true)`, not instead of it.
+    pub async fn kill_client_connections(&mut self, except_users: &[&str]) -> Result<Vec<u64>> {
+        const OP: &str = "kill_client_connections";
+        let clients = self.processlist_clients().await?;
+        let mut killed = Vec::new();
+        for c in clients {
+            if except_users.contains(&c.user.as_str()) {
+                continue;
+            }
+            match self.query_drop(OP, &dialect::kill_connection(c.id)).await {
+                Ok(()) => killed.push(c.id),
+                Err(e) if e.server_error_code() == Some(dialect::ER_NO_SUCH_THREAD) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(killed)
+    }
+
+    /// Closes the connection politely, waiting at most `connect_timeout`.
+    pub async fn close(mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = timeout(self.cfg.connect_timeout, s.conn.disconnect()).await;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+
+    async fn dialect(&mut self) -> Result<Dialect> {
+        Ok(self.server_info().await?.dialect())
+    }
+
+    async fn session(&mut self) -> Result<&mut Session> {
+        let s = match self.session.take() {
+            Some(s) => s,
+            None => self.open().await?,
+        };
+        Ok(self.session.insert(s))
+    }
+
+    async fn open(&self) -> Result<Session> {
+        let deadline = Instant::now() + self.cfg.connect_timeout;
+        let connect_timeout = || NodeError::ConnectTimeout {
+            addr: self.addr.clone(),
+            after: self.cfg.connect_timeout,
+        };
+        let connect_error = |e| NodeError::Connect {
+            addr: self.addr.clone(),
+            source: e,
+        };
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(self.cfg.host.clone())
+            .tcp_port(self.cfg.port)
+            .user(Some(self.cfg.user.clone()))
+            .pass(Some(self.cfg.password.clone()))
+            // mysql_async would otherwise switch a loopback TCP connection to the server's unix
+            // socket, and the agent must see the server the way peers see it.
+            .prefer_socket(false)
+            .tcp_keepalive(Some(10_000u32))
+            .stmt_cache_size(8);
+        let mut conn = timeout_at(deadline, Conn::new(opts))
+            .await
+            .map_err(|_| connect_timeout())?
+            .map_err(connect_error)?;
+
+        let setup = format!(
+            "SET SESSION lock_wait_timeout = {}",
+            whole_secs_at_least_one(self.cfg.query_timeout)
+        );
+        let detected = timeout_at(deadline, async {
+            conn.query_drop(setup).await?;
+            let rows: Vec<Row> = conn.query(dialect::SERVER_INFO).await?;
+            Ok::<_, mysql_async::Error>(rows)
+        })
+        .await;
+        let rows = match detected {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                discard(conn);
+                return Err(connect_error(e));
+            }
+            Err(_) => {
+                discard(conn);
+                return Err(connect_timeout());
+            }
+        };
+        let parsed = rows
+            .first()
+            .map(RowMap::from_row)
+            .ok_or(ParseError::NoRow)
+            .and_then(|r| ServerInfoRow::parse(&r));
+        let row = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                discard(conn);
+                return Err(NodeError::Parse {
+                    op: "connect",
+                    addr: self.addr.clone(),
+                    source: e,
+                });
+            }
+        };
+        let flavor = match Flavor::detect(&row.version, &row.version_comment) {
+            Ok(f) => f,
+            Err(e) => {
+                discard(conn);
+                return Err(NodeError::Unsupported {
+                    addr: self.addr.clone(),
+                    source: e,
+                });
+            }
+        };
+        let mut info = ServerInfo {
+            flavor,
+            version_string: row.version,
+            version_comment: row.version_comment,
+            server_id: row.server_id,
+            server_uuid: None,
+            connection_id: row.connection_id,
+            backslash_escapes: dialect::backslash_escapes(&row.sql_mode),
+        };
+        if let Some(q) = info.dialect().server_uuid_query() {
+            let uuid = match timeout_at(deadline, conn.query_first::<String, _>(q)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    discard(conn);
+                    return Err(connect_error(e));
+                }
+                Err(_) => {
+                    discard(conn);
+                    return Err(connect_timeout());
+                }
+            };
+            match uuid.as_deref().map(Uuid::parse) {
+                Some(Ok(u)) => info.server_uuid = Some(u),
+                Some(Err(e)) => {
+                    discard(conn);
+                    return Err(NodeError::Parse {
+                        op: "connect",
+                        addr: self.addr.clone(),
+                        source: ParseError::Gtid {
+                            column: "@@server_uuid".into(),
+                            source: e,
+                        },
+                    });
+                }
+                None => {}
+            }
+        }
+        tracing::debug!(node = %self.addr, flavor = %info.flavor, server_id = info.server_id, "connected");
+        Ok(Session { conn, info })
+    }
+
+    /// Turns a timed, fallible driver call into our result, dropping the connection when it can
+    /// no longer be trusted: after a timeout (a reply may still be on its way) or an I/O or
+    /// protocol error. A server error (the statement was refused) leaves it usable.
+    fn settle<T>(
+        &mut self,
+        op: &'static str,
+        limit: Duration,
+        res: std::result::Result<
+            std::result::Result<T, mysql_async::Error>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Result<T> {
+        match res {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_fatal() {
+                    self.drop_session();
+                }
+                Err(NodeError::Query {
+                    op,
+                    addr: self.addr.clone(),
+                    source: e,
+                })
+            }
+            Err(_) => {
+                self.drop_session();
+                Err(NodeError::Timeout {
+                    op,
+                    addr: self.addr.clone(),
+                    after: limit,
+                })
+            }
+        }
+    }
+
+    fn drop_session(&mut self) {
+        if let Some(s) = self.session.take() {
+            discard(s.conn);
+        }
+    }
+
+    fn parse_error(&self, op: &'static str, e: ParseError) -> NodeError {
+        NodeError::Parse {
+            op,
+            addr: self.addr.clone(),
+            source: e,
+        }
+    }
+
+    async fn query_rows(&mut self, op: &'static str, sql: &str) -> Result<Vec<RowMap>> {
+        let limit = self.cfg.query_timeout;
+        let s = self.session().await?;
+        let res = timeout(limit, s.conn.query::<Row, _>(sql)).await;
+        let rows = self.settle(op, limit, res)?;
+        Ok(rows.iter().map(RowMap::from_row).collect())
+    }
+
+    async fn query_first(&mut self, op: &'static str, sql: &str) -> Result<RowMap> {
+        let rows = self.query_rows(op, sql).await?;
+        match rows.into_iter().next() {
+            Some(r) => Ok(r),
+            None => Err(self.parse_error(op, ParseError::NoRow)),
+        }
+    }
+
+    async fn query_drop(&mut self, op: &'static str, sql: &str) -> Result<()> {
+        let limit = self.cfg.query_timeout;
+        let s = self.session().await?;
+        let res = timeout(limit, s.conn.query_drop(sql)).await;
+        self.settle(op, limit, res)
+    }
+
+    async fn exec_first(
+        &mut self,
+        op: &'static str,
+        sql: &str,
+        params: Params,
+        limit: Duration,
+    ) -> Result<RowMap> {
+        let s = self.session().await?;
+        let res = timeout(limit, s.conn.exec_first::<Row, _, _>(sql, params)).await;
+        match self.settle(op, limit, res)? {
+            Some(row) => Ok(RowMap::from_row(&row)),
+            None => Err(self.parse_error(op, ParseError::NoRow)),
+        }
+    }
+}
+
+/// A server error about `CHANGE … TO` may quote the statement, password included (a syntax
+/// error quotes the text near the problem); errors get logged and written to KV.
+fn redact(e: NodeError, password: &str) -> NodeError {
+    match e {
+        NodeError::Query {
+            op,
+            addr,
+            source: mysql_async::Error::Server(mut se),
+        } if !password.is_empty() && se.message.contains(password) => {
+            se.message = se.message.replace(password, "<redacted>");
+            NodeError::Query {
+                op,
+                addr,
+                source: mysql_async::Error::Server(se),
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_hides_password() {
+        let cfg = NodeConfig::new("db1", 3306, "agent", "hunter2");
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn addr_formats_ipv6() {
+        assert_eq!(
+            Node::new(NodeConfig::new("db1", 3306, "a", "")).addr(),
+            "db1:3306"
+        );
+        assert_eq!(
+            Node::new(NodeConfig::new("fd00::1", 3307, "a", "")).addr(),
+            "[fd00::1]:3307"
+        );
+    }
+
+    #[test]
+    fn server_errors_are_redacted() {
+        let e = NodeError::Query {
+            op: "change_source",
+            addr: "db1:3306".into(),
+            source: mysql_async::Error::Server(mysql_async::ServerError {
+                code: 1064,
+                message: "You have an error in your SQL syntax near 's3cret', MASTER_USE_GTID"
+                    .into(),
+                state: "42000".into(),
+            }),
+        };
+        let e = redact(e, "s3cret");
+        let text = format!("{:?}", e);
+        assert!(
+            !text.contains("s3cret") && text.contains("<redacted>"),
+            "{text}"
+        );
+        assert_eq!(e.server_error_code(), Some(1064));
+        assert_eq!(e.op(), "change_source");
+    }
+
+    #[test]
+    fn lock_wait_timeout_rounds_up() {
+        assert_eq!(whole_secs_at_least_one(Duration::from_millis(1)), 1);
+        assert_eq!(whole_secs_at_least_one(Duration::ZERO), 1);
+        assert_eq!(whole_secs_at_least_one(Duration::from_millis(5000)), 5);
+        assert_eq!(whole_secs_at_least_one(Duration::from_millis(5001)), 6);
+    }
+
+    #[tokio::test]
+    async fn connect_refused_is_a_typed_error() {
+        // A port nothing listens on: bind, learn the port, close.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut node = Node::new(NodeConfig::new("127.0.0.1", port, "agent", "x"));
+        let err = node.read_only().await.unwrap_err();
+        assert!(matches!(err, NodeError::Connect { .. }), "{err:?}");
+        assert_eq!(err.op(), "connect");
+        assert!(!node.is_connected());
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        // Accepts TCP but never sends the handshake, like a SIGSTOPped mysqld.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let mut cfg = NodeConfig::new("127.0.0.1", port, "agent", "x");
+        cfg.connect_timeout = Duration::from_millis(200);
+        let mut node = Node::new(cfg);
+        let started = Instant::now();
+        let err = node.replica_status().await.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        hold.abort();
+    }
+}
