@@ -190,7 +190,10 @@ impl Agent {
         let decision = decide(&view);
         let mut reason = decision.reason.clone();
         if !decision.actions.is_empty() {
-            let failures = self.execute(&decision.actions).await;
+            let mut failures = self.execute(&decision.actions).await;
+            if let Some(e) = self.release_waiting_commits(&decision.actions, &view).await {
+                failures.push(e);
+            }
             if !failures.is_empty() {
                 reason = format!("{reason}; failed: {}", failures.join("; "));
             }
@@ -501,6 +504,41 @@ impl Agent {
             }
         }
         failures
+    }
+
+    /// After a replica got the semi-sync flag (or its IO thread was
+    /// restarted into semi-sync mode), commits already waiting on the source
+    /// need a later transaction for that replica to acknowledge; without
+    /// it, a writer stuck behind a dead semi-sync replica stays stuck.
+    async fn release_waiting_commits(
+        &mut self,
+        actions: &[Action],
+        view: &ClusterView,
+    ) -> Option<String> {
+        let moved = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::SetSemiSyncReplica { enabled: true, .. } | Action::RestartIoThread { .. }
+            )
+        });
+        if !moved {
+            return None;
+        }
+        let source = view
+            .published
+            .as_ref()
+            .and_then(|p| view.nodes.iter().find(|n| same_addr(&n.addr, p)))
+            .filter(|n| n.reachable)?
+            .name
+            .clone();
+        let node = self.node_mut(&source)?;
+        match node.write_heartbeat().await {
+            Ok(()) => None,
+            Err(e) => {
+                self.metrics.error("mysql");
+                Some(format!("heartbeat write on {source}: {e}"))
+            }
+        }
     }
 
     /// Publishes `master` (+ `/hostname`, `/port`) in one txn that only

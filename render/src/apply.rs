@@ -161,6 +161,9 @@ pub enum ReloadReason {
     /// First apply after start with a changed file: what the running
     /// HAProxy binds is unknown.
     FirstApply,
+    /// The config file or template was reloaded (SIGHUP) and the rendered
+    /// file changed: only a reload makes HAProxy serve what it now says.
+    Reconfigured,
 }
 
 impl fmt::Display for ReloadReason {
@@ -174,6 +177,7 @@ impl fmt::Display for ReloadReason {
             ReloadReason::NoRuntimeAddress(c) => write!(f, "{c} has no runtime address"),
             ReloadReason::Unresolved(c) => write!(f, "{c} source resolved by the reload"),
             ReloadReason::FirstApply => f.write_str("first apply since start"),
+            ReloadReason::Reconfigured => f.write_str("renderer config or template reloaded"),
         }
     }
 }

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, ApiError, ApplyPlan, Executed, Haproxy, Observed, Target};
-use crate::config::Config;
+use crate::apply::{self, ApiError, ApplyPlan, Executed, Haproxy, Observed, ReloadReason, Target};
+use crate::config::{Config, WatchConfig};
 use crate::metrics::Metrics;
 use crate::model::{self, Built, Model, Tree};
 use crate::template::{Template, TemplateError};
@@ -66,6 +66,14 @@ pub struct CycleReport {
     pub written: bool,
     pub plan: ApplyPlan,
     pub executed: Executed,
+    /// A cluster waits for its proxy port to be free: look again later.
+    pub held_back: bool,
+}
+
+/// A config file and template re-read on SIGHUP, for [`Engine::reconfigure`].
+pub struct Reconfig {
+    pub cfg: Config,
+    pub template: Template,
 }
 
 pub struct Engine {
@@ -83,35 +91,120 @@ pub struct Engine {
     written_since_apply: bool,
     /// Rejections already logged at warn level.
     reported: BTreeSet<String>,
+    /// A new config or template was swapped in since the last apply.
+    reconfigured: bool,
+}
+
+fn validator(cfg: &Config) -> Validator {
+    Validator {
+        binary: cfg.haproxy.binary.clone(),
+        timeout: cfg.haproxy.check_timeout,
+    }
+}
+
+fn haproxy(cfg: &Config) -> Haproxy {
+    let h = &cfg.haproxy;
+    Haproxy {
+        admin_socket: h.admin_socket.clone(),
+        master_socket: h.master_socket.clone(),
+        reload: h.reload.clone(),
+        command_timeout: h.command_timeout,
+        reload_timeout: h.reload_timeout,
+    }
+}
+
+/// The directory `haproxy -c` runs the rendered file from: the live file's,
+/// so relative paths in it mean what they will mean live.
+fn config_dir(path: &Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => Path::new(".").to_owned(),
+    }
 }
 
 impl Engine {
     pub fn new(cfg: Arc<Config>, template: Template, metrics: Arc<Metrics>) -> Self {
-        let h = &cfg.haproxy;
         Engine {
-            validator: Validator {
-                binary: h.binary.clone(),
-                timeout: h.check_timeout,
-            },
-            haproxy: Haproxy {
-                admin_socket: h.admin_socket.clone(),
-                master_socket: h.master_socket.clone(),
-                reload: h.reload.clone(),
-                command_timeout: h.command_timeout,
-                reload_timeout: h.reload_timeout,
-            },
+            validator: validator(&cfg),
+            haproxy: haproxy(&cfg),
             template,
             metrics,
             good: Model::default(),
             applied: None,
             written_since_apply: false,
             reported: BTreeSet::new(),
+            reconfigured: false,
             cfg,
         }
     }
 
-    fn build(&mut self, tree: &Tree) -> Built {
-        let built = model::build(&self.cfg.keys, tree, &self.good);
+    /// Swaps in a re-read config and template, but only when they turn the
+    /// current KV state (`tree`; `None` before every prefix was read once)
+    /// into a config `haproxy -c` accepts: a template edited on a live proxy
+    /// host must not get as far as the file HAProxy loads, and a daemon
+    /// left with a template that fails every cycle could not follow the
+    /// next failover. On error nothing changes.
+    ///
+    /// Settings the running daemon was started with and cannot change in
+    /// place (Consul connection, KV prefix, metrics listener, watch timing:
+    /// the watches and listener hold them) keep their running values; their
+    /// names are returned so the caller can say a restart is needed.
+    pub async fn reconfigure(
+        &mut self,
+        new: Reconfig,
+        tree: Option<&Tree>,
+    ) -> Result<Vec<&'static str>, CycleError> {
+        let Reconfig { mut cfg, template } = new;
+        let old = &self.cfg;
+        let mut kept = Vec::new();
+        if cfg.consul != old.consul {
+            kept.push("consul");
+            cfg.consul = old.consul.clone();
+        }
+        if cfg.keys != old.keys {
+            kept.push("kv.prefix");
+            cfg.keys = old.keys.clone();
+        }
+        if cfg.metrics_listen != old.metrics_listen {
+            kept.push("metrics.listen");
+            cfg.metrics_listen = old.metrics_listen;
+        }
+        if cfg.watch.wait != old.watch.wait || cfg.watch.min_interval != old.watch.min_interval {
+            kept.push("watch.wait/min_interval");
+            cfg.watch = WatchConfig {
+                retry_interval: cfg.watch.retry_interval,
+                ..old.watch.clone()
+            };
+        }
+        if let Some(tree) = tree {
+            // Pure: rejections are counted and logged by the next cycle.
+            let built = model::build(&cfg.keys, tree, &self.good);
+            let text = template
+                .render_model(&built.model, &cfg.haproxy.template, &cfg.template_vars)
+                .map_err(CycleError::Template)?;
+            validator(&cfg)
+                .check(&text, &config_dir(&cfg.haproxy.config))
+                .await
+                .map_err(CycleError::Validate)?;
+        }
+        let (h, o) = (&cfg.haproxy, &old.haproxy);
+        if h.config != o.config
+            || h.admin_socket != o.admin_socket
+            || h.master_socket != o.master_socket
+        {
+            // Another file or another HAProxy: what it binds is unknown, as
+            // after a start.
+            self.applied = None;
+        }
+        self.validator = validator(&cfg);
+        self.haproxy = haproxy(&cfg);
+        self.template = template;
+        self.cfg = Arc::new(cfg);
+        self.reconfigured = true;
+        Ok(kept)
+    }
+
+    fn report(&mut self, built: &Built) {
         let mut now = BTreeSet::new();
         for r in &built.rejected {
             let line = r.to_string();
@@ -124,12 +217,49 @@ impl Engine {
         self.reported = now;
         self.metrics
             .rejected(built.rejected.iter().map(|r| r.reason.kind()));
-        built
+    }
+
+    /// The model for a cycle: [`model::build`], then clusters whose new
+    /// proxy port another program holds are held back (see
+    /// [`model::hold_back_taken_ports`]). The bool says one was.
+    async fn build(&mut self, tree: &Tree) -> (Built, bool) {
+        let mut built = model::build(&self.cfg.keys, tree, &self.good);
+        let held = match self.running_binds(&built.model).await {
+            Some(running) => {
+                let ip = self.cfg.haproxy.template.bind_address;
+                model::hold_back_taken_ports(&self.cfg.keys, &mut built, &running, |port| {
+                    port_in_use(ip, port)
+                })
+            }
+            None => false,
+        };
+        self.report(&built);
+        (built, held)
+    }
+
+    /// What HAProxy binds now, cluster → port: the last apply; right after
+    /// a start, the running proxies the model also has, assumed on the
+    /// model's ports. `None` when HAProxy cannot be asked: a probe could
+    /// not tell its ports from another program's then, and nothing can be
+    /// applied anyway.
+    async fn running_binds(&self, model: &Model) -> Option<BTreeMap<String, u16>> {
+        if let Some(applied) = &self.applied {
+            return Some(applied.binds());
+        }
+        let observed = self.haproxy.observe().await.ok()?;
+        Some(
+            model
+                .binds()
+                .into_iter()
+                .filter(|(name, _)| observed.contains_key(name))
+                .collect(),
+        )
     }
 
     /// Builds and renders without touching anything (`--dry-run`).
     pub fn preview(&mut self, tree: &Tree) -> Result<String, TemplateError> {
-        let built = self.build(tree);
+        let built = model::build(&self.cfg.keys, tree, &self.good);
+        self.report(&built);
         self.render_text(&built.model)
     }
 
@@ -157,7 +287,7 @@ impl Engine {
     }
 
     async fn cycle_inner(&mut self, tree: &Tree) -> Result<CycleReport, CycleError> {
-        let built = self.build(tree);
+        let (built, held_back) = self.build(tree).await;
         let text = self
             .render_text(&built.model)
             .map_err(CycleError::Template)?;
@@ -167,12 +297,8 @@ impl Engine {
         let written = if current.as_deref() == Some(text.as_bytes()) {
             false
         } else {
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-                _ => Path::new(".").to_owned(),
-            };
             self.validator
-                .check(&text, &dir)
+                .check(&text, &config_dir(&path))
                 .await
                 .map_err(CycleError::Validate)?;
             let bytes = text.clone().into_bytes();
@@ -191,12 +317,15 @@ impl Engine {
         let observed = self.haproxy.observe().await.map_err(CycleError::Apply)?;
         let targets = self.targets(&built.model, &observed).await;
         let binds = self.applied.as_ref().map(Model::binds);
-        let plan = apply::plan(
+        let mut plan = apply::plan(
             &targets,
             &observed,
             binds.as_ref(),
             self.written_since_apply,
         );
+        if self.reconfigured && self.written_since_apply {
+            plan.reload.insert(ReloadReason::Reconfigured);
+        }
         let executed = if plan.is_empty() {
             Executed::default()
         } else {
@@ -221,10 +350,12 @@ impl Engine {
         }
         self.applied = Some(built.model);
         self.written_since_apply = false;
+        self.reconfigured = false;
         Ok(CycleReport {
             written,
             plan,
             executed,
+            held_back,
         })
     }
 
@@ -284,13 +415,16 @@ impl Engine {
     }
 }
 
-/// The daemon: watch, render on every change, retry failures, until
-/// `cancel` fires. A cycle in flight finishes first.
+/// The daemon: watch, render on every change, retry failures, take a new
+/// config from `reconfig` (SIGHUP), until `cancel` fires. A cycle in flight
+/// finishes first.
 pub async fn run(
     mut engine: Engine,
     consul: successover_common::consul::Consul,
+    mut reconfig: mpsc::Receiver<Reconfig>,
     cancel: CancellationToken,
 ) {
+    // The watches keep the settings they start with (see `reconfigure`).
     let cfg = engine.cfg.clone();
     let (tx, mut rx) = mpsc::channel::<Update>(16);
     let watchers = watch::spawn(
@@ -316,6 +450,24 @@ pub async fn run(
                 None => break,
             },
             _ = sleep_until_opt(retry_at) => dirty = true,
+            Some(r) = reconfig.recv() => {
+                let tree = snapshot.complete().then(|| snapshot.tree());
+                match engine.reconfigure(r, tree.as_ref()).await {
+                    Ok(kept) => {
+                        engine.metrics.config_reload("applied");
+                        if !kept.is_empty() {
+                            tracing::warn!(settings = ?kept, "config reload: these take effect only at restart; the running values stay");
+                        }
+                        tracing::info!(template = engine.template.origin(), "config reloaded");
+                        retry_delay = engine.cfg.watch.retry_interval;
+                        dirty = true;
+                    }
+                    Err(e) => {
+                        engine.metrics.config_reload("failed");
+                        tracing::error!(stage = e.stage(), "config reload rejected, the running config and template stay: {}", report(&e));
+                    }
+                }
+            }
         }
         // Fold in everything already queued: render the latest state once.
         while let Ok(u) = rx.try_recv() {
@@ -325,12 +477,14 @@ pub async fn run(
             continue;
         }
         match engine.cycle(&snapshot.tree()).await {
-            Ok(_) => {
+            Ok(r) => {
                 engine
                     .metrics
                     .success(pending_since.take().map(|t| t.elapsed()));
-                retry_at = None;
-                retry_delay = cfg.watch.retry_interval;
+                retry_delay = engine.cfg.watch.retry_interval;
+                // Nothing in KV says when a port another program holds is
+                // free again.
+                retry_at = r.held_back.then(|| Instant::now() + retry_delay);
             }
             Err(e) => {
                 tracing::error!(stage = e.stage(), retry_in = ?retry_delay, "render failed, last good config keeps serving: {}", report(&e));
@@ -343,6 +497,28 @@ pub async fn run(
     for w in watchers {
         let _ = w.await;
     }
+}
+
+/// Whether another program holds `ip:port` so that HAProxy's bind would
+/// fail. The probe binds without listening (no client can reach it), with
+/// SO_REUSEADDR as HAProxy does, so leftovers in TIME_WAIT do not count.
+/// Only EADDRINUSE counts: a port the renderer may not bind (below 1024,
+/// say) is for HAProxy to judge.
+pub fn port_in_use(ip: IpAddr, port: u16) -> bool {
+    let socket = match ip {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    };
+    let Ok(socket) = socket else {
+        return false;
+    };
+    if socket.set_reuseaddr(true).is_err() {
+        return false;
+    }
+    matches!(
+        socket.bind(std::net::SocketAddr::new(ip, port)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+    )
 }
 
 fn absorb(
@@ -407,4 +583,22 @@ pub fn check_template(template: &Template, cfg: &Config) -> Result<String, Templ
         &cfg.haproxy.template,
         &cfg.template_vars,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probes_ports_held_by_others() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let held = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        assert!(port_in_use(ip, port));
+        assert!(port_in_use("0.0.0.0".parse().unwrap(), port), "wildcard");
+        drop(held);
+        assert!(!port_in_use(ip, port));
+        // Probing leaves nothing bound behind.
+        assert!(!port_in_use(ip, port));
+    }
 }

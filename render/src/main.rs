@@ -1,16 +1,19 @@
 //! successover-render: Consul KV → HAProxy on every proxy host.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use successover_common::consul::Consul;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use successover_render::config::{self, Config};
-use successover_render::engine::{self, report, Engine};
+use successover_render::engine::{self, report, Engine, Reconfig};
 use successover_render::metrics::{self, Metrics};
 use successover_render::template::Template;
 use successover_render::watch;
@@ -43,6 +46,20 @@ struct Cli {
     check_config: bool,
 }
 
+/// The config file and the template it names, both checked: what a start
+/// and a SIGHUP read.
+fn load(path: &Path, explicit: bool) -> Result<(Config, Template), String> {
+    let cfg = config::load(path, explicit).map_err(|e| report(&e))?;
+    let template = match &cfg.template_path {
+        Some(p) => Template::from_file(p),
+        None => Ok(Template::builtin()),
+    };
+    let template = template
+        .and_then(|t| engine::check_template(&t, &cfg).map(|_| t))
+        .map_err(|e| report(&e))?;
+    Ok((cfg, template))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -58,25 +75,14 @@ fn main() -> ExitCode {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
     };
-    let cfg = match config::load(&path, explicit) {
-        Ok(c) => Arc::new(c),
+    let (cfg, template) = match load(&path, explicit) {
+        Ok((c, t)) => (Arc::new(c), t),
         Err(e) => {
-            eprintln!("successover-render: {}", report(&e));
+            eprintln!("successover-render: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let template = match &cfg.template_path {
-        Some(p) => Template::from_file(p),
-        None => Ok(Template::builtin()),
-    };
-    let template = match template.and_then(|t| engine::check_template(&t, &cfg).map(|_| t)) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("successover-render: {}", report(&e));
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let consul_cfg = match cfg.consul.consul_config() {
+    let mut consul_cfg = match cfg.consul.consul_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("successover-render: {}", report(&e));
@@ -91,6 +97,13 @@ fn main() -> ExitCode {
         };
         println!("config {file} OK; template {} renders", template.origin());
         return ExitCode::SUCCESS;
+    }
+    if !(cli.once || cli.dry_run) {
+        // The daemon's watches retry with their own backoff and report every
+        // failure (log line, errors_total{stage="consul"}). The client's
+        // retries on top would hide a Consul outage from both for
+        // `retry_for` (20 s).
+        consul_cfg.retry_for = Duration::ZERO;
     }
     let consul = match Consul::new(consul_cfg) {
         Ok(c) => c,
@@ -111,10 +124,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(async_main(cli, cfg, template, consul))
+    let source = ConfigSource { path, explicit };
+    runtime.block_on(async_main(cli, source, cfg, template, consul))
 }
 
-async fn async_main(cli: Cli, cfg: Arc<Config>, template: Template, consul: Consul) -> ExitCode {
+/// Where the config came from, to read it again on SIGHUP.
+struct ConfigSource {
+    path: PathBuf,
+    explicit: bool,
+}
+
+async fn async_main(
+    cli: Cli,
+    source: ConfigSource,
+    cfg: Arc<Config>,
+    template: Template,
+    consul: Consul,
+) -> ExitCode {
     let metrics = Arc::new(Metrics::default());
     let mut engine = Engine::new(cfg.clone(), template, metrics.clone());
 
@@ -159,8 +185,24 @@ async fn async_main(cli: Cli, cfg: Arc<Config>, template: Template, consul: Cons
         };
     }
 
+    // Before anything else: SIGHUP's default action ends the process.
+    let hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
+    let (reconfig_tx, reconfig_rx) = mpsc::channel(1);
+    tasks.push(tokio::spawn(reload_on_sighup(
+        hangup,
+        source,
+        reconfig_tx,
+        metrics.clone(),
+        cancel.clone(),
+    )));
     if let Some(addr) = cfg.metrics_listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
@@ -186,7 +228,7 @@ async fn async_main(cli: Cli, cfg: Arc<Config>, template: Template, consul: Cons
         config = %cfg.haproxy.config.display(),
         "watching Consul"
     );
-    engine::run(engine, consul, cancel.clone()).await;
+    engine::run(engine, consul, reconfig_rx, cancel.clone()).await;
     cancel.cancel();
     for t in tasks {
         let _ = t.await;
@@ -195,8 +237,39 @@ async fn async_main(cli: Cli, cfg: Arc<Config>, template: Template, consul: Cons
     ExitCode::SUCCESS
 }
 
+/// SIGHUP: read the config file and template again and hand them to the
+/// engine, which swaps them in only if they render the current state into a
+/// config HAProxy accepts. Either way the daemon keeps running.
+async fn reload_on_sighup(
+    mut hangup: Signal,
+    source: ConfigSource,
+    tx: mpsc::Sender<Reconfig>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
+        tracing::info!(config = %source.path.display(), "SIGHUP: reloading the config file and template");
+        match load(&source.path, source.explicit) {
+            Ok((cfg, template)) => {
+                if tx.send(Reconfig { cfg, template }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                metrics.config_reload("failed");
+                tracing::error!(
+                    "config reload rejected, the running config and template stay: {e}"
+                );
+            }
+        }
+    }
+}
+
 async fn shutdown_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

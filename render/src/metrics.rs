@@ -11,6 +11,7 @@
 //! | `successover_render_clusters` | gauge | `state`: routed, fenced |
 //! | `successover_render_last_success_timestamp_seconds` | gauge | last fully applied render |
 //! | `successover_render_apply_latency_seconds` | histogram | KV change seen → HAProxy applied |
+//! | `successover_render_config_reloads_total` | counter | `outcome`: applied, failed (SIGHUP) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,6 +44,7 @@ struct Inner {
     fenced: u64,
     last_success: Option<f64>,
     latency: Histogram,
+    config_reloads: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,11 @@ impl Metrics {
 
     pub fn error(&self, stage: &'static str) {
         self.with(|m| *m.errors.entry(stage).or_default() += 1);
+    }
+
+    /// A SIGHUP config reload: `applied` or `failed`.
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.with(|m| *m.config_reloads.entry(outcome).or_default() += 1);
     }
 
     /// The rejections of one render, by reason.
@@ -148,6 +155,13 @@ impl Metrics {
                 "reason",
                 &m.rejected_total,
             );
+            counter(
+                &mut out,
+                "successover_render_config_reloads_total",
+                "Config and template reloads on SIGHUP; a failed one keeps the running config.",
+                "outcome",
+                &m.config_reloads,
+            );
             let _ = writeln!(
                 out,
                 "# HELP successover_render_rejected_values KV values rejected in the last render.\n# TYPE successover_render_rejected_values gauge"
@@ -207,6 +221,7 @@ mod tests {
         m.rejected(["missing_settings"]);
         m.clusters(3, 1);
         m.success(Some(Duration::from_millis(30)));
+        m.config_reload("failed");
         let text = m.exposition();
         for line in [
             "successover_render_renders_total{outcome=\"written\"} 2",
@@ -221,6 +236,7 @@ mod tests {
             "successover_render_apply_latency_seconds_bucket{le=\"0.05\"} 1",
             "successover_render_apply_latency_seconds_bucket{le=\"+Inf\"} 1",
             "successover_render_apply_latency_seconds_count 1",
+            "successover_render_config_reloads_total{outcome=\"failed\"} 1",
             "# TYPE successover_render_apply_latency_seconds histogram",
         ] {
             assert!(

@@ -108,6 +108,8 @@ pub enum Reason {
     ChildrenDisagree { children: String },
     /// Another cluster holds this proxy port.
     PortTaken { port: u16, by: String },
+    /// Another program on this host holds this proxy port.
+    PortInUse { port: u16 },
 }
 
 impl Reason {
@@ -119,6 +121,7 @@ impl Reason {
             Reason::NoSource => "no_source",
             Reason::ChildrenDisagree { .. } => "children_disagree",
             Reason::PortTaken { .. } => "port_taken",
+            Reason::PortInUse { .. } => "port_in_use",
         }
     }
 }
@@ -140,6 +143,10 @@ impl fmt::Display for Reason {
             Reason::PortTaken { port, by } => {
                 write!(f, "proxy_port {port} is already bound by cluster {by}")
             }
+            Reason::PortInUse { port } => write!(
+                f,
+                "proxy_port {port} is in use by another program on this host; checked again every retry_interval"
+            ),
         }
     }
 }
@@ -513,9 +520,112 @@ fn resolve_port_collisions(
     }
 }
 
+/// Holds back the clusters that would bind a port another program holds on
+/// this host (`in_use` probes a port): a cluster HAProxy already runs keeps
+/// the port it runs on, a new one is left out. `running` is what HAProxy
+/// binds now (cluster → port); those ports are HAProxy's own and never
+/// probed. Returns whether a cluster was held back, so the caller looks
+/// again later.
+///
+/// Why not let HAProxy find out: a reload pauses every listener while it
+/// retries the bind (about a second in 2.6, measured), then refuses the
+/// whole file. Each retry would be a blip for every cluster on the host,
+/// and the file on disk one HAProxy could not start from.
+pub fn hold_back_taken_ports(
+    keys: &Keys,
+    built: &mut Built,
+    running: &BTreeMap<String, u16>,
+    mut in_use: impl FnMut(u16) -> bool,
+) -> bool {
+    let ours: BTreeSet<u16> = running.values().copied().collect();
+    let taken: Vec<(ClusterName, u16)> = built
+        .model
+        .clusters
+        .values()
+        .filter(|c| running.get(c.name.as_str()) != Some(&c.bind_port))
+        .filter(|c| !ours.contains(&c.bind_port))
+        .filter(|c| in_use(c.bind_port))
+        .map(|c| (c.name.clone(), c.bind_port))
+        .collect();
+    for (name, port) in &taken {
+        let clusters = &mut built.model.clusters;
+        let fallback = running.get(name.as_str()).copied().filter(|old| {
+            !clusters
+                .values()
+                .any(|c| c.name != *name && c.bind_port == *old)
+        });
+        let outcome = match (fallback, clusters.get_mut(name)) {
+            (Some(old), Some(c)) => {
+                c.bind_port = old;
+                Outcome::KeptLastGood
+            }
+            _ => {
+                clusters.remove(name);
+                Outcome::Omitted
+            }
+        };
+        built.rejected.push(Rejected {
+            key: keys.cluster_settings_key(name),
+            reason: Reason::PortInUse { port: *port },
+            outcome,
+        });
+    }
+    built.rejected.sort_by(|a, b| a.key.cmp(&b.key));
+    !taken.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_held_by_other_programs_hold_clusters_back() {
+        let keys = Keys::default();
+        let kv = [
+            ("mysql/master/new", "10.0.0.1:3306"),
+            ("mysql/cluster/new", r#"{"proxy_port": 5001}"#),
+            ("mysql/master/moved", "10.0.0.2:3306"),
+            ("mysql/cluster/moved", r#"{"proxy_port": 5002}"#),
+            ("mysql/master/heir", "10.0.0.3:3306"),
+            ("mysql/cluster/heir", r#"{"proxy_port": 4000}"#),
+            ("mysql/master/same", "10.0.0.4:3306"),
+            ("mysql/cluster/same", r#"{"proxy_port": 4004}"#),
+        ];
+        let mut built = build(&keys, &tree(&kv), &Model::default());
+        // `heir` takes over the port a removed cluster ran on: HAProxy's
+        // own, handed over by the reload, never probed.
+        let running: BTreeMap<String, u16> = [("moved", 4002), ("gone", 4000), ("same", 4004)]
+            .into_iter()
+            .map(|(n, p)| (n.to_owned(), p))
+            .collect();
+        let mut probed = Vec::new();
+        let held = hold_back_taken_ports(&keys, &mut built, &running, |port| {
+            probed.push(port);
+            port == 5001 || port == 5002
+        });
+        assert!(held);
+        assert_eq!(probed, [5002, 5001], "only new ports are probed");
+        let ports: Vec<(&str, u16)> = built
+            .model
+            .clusters
+            .values()
+            .map(|c| (c.name.as_str(), c.bind_port))
+            .collect();
+        assert_eq!(ports, [("heir", 4000), ("moved", 4002), ("same", 4004)]);
+        let rejected: Vec<String> = built.rejected.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert!(rejected[0].starts_with("mysql/cluster/moved: proxy_port 5002 is in use"));
+        assert!(rejected[0].ends_with("(keeping the last good value)"));
+        assert!(rejected[1].starts_with("mysql/cluster/new: proxy_port 5001 is in use"));
+        assert!(rejected[1].ends_with("(cluster not rendered)"));
+        assert_eq!(built.rejected[0].reason.kind(), "port_in_use");
+
+        let mut again = build(&keys, &tree(&kv), &Model::default());
+        assert!(!hold_back_taken_ports(&keys, &mut again, &running, |_| {
+            false
+        }));
+        assert_eq!(again.model.clusters.len(), 4);
+    }
 
     fn tree(entries: &[(&str, &str)]) -> Tree {
         entries

@@ -89,6 +89,87 @@ pub fn socat() -> &'static Path {
     })
 }
 
+/// `successover-render`, the renderer daemon under test, as cargo built it
+/// in this workspace: `$SUCCESSOVER_RENDER`, else next to the running test
+/// or bench executable (`target/<profile>/` or its `deps/`), else
+/// `target/debug/` under the workspace. Cargo builds a test binary's own
+/// package's binaries only, so `scripts/test.sh` runs `cargo build
+/// --workspace --bins` first; a missing or stale binary panics saying so,
+/// because testing yesterday's renderer would prove nothing about today's.
+pub fn successover_render() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        const NAME: &str = "successover-render";
+        const BUILD: &str = "run `cargo build -p successover-render` (scripts/test.sh does)";
+        if let Some(explicit) = std::env::var_os("SUCCESSOVER_RENDER") {
+            let path = PathBuf::from(explicit);
+            assert!(
+                is_executable(&path),
+                "SUCCESSOVER_RENDER={} is not an executable file; unset it or {BUILD}",
+                path.display()
+            );
+            return path;
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the tests crate lives in the workspace")
+            .to_path_buf();
+        let mut candidates = Vec::new();
+        if let Ok(exe) = std::env::current_exe() {
+            // target/<profile>/deps/<test> or target/<profile>/<bin>.
+            for dir in exe.ancestors().skip(1).take(2) {
+                candidates.push(dir.join(NAME));
+            }
+        }
+        candidates.push(workspace.join("target/debug").join(NAME));
+        let Some(found) = candidates.iter().find(|p| is_executable(p)) else {
+            panic!(
+                "`{NAME}` was not found (looked at {}): {BUILD}",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if let Some(newer) = newer_source(found, &workspace) {
+            panic!(
+                "{} is older than {}: {BUILD}",
+                found.display(),
+                newer.display()
+            );
+        }
+        found.clone()
+    })
+}
+
+/// A source file of the renderer (or of what it links or embeds) modified
+/// after `binary` was built.
+fn newer_source(binary: &Path, workspace: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let roots = [
+        "render/src",
+        "render/Cargo.toml",
+        "common/src",
+        "common/Cargo.toml",
+        "templates",
+    ];
+    let mut stack: Vec<PathBuf> = roots.iter().map(|r| workspace.join(r)).collect();
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(path);
+        }
+    }
+    None
+}
+
 /// The cache directory `scripts/setup.sh` uses; the harness keeps its
 /// MariaDB datadir template there too.
 pub fn cache_dir() -> PathBuf {

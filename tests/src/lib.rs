@@ -15,6 +15,7 @@
 //!   datadirs) after the test, for debugging.
 //! - `RUST_LOG`: filter for [`init_tracing`].
 
+pub mod agent;
 pub mod bins;
 pub mod consul;
 pub mod haproxy;

@@ -29,6 +29,11 @@ pub const ROOT_PASSWORD: &str = "successover";
 /// BINLOG MONITOR).
 pub const REPL_USER: &str = "repl";
 pub const REPL_PASSWORD: &str = "repl";
+/// An application account: data privileges only. Unlike root it holds no
+/// READ_ONLY ADMIN, so `read_only=1` stops its writes the way it stops a
+/// real application's.
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app";
 
 /// Long enough for a server starting next to others on two busy cores.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,7 +44,7 @@ pub const SEMI_SYNC_MASTER_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Bump when the template's content changes, so caches built by an older
 /// harness are not reused.
-const TEMPLATE_REV: &str = "1";
+const TEMPLATE_REV: &str = "2";
 
 /// Flags the template is created with and every server starts with; InnoDB
 /// sizes kept small because a test starts several servers.
@@ -58,6 +63,8 @@ CREATE USER 'root'@'%' IDENTIFIED BY 'successover';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
 CREATE USER 'repl'@'%' IDENTIFIED BY 'repl';
 GRANT REPLICATION SLAVE, REPLICATION SLAVE ADMIN, BINLOG MONITOR ON *.* TO 'repl'@'%';
+CREATE USER 'app'@'%' IDENTIFIED BY 'app';
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'app'@'%';
 ";
 
 /// How to start one server.

@@ -386,6 +386,30 @@ impl Node {
         Ok(true)
     }
 
+    /// Commits one small transaction (on the source). A commit waiting for
+    /// a semi-sync ACK is released only by an ACK at or past its own binlog
+    /// position; a replica that just became the semi-sync one reconnects
+    /// past that position and has nothing to acknowledge until a later
+    /// transaction arrives. After moving the flag, this is that transaction.
+    pub async fn write_heartbeat(&mut self) -> Result<()> {
+        const OP: &str = "write_heartbeat";
+        const WRITE: &str = "REPLACE INTO successover.heartbeat (id, at) VALUES (1, NOW(6))";
+        match self.query_drop(OP, WRITE).await {
+            // ER_BAD_DB_ERROR, ER_NO_SUCH_TABLE: first use on this cluster.
+            Err(e) if matches!(e.server_error_code(), Some(1049) | Some(1146)) => {
+                self.query_drop(
+                    OP,
+                    "CREATE DATABASE IF NOT EXISTS successover; \
+                     CREATE TABLE IF NOT EXISTS successover.heartbeat \
+                     (id INT NOT NULL PRIMARY KEY, at DATETIME(6) NOT NULL) ENGINE=InnoDB",
+                )
+                .await?;
+                self.query_drop(OP, WRITE).await
+            }
+            other => other,
+        }
+    }
+
     /// Stops receiving from the source: once the only semi-sync replica has stopped its IO
     /// thread, the source can collect no more ACKs and so acknowledge no more commits.
     pub async fn stop_io_thread(&mut self) -> Result<()> {
