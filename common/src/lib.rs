@@ -4,5 +4,6 @@
 
 pub mod consul;
 pub mod contract;
+pub mod procedure;
 pub mod secret;
 pub mod telemetry;
