@@ -28,6 +28,11 @@ pub struct ClusterKv {
     pub reports: BTreeMap<String, HealthReport>,
     /// Keys whose values were rejected, with why.
     pub rejected: Vec<(String, String)>,
+    /// The history id of a switch or failover under way.
+    pub in_progress: Option<String>,
+    /// A pending switchover request, with its modify index for the CAS that
+    /// consumes it exactly once.
+    pub switchover: Option<KvPair>,
 }
 
 impl ClusterKv {
@@ -52,11 +57,16 @@ pub async fn read(
         .kv_get_recurse(&keys.quarantine_cluster_prefix(cluster))
         .await?;
     let settings = consul.kv_get(&keys.cluster_settings_key(cluster)).await?;
+    let in_progress = consul.kv_get(&keys.in_progress_key(cluster)).await?;
+    let switchover = consul.kv_get(&keys.switchover_key(cluster)).await?;
     let mut pairs = master;
     pairs.extend(agents);
     pairs.extend(quarantine);
     pairs.extend(settings);
-    Ok(interpret(keys, cluster, &pairs))
+    let mut out = interpret(keys, cluster, &pairs);
+    out.in_progress = in_progress.and_then(|kv| kv.value_str().map(|v| v.trim().to_owned()));
+    out.switchover = switchover;
+    Ok(out)
 }
 
 /// Pure: KV pairs → the cluster's state. Keys of other clusters (a prefix

@@ -10,4 +10,5 @@ pub mod mysql;
 pub mod observe;
 pub mod report;
 pub mod run;
+pub mod switchover;
 pub mod wake;

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use clap::Parser;
 use successover_agent::config;
 use successover_agent::metrics::Metrics;
-use successover_agent::run::Agent;
+use successover_agent::run::{Agent, CycleOutcome};
+use successover_common::systemd;
 use successover_common::telemetry::{serve_metrics, Exposition};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -32,6 +34,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // While the process has one thread: it takes the notify variables out
+    // of the environment (see systemd::init).
+    systemd::init();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -111,30 +116,69 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         cancel.clone(),
     );
     let mut last_reason = String::new();
+    // The watchdog is fed from this loop only, never from a task of its
+    // own: a cycle that hangs must stop the pings so systemd restarts the
+    // agent. Every step of a cycle is bounded by its own timeout, so a
+    // cycle that outlives WatchdogSec is stuck.
+    let ping_every = systemd::watchdog_interval().map(|w| w / 2);
+    let mut next_ping = Instant::now();
     tracing::info!("agent started");
     loop {
         let outcome = agent.cycle().await;
+        if !systemd::notifier().is_ready() && reached_consul(&outcome) {
+            systemd::ready();
+        }
         // One line per change of situation, not per tick.
         if outcome.reason != last_reason || !outcome.actions.is_empty() {
             tracing::info!(coordinator = outcome.coordinator, "{}", outcome.reason);
+            systemd::status(&outcome.reason);
             last_reason = outcome.reason;
         }
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                match config::load(&args.config) {
-                    Ok(new) => match agent.reload(new) {
-                        Ok(()) => tracing::info!("configuration reloaded"),
-                        Err(e) => tracing::error!("configuration not reloaded: {e}"),
-                    },
-                    Err(errors) => tracing::error!("configuration not reloaded: {errors}"),
+        let next_cycle = Instant::now() + agent.tick();
+        let stop = loop {
+            if let Some(every) = ping_every {
+                let now = Instant::now();
+                if now >= next_ping {
+                    systemd::watchdog();
+                    next_ping = now + every;
                 }
             }
-            _ = tokio::time::sleep(agent.tick()) => {}
-            _ = wake.notified() => {}
+            // A tick longer than half the watchdog interval is slept in
+            // pieces, pinging in between.
+            let wake_at = match ping_every {
+                Some(_) => next_cycle.min(next_ping),
+                None => next_cycle,
+            };
+            tokio::select! {
+                _ = term.recv() => break true,
+                _ = int.recv() => break true,
+                _ = hup.recv() => {
+                    systemd::reloading();
+                    match config::load(&args.config) {
+                        Ok(new) => match agent.reload(new) {
+                            Ok(()) => tracing::info!("configuration reloaded"),
+                            Err(e) => tracing::error!("configuration not reloaded: {e}"),
+                        },
+                        Err(errors) => tracing::error!("configuration not reloaded: {errors}"),
+                    }
+                    // Done either way: a rejected file leaves the running
+                    // configuration in place.
+                    systemd::reloaded();
+                    break false;
+                }
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if Instant::now() >= next_cycle {
+                        break false;
+                    }
+                }
+                _ = wake.notified() => break false,
+            }
+        };
+        if stop {
+            break;
         }
     }
+    systemd::stopping();
     tracing::info!("shutting down");
     cancel.cancel();
     if tokio::time::timeout(std::time::Duration::from_secs(10), agent.shutdown())
@@ -144,4 +188,40 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         tracing::warn!("shutdown timed out");
     }
     ExitCode::SUCCESS
+}
+
+/// Whether a cycle got as far as Consul: only then is the agent doing its
+/// job (reporting, self-fencing, competing for the lock), and only then may
+/// `systemctl start` return. A cycle that found the local MySQL down still
+/// counts: reporting that is the agent's job too.
+fn reached_consul(outcome: &CycleOutcome) -> bool {
+    // The two early returns of `Agent::cycle` that never reached Consul.
+    const NOT_REACHED: [&str; 2] = [
+        "cannot create a Consul session",
+        "cannot read cluster state from Consul",
+    ];
+    !NOT_REACHED.iter().any(|p| outcome.reason.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_waits_for_consul() {
+        let outcome = |reason: &str| CycleOutcome {
+            coordinator: false,
+            reason: reason.to_owned(),
+            actions: Vec::new(),
+        };
+        assert!(!reached_consul(&outcome(
+            "cannot create a Consul session: connection refused"
+        )));
+        assert!(!reached_consul(&outcome(
+            "cannot read cluster state from Consul: timeout"
+        )));
+        assert!(reached_consul(&outcome(
+            "member: another agent coordinates"
+        )));
+    }
 }

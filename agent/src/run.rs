@@ -26,14 +26,14 @@ use crate::report::HealthReport;
 const SOURCE_AGENT_LOCK_PATIENCE: u32 = 3;
 
 pub struct Agent {
-    cfg: Config,
-    consul: Consul,
-    keys: Keys,
-    cluster: ClusterName,
-    node: NodeName,
-    local: Node,
-    peers: BTreeMap<String, Node>,
-    membership: Option<Membership>,
+    pub(crate) cfg: Config,
+    pub(crate) consul: Consul,
+    pub(crate) keys: Keys,
+    pub(crate) cluster: ClusterName,
+    pub(crate) node: NodeName,
+    pub(crate) local: Node,
+    pub(crate) peers: BTreeMap<String, Node>,
+    pub(crate) membership: Option<Membership>,
     last_report: Option<HealthReport>,
     last_report_write: Option<Instant>,
     free_lock_seen: u32,
@@ -187,6 +187,28 @@ impl Agent {
         }
         let observations = self.observe_cluster(&kv, local).await;
         let view = build_view(&self.cluster, &kv, &observations);
+        // A procedure owns the cluster while it runs: an interrupted one is
+        // finished or rolled back first, a request is handled next, and
+        // only then are the invariants enforced.
+        if let Some(id) = kv.in_progress.clone() {
+            reasons.push(self.recover(&kv, &id, &observations).await);
+            return CycleOutcome {
+                coordinator: true,
+                reason: reasons.join("; "),
+                actions: Vec::new(),
+            };
+        }
+        if let Some(request) = kv.switchover.clone() {
+            reasons.push(
+                self.handle_switchover(&kv, request, &view, &observations)
+                    .await,
+            );
+            return CycleOutcome {
+                coordinator: true,
+                reason: reasons.join("; "),
+                actions: Vec::new(),
+            };
+        }
         let decision = decide(&view);
         let mut reason = decision.reason.clone();
         if !decision.actions.is_empty() {
@@ -598,7 +620,7 @@ impl Agent {
     }
 }
 
-fn node_config(cfg: &Config, host: &str, port: u16) -> NodeConfig {
+pub(crate) fn node_config(cfg: &Config, host: &str, port: u16) -> NodeConfig {
     let mut nc = NodeConfig::new(host, port, cfg.user.clone(), cfg.password.expose());
     nc.connect_timeout = cfg.connect_timeout;
     nc.query_timeout = cfg.query_timeout;
@@ -625,7 +647,7 @@ pub fn build_view(
             .collect(),
         published: kv.published.clone(),
         fenced: kv.fenced,
-        procedure_running: false,
+        procedure_running: kv.in_progress.is_some(),
         maintenance: false,
         semi_sync_replicas: kv.semi_sync_replicas(),
     }

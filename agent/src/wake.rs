@@ -17,7 +17,11 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> Arc<Notify> {
     let notify = Arc::new(Notify::new());
-    for prefix in [keys.master_key(&cluster), keys.lock_key(&cluster)] {
+    for prefix in [
+        keys.master_key(&cluster),
+        keys.lock_key(&cluster),
+        keys.switchover_key(&cluster),
+    ] {
         let (consul, notify, cancel) = (consul.clone(), notify.clone(), cancel.clone());
         tokio::spawn(async move {
             let mut watch = Watch::prefix(consul, prefix)

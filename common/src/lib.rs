@@ -6,4 +6,5 @@ pub mod consul;
 pub mod contract;
 pub mod procedure;
 pub mod secret;
+pub mod systemd;
 pub mod telemetry;

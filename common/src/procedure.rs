@@ -42,7 +42,9 @@ pub struct SwitchoverRequest {
 
 impl SwitchoverRequest {
     pub fn parse(value: &[u8]) -> Result<SwitchoverRequest, ValueError> {
-        let text = std::str::from_utf8(value).map_err(|_| ValueError::NotUtf8)?.trim();
+        let text = std::str::from_utf8(value)
+            .map_err(|_| ValueError::NotUtf8)?
+            .trim();
         let req = if text.is_empty() {
             SwitchoverRequest::default()
         } else if text.starts_with('{') {
@@ -166,10 +168,16 @@ mod tests {
     #[test]
     fn bare_node_name_json_and_empty_requests() {
         assert_eq!(
-            SwitchoverRequest::parse(b"db2\n").unwrap().target.as_deref(),
+            SwitchoverRequest::parse(b"db2\n")
+                .unwrap()
+                .target
+                .as_deref(),
             Some("db2")
         );
-        assert_eq!(SwitchoverRequest::parse(b"").unwrap(), SwitchoverRequest::default());
+        assert_eq!(
+            SwitchoverRequest::parse(b"").unwrap(),
+            SwitchoverRequest::default()
+        );
         let r = SwitchoverRequest::parse(br#"{"target":"db3","force":true,"id":"cli-1"}"#).unwrap();
         assert!(r.force);
         assert_eq!(r.id.as_deref(), Some("cli-1"));

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use successover_common::contract::Host;
+use successover_common::systemd;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -440,11 +441,25 @@ pub async fn run(
     let mut pending_since: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
     let mut retry_delay = cfg.watch.retry_interval;
+    // systemd's watchdog is fed from this loop and nowhere else, so a loop
+    // stuck in a cycle stops the pings and gets restarted. The loop may
+    // otherwise sleep for a whole blocking query (minutes): the timer below
+    // wakes it in time.
+    let ping_every = systemd::watchdog_interval().map(|w| w / 2);
+    let mut next_ping = Instant::now();
 
     loop {
+        if let Some(every) = ping_every {
+            let now = Instant::now();
+            if now >= next_ping {
+                systemd::watchdog();
+                next_ping = now + every;
+            }
+        }
         let mut dirty = false;
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = sleep_until_opt(ping_every.map(|_| next_ping)) => continue,
             update = rx.recv() => match update {
                 Some(u) => dirty |= absorb(&mut snapshot, u, &mut pending_since, &engine.metrics),
                 None => break,
@@ -467,6 +482,8 @@ pub async fn run(
                         tracing::error!(stage = e.stage(), "config reload rejected, the running config and template stay: {}", report(&e));
                     }
                 }
+                // Ends the RELOADING=1 sent on SIGHUP, applied or refused.
+                systemd::reloaded();
             }
         }
         // Fold in everything already queued: render the latest state once.
@@ -481,6 +498,11 @@ pub async fn run(
                 engine
                     .metrics
                     .success(pending_since.take().map(|t| t.elapsed()));
+                // Start-up is done at the first config HAProxy serves:
+                // only then does `systemctl start` return.
+                if !systemd::notifier().is_ready() {
+                    systemd::ready();
+                }
                 retry_delay = engine.cfg.watch.retry_interval;
                 // Nothing in KV says when a port another program holds is
                 // free again.

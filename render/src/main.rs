@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use successover_common::consul::Consul;
+use successover_common::systemd;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,10 @@ fn load(path: &Path, explicit: bool) -> Result<(Config, Template), String> {
 }
 
 fn main() -> ExitCode {
+    // While the process has one thread: it takes the notify variables out
+    // of the environment, so `haproxy -c` and a reload command started
+    // later do not inherit them (see systemd::init).
+    systemd::init();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -229,6 +234,8 @@ async fn async_main(
         "watching Consul"
     );
     engine::run(engine, consul, reconfig_rx, cancel.clone()).await;
+    // Also when the loop ended on its own (its watches gone).
+    systemd::stopping();
     cancel.cancel();
     for t in tasks {
         let _ = t.await;
@@ -253,6 +260,9 @@ async fn reload_on_sighup(
             got = hangup.recv() => if got.is_none() { return },
         }
         tracing::info!(config = %source.path.display(), "SIGHUP: reloading the config file and template");
+        // RELOADING=1 now; the engine sends READY=1 once it has swapped the
+        // new config in or refused it.
+        systemd::reloading();
         match load(&source.path, source.explicit) {
             Ok((cfg, template)) => {
                 if tx.send(Reconfig { cfg, template }).await.is_err() {
@@ -264,6 +274,7 @@ async fn reload_on_sighup(
                 tracing::error!(
                     "config reload rejected, the running config and template stay: {e}"
                 );
+                systemd::reloaded();
             }
         }
     }
@@ -282,5 +293,6 @@ async fn shutdown_on_signal(cancel: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: finishing the current cycle"),
         _ = cancel.cancelled() => {}
     }
+    systemd::stopping();
     cancel.cancel();
 }

@@ -149,3 +149,62 @@ mod tests {
         assert_eq!(log.gaps(ms(100)), vec![(ms(10), ms(690))]);
     }
 }
+
+/// A writer running as its own process (`successover-writer`).
+pub struct WriterProc {
+    proc: crate::process::Proc,
+    out: std::path::PathBuf,
+    _dir: crate::process::Scratch,
+}
+
+impl WriterProc {
+    pub async fn start(port: u16, writer_id: u32) -> WriterProc {
+        let dir = crate::process::Scratch::new("writer");
+        let out = dir.path().join("writer.json");
+        let mut cmd = std::process::Command::new(crate::agent::workspace_bin("successover-writer"));
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--writer-id",
+            &writer_id.to_string(),
+        ])
+        .arg("--out")
+        .arg(&out);
+        let proc =
+            crate::process::Proc::spawn("successover-writer", cmd, dir.path().join("writer.log"))
+                .await
+                .expect("spawn successover-writer");
+        WriterProc {
+            proc,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// SIGTERM, then the log it wrote.
+    pub async fn finish(mut self) -> anyhow::Result<WriterLog> {
+        self.proc
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .context("signal writer")?;
+        self.proc.wait(Duration::from_secs(30)).await;
+        let text = std::fs::read(&self.out).with_context(|| {
+            format!(
+                "writer log {}: {}",
+                self.out.display(),
+                self.proc.log_tail(10)
+            )
+        })?;
+        let json: serde_json::Value = serde_json::from_slice(&text)?;
+        let acked = json["acked"]
+            .as_array()
+            .context("acked")?
+            .iter()
+            .filter_map(|p| Some((p[0].as_u64()?, Duration::from_millis(p[1].as_u64()?))))
+            .collect();
+        Ok(WriterLog {
+            acked,
+            failed: json["failed"].as_u64().unwrap_or(0),
+            elapsed: Duration::from_millis(json["elapsed_ms"].as_u64().unwrap_or(0)),
+        })
+    }
+}

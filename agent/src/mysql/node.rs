@@ -302,6 +302,24 @@ impl Node {
             .map_err(|e| self.parse_error(OP, e))
     }
 
+    /// MariaDB: before a server that wrote transactions of its own starts
+    /// replicating with `MASTER_USE_GTID=slave_pos`, its `gtid_slave_pos`
+    /// must cover what it wrote, or it asks the new source for history it
+    /// already has (and fails once those binlogs are purged). No-op on
+    /// MySQL, whose auto-positioning uses `gtid_executed`. The replica must
+    /// be stopped.
+    pub async fn align_gtid_slave_pos(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        if !d.is_mariadb() {
+            return Ok(());
+        }
+        self.query_drop(
+            "align_gtid_slave_pos",
+            "SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos",
+        )
+        .await
+    }
+
     pub async fn read_only(&mut self) -> Result<ReadOnly> {
         const OP: &str = "read_only";
         let d = self.dialect().await?;

@@ -1,0 +1,426 @@
+//! Planned successover against the whole system: real Consul, three
+//! MariaDB servers, HAProxy driven by successover-render, an agent per
+//! database, and a writer going through HAProxy that records every
+//! acknowledged write.
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+use successover_common::procedure::{HistoryEntry, Outcome};
+use successover_tests::consul::ConsulDev;
+use successover_tests::mariadb::{global_var, MariaDb};
+use successover_tests::stack::Stack;
+use successover_tests::writer::{self, WriterProc};
+use successover_tests::{wait_for, wait_until};
+use tokio::sync::OnceCell;
+
+static CONSUL: OnceCell<ConsulDev> = OnceCell::const_new();
+
+async fn consul_addr() -> String {
+    CONSUL
+        .get_or_init(|| async { ConsulDev::start().await })
+        .await
+        .http_addr()
+}
+
+async fn history(stack: &Stack) -> Vec<HistoryEntry> {
+    let prefix = format!("mysql/history/{}/", stack.cluster);
+    let mut out: Vec<HistoryEntry> = stack
+        .consul
+        .kv_get_recurse(&prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|kv| !kv.key.ends_with("/in-progress"))
+        .filter_map(|kv| serde_json::from_slice(kv.value.as_deref()?).ok())
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Puts a request and waits for the entry it produced to finish.
+async fn request(stack: &Stack, value: &str) -> HistoryEntry {
+    let before = history(stack).await.len();
+    let key = format!("mysql/switchover/{}", stack.cluster);
+    stack.consul.kv_put(&key, value).await.unwrap();
+    let entry = wait_for(Duration::from_secs(60), || async {
+        let h = history(stack).await;
+        h.get(before)
+            .filter(|e| e.outcome != Outcome::Running)
+            .cloned()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("request {value:?} never finished\n{}", stack.logs()));
+    // Consumed exactly once.
+    assert_eq!(
+        stack.consul.kv_get(&key).await.unwrap(),
+        None,
+        "request key must be consumed"
+    );
+    entry
+}
+
+async fn writable(db: &MariaDb) -> bool {
+    let mut c = db.conn().await.unwrap();
+    global_var(&mut c, "read_only").await.unwrap() == "0"
+}
+
+async fn replicating(db: &MariaDb) -> bool {
+    let Ok(mut c) = db.conn().await else {
+        return false;
+    };
+    match successover_tests::mariadb::replica_status(&mut c).await {
+        Ok(Some(s)) => {
+            s.get("Slave_IO_Running").map(String::as_str) == Some("Yes")
+                && s.get("Slave_SQL_Running").map(String::as_str) == Some("Yes")
+        }
+        _ => false,
+    }
+}
+
+/// Ready for the next switch: semi-sync healthy on the source, every other
+/// node replicating.
+async fn settled(stack: &Stack) -> bool {
+    let Some(source) = stack.published_node().await else {
+        return false;
+    };
+    if !stack.semi_sync_healthy().await {
+        return false;
+    }
+    for (i, db) in stack.topo.servers().iter().enumerate() {
+        if format!("db{}", i + 1) != source && !replicating(db).await {
+            return false;
+        }
+    }
+    true
+}
+
+async fn wait_settled(stack: &Stack) {
+    wait_until(Duration::from_secs(30), || async { settled(stack).await })
+        .await
+        .unwrap_or_else(|_| panic!("cluster did not settle\n{}", stack.logs()));
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_successovers_under_writes_lose_nothing() {
+    let stack = Stack::start("c-sw", &consul_addr().await).await;
+    writer::prepare(&stack.node("db1").url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let w = WriterProc::start(stack.proxy_port.port(), 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut unavailable = Vec::new();
+    for i in 0..20 {
+        let target = if i % 2 == 0 { "db2" } else { "db1" };
+        let entry = request(&stack, target).await;
+        assert_eq!(
+            entry.outcome,
+            Outcome::Done,
+            "switch {i} to {target}: {}\n{}",
+            entry.reason,
+            stack.logs()
+        );
+        assert_eq!(stack.published_node().await.as_deref(), Some(target));
+        unavailable.push(entry.write_unavailable_ms.unwrap());
+        wait_settled(&stack).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = w.finish().await.unwrap();
+    assert!(
+        log.acked.len() > 100,
+        "writer barely wrote: {}",
+        log.acked.len()
+    );
+
+    // Every acknowledged write is on the final source and every replica.
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let source = stack.published_node().await.unwrap();
+    for (i, db) in stack.topo.servers().iter().enumerate() {
+        let lost = writer::missing(&db.url(), &log).await.unwrap();
+        assert!(
+            lost.is_empty(),
+            "db{} misses {} acknowledged writes",
+            i + 1,
+            lost.len()
+        );
+    }
+    // Exactly one writable node, the published one; no errant GTIDs: every
+    // node's executed set is the source's.
+    let mut positions = Vec::new();
+    for (i, db) in stack.topo.servers().iter().enumerate() {
+        let name = format!("db{}", i + 1);
+        assert_eq!(writable(db).await, name == source, "{name} writable state");
+        let mut c = db.conn().await.unwrap();
+        positions.push(global_var(&mut c, "gtid_current_pos").await.unwrap());
+        if name != source {
+            assert!(replicating(db).await, "{name} must replicate at the end");
+        }
+    }
+    assert!(
+        positions.windows(2).all(|w| w[0] == w[1]),
+        "diverging GTIDs: {positions:?}"
+    );
+
+    let gaps: Vec<u64> = log
+        .gaps(Duration::from_millis(50))
+        .iter()
+        .map(|(_, g)| g.as_millis() as u64)
+        .collect();
+    let mut u = unavailable.clone();
+    u.sort();
+    eprintln!(
+        "20 successovers: acknowledged writes {}, failed attempts {}, lost 0; coordinator-measured unavailability p50 {} ms p99 {} ms max {} ms; writer gaps > 50 ms: {:?}",
+        log.acked.len(),
+        log.failed,
+        percentile(&u, 0.5),
+        percentile(&u, 0.99),
+        u.last().unwrap(),
+        gaps
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_change_nothing() {
+    let stack = Stack::start("c-refuse", &consul_addr().await).await;
+    let checks = |entry: &HistoryEntry, needle: &str| {
+        assert_eq!(entry.outcome, Outcome::Refused, "{entry:?}");
+        assert!(
+            entry.reason.contains(needle),
+            "reason {:?} lacks {needle:?}",
+            entry.reason
+        );
+    };
+
+    let e = request(&stack, "db2\n  server evil 127.0.0.1:1").await;
+    checks(&e, "malformed request");
+    let e = request(&stack, "db9").await;
+    checks(&e, "db9 is not a node");
+    let e = request(&stack, "db1").await;
+    checks(&e, "already the source");
+
+    // Not replicating.
+    let db3 = stack.node("db3");
+    db3.exec("STOP SLAVE").await.unwrap();
+    let e = request(&stack, "db3").await;
+    checks(&e, "not replicating");
+    db3.exec("START SLAVE").await.unwrap();
+    wait_settled(&stack).await;
+
+    // Lagging beyond the limit: a delayed replica.
+    db3.exec("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 30; START SLAVE")
+        .await
+        .unwrap();
+    stack
+        .node("db1")
+        .exec("CREATE DATABASE IF NOT EXISTS lagtest")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        let mut c = db3.conn().await.unwrap();
+        let s = successover_tests::mariadb::replica_status(&mut c)
+            .await
+            .unwrap()
+            .unwrap();
+        s.get("Seconds_Behind_Master")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            >= 3
+    })
+    .await
+    .expect("db3 never lagged");
+    let e = request(&stack, r#"{"target": "db3", "max_lag_seconds": 1}"#).await;
+    checks(&e, "lags");
+
+    // Nothing changed through all of it.
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    assert!(writable(stack.node("db1")).await);
+    assert!(!writable(stack.node("db2")).await && !writable(db3).await);
+    assert_eq!(
+        stack
+            .consul
+            .kv_get(&format!("mysql/master/{}/failed", stack.cluster))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_open_transaction_is_killed_and_the_switch_completes() {
+    let stack = Stack::start("c-longtx", &consul_addr().await).await;
+    writer::prepare(&stack.node("db1").url()).await.unwrap();
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(stack.proxy_port.port())
+        .user(Some(successover_tests::mariadb::APP_USER))
+        .pass(Some(successover_tests::mariadb::APP_PASSWORD))
+        .prefer_socket(false);
+    let mut tx = mysql_async::Conn::new(opts).await.unwrap();
+    tx.query_drop("BEGIN").await.unwrap();
+    tx.query_drop(format!(
+        "INSERT INTO {}.writes VALUES (424242, 9, 0)",
+        writer::SCHEMA
+    ))
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let entry = request(&stack, "db2").await;
+    assert_eq!(
+        entry.outcome,
+        Outcome::Done,
+        "{}\n{}",
+        entry.reason,
+        stack.logs()
+    );
+    eprintln!(
+        "switch with an open transaction took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        tx.query_drop("COMMIT").await.is_err(),
+        "the open transaction must be killed"
+    );
+    let mut c = stack.node("db2").conn().await.unwrap();
+    let n: Option<u64> = c
+        .query_first(format!(
+            "SELECT COUNT(*) FROM {}.writes WHERE id = 424242",
+            writer::SCHEMA
+        ))
+        .await
+        .unwrap();
+    assert_eq!(n, Some(0), "an unacknowledged transaction must not appear");
+}
+
+/// The coordinator dies in the middle: simulated deterministically by
+/// leaving the state a coordinator leaves after fencing (old source
+/// read-only, cluster fenced, history entry running), then by a real
+/// kill -9 racing a real switch. Either way the next coordinator finishes
+/// or rolls back, and never two nodes are writable.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
+    let mut stack = Stack::start("c-crash", &consul_addr().await).await;
+    let cluster = stack.cluster.clone();
+
+    // 1. Interrupted after fencing: must roll back.
+    stack
+        .node("db1")
+        .exec("SET GLOBAL read_only = 1")
+        .await
+        .unwrap();
+    let id = "000000000000001-switchover";
+    let entry = serde_json::json!({
+        "id": id, "kind": "switchover", "cluster": cluster, "outcome": "running",
+        "reason": "switching db1 -> db2", "from": "db1", "to": "db2", "request": null,
+        "coordinator": "gone", "started_ms": 1, "finished_ms": null, "steps": [], "evidence": {}
+    });
+    let c = &stack.consul;
+    c.kv_put(&format!("mysql/master/{cluster}/failed"), "switchover")
+        .await
+        .unwrap();
+    c.kv_put(&format!("mysql/history/{cluster}/{id}"), entry.to_string())
+        .await
+        .unwrap();
+    c.kv_put(&format!("mysql/history/{cluster}/in-progress"), id)
+        .await
+        .unwrap();
+    let done = wait_for(Duration::from_secs(30), || async {
+        let e = history(&stack).await.into_iter().find(|e| e.id == id)?;
+        (e.outcome != Outcome::Running).then_some(e)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not recovered\n{}", stack.logs()));
+    assert_eq!(done.outcome, Outcome::Aborted, "{}", done.reason);
+    wait_until(Duration::from_secs(10), || async {
+        writable(stack.node("db1")).await
+    })
+    .await
+    .expect("db1 writable again");
+    assert!(!writable(stack.node("db2")).await);
+    assert_eq!(
+        c.kv_get(&format!("mysql/master/{cluster}/failed"))
+            .await
+            .unwrap(),
+        None
+    );
+    wait_settled(&stack).await;
+
+    // 2. A real switch with its coordinator killed as soon as it starts.
+    let coordinator = wait_for(Duration::from_secs(20), || async {
+        let kv = stack
+            .consul
+            .kv_get(&format!("mysql/lock/{cluster}"))
+            .await
+            .ok()??;
+        kv.session.as_ref()?;
+        kv.value_str()?.rsplit('/').next().map(str::to_owned)
+    })
+    .await
+    .unwrap();
+    let idx: usize = coordinator
+        .trim_start_matches("db")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    let target = if coordinator == "db2" { "db3" } else { "db2" };
+    stack
+        .consul
+        .kv_put(&format!("mysql/switchover/{cluster}"), target)
+        .await
+        .unwrap();
+    let _ = wait_until(Duration::from_secs(5), || async {
+        stack
+            .consul
+            .kv_get(&format!("mysql/history/{cluster}/in-progress"))
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    stack.agents[idx].kill9().await;
+    // Whatever the kill interrupted, the cluster converges: no procedure
+    // running, exactly one writable node, the published one.
+    let converged = wait_until(Duration::from_secs(60), || async {
+        let in_progress = stack
+            .consul
+            .kv_get(&format!("mysql/history/{cluster}/in-progress"))
+            .await
+            .ok()
+            .flatten();
+        let Some(source) = stack.published_node().await else {
+            return false;
+        };
+        let mut writable_nodes = Vec::new();
+        for (i, db) in stack.topo.servers().iter().enumerate() {
+            if writable(db).await {
+                writable_nodes.push(format!("db{}", i + 1));
+            }
+        }
+        in_progress.is_none() && writable_nodes == vec![source]
+    })
+    .await;
+    assert!(converged.is_ok(), "did not converge\n{}", stack.logs());
+    let last = history(&stack).await.pop().unwrap();
+    eprintln!(
+        "switch with its coordinator killed: {:?} ({})",
+        last.outcome, last.reason
+    );
+    assert!(
+        matches!(last.outcome, Outcome::Done | Outcome::Aborted),
+        "{last:?}"
+    );
+}
