@@ -133,23 +133,6 @@ pub async fn missing(server_url: &str, log: &WriterLog) -> anyhow::Result<Vec<u6
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_are_measured_between_acknowledgements() {
-        let ms = Duration::from_millis;
-        let log = WriterLog {
-            acked: vec![(1, ms(0)), (2, ms(10)), (3, ms(700)), (4, ms(710))],
-            failed: 3,
-            elapsed: ms(720),
-        };
-        assert_eq!(log.max_gap(), ms(690));
-        assert_eq!(log.gaps(ms(100)), vec![(ms(10), ms(690))]);
-    }
-}
-
 /// A writer running as its own process (`successover-writer`).
 pub struct WriterProc {
     proc: crate::process::Proc,
@@ -206,5 +189,22 @@ impl WriterProc {
             failed: json["failed"].as_u64().unwrap_or(0),
             elapsed: Duration::from_millis(json["elapsed_ms"].as_u64().unwrap_or(0)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_measured_between_acknowledgements() {
+        let ms = Duration::from_millis;
+        let log = WriterLog {
+            acked: vec![(1, ms(0)), (2, ms(10)), (3, ms(700)), (4, ms(710))],
+            failed: 3,
+            elapsed: ms(720),
+        };
+        assert_eq!(log.max_gap(), ms(690));
+        assert_eq!(log.gaps(ms(100)), vec![(ms(10), ms(690))]);
     }
 }
