@@ -958,3 +958,233 @@ impl Agent {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mysql::{
+        Flavor, GtidPos, IoRunning, ReadOnly, ReplicaGtid, ReplicaStatus, SemiSyncPlugins,
+        SemiSyncState, ServerInfo, UsingGtid, Version,
+    };
+    use crate::observe::node_view;
+
+    fn addr(port: u16) -> Addr {
+        Addr {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    fn pos(s: &str) -> GtidPos {
+        GtidPos::parse(s).unwrap()
+    }
+
+    fn observation(
+        replica_of: Option<(u16, u64)>,
+        read_only: bool,
+        gtid: &str,
+        semi_source: bool,
+        semi_replica: bool,
+    ) -> Observation {
+        Observation {
+            info: ServerInfo {
+                flavor: Flavor::MariaDb {
+                    version: Version::new(10, 11, 19),
+                },
+                version_string: "10.11.19-MariaDB".into(),
+                version_comment: "Debian 12".into(),
+                server_id: 1,
+                server_uuid: None,
+                connection_id: 1,
+                backslash_escapes: true,
+            },
+            read_only: ReadOnly {
+                read_only,
+                super_read_only: None,
+            },
+            replica: replica_of.map(|(port, lag)| ReplicaStatus {
+                source_host: "127.0.0.1".into(),
+                source_port: port,
+                source_user: "repl".into(),
+                source_server_id: 1,
+                io_running: IoRunning::Yes,
+                sql_running: true,
+                io_state: String::new(),
+                sql_running_state: String::new(),
+                seconds_behind_source: Some(lag),
+                last_io_errno: 0,
+                last_io_error: String::new(),
+                last_sql_errno: 0,
+                last_sql_error: String::new(),
+                gtid: ReplicaGtid::MariaDb {
+                    using_gtid: UsingGtid::SlavePos,
+                    io_pos: pos(gtid),
+                },
+            }),
+            gtid_executed: GtidState::MariaDb(pos(gtid)),
+            semi_sync: SemiSyncState {
+                plugins: SemiSyncPlugins::default(),
+                source_enabled: semi_source,
+                replica_enabled: semi_replica,
+                source_status_on: semi_source,
+                replica_status_on: semi_replica,
+                clients: u64::from(semi_source),
+                yes_tx: 0,
+                no_tx: 0,
+                wait_point: None,
+                timeout_ms: None,
+                wait_no_replica: None,
+                wait_for_replica_count: None,
+            },
+            client_connections: 0,
+        }
+    }
+
+    /// db1 source; db2 semi-sync replica; db3 async replica lagging `lag3`.
+    fn cluster(lag3: u64) -> (ClusterView, Observations) {
+        let mut obs = Observations::new();
+        obs.insert(
+            "db1".into(),
+            (
+                addr(1),
+                Some(observation(None, false, "0-1-10", true, false)),
+            ),
+        );
+        obs.insert(
+            "db2".into(),
+            (
+                addr(2),
+                Some(observation(Some((1, 0)), true, "0-1-10", false, true)),
+            ),
+        );
+        obs.insert(
+            "db3".into(),
+            (
+                addr(3),
+                Some(observation(Some((1, lag3)), true, "0-1-9", false, false)),
+            ),
+        );
+        let view = ClusterView {
+            cluster: "c1".into(),
+            nodes: obs
+                .iter()
+                .map(|(n, (a, o))| node_view(n, a.clone(), o.as_ref(), false))
+                .collect(),
+            published: Some(addr(1)),
+            fenced: false,
+            procedure_running: false,
+            maintenance: false,
+            semi_sync_replicas: 1,
+        };
+        (view, obs)
+    }
+
+    fn req(target: Option<&str>) -> SwitchoverRequest {
+        SwitchoverRequest {
+            target: target.map(str::to_owned),
+            ..SwitchoverRequest::default()
+        }
+    }
+
+    #[test]
+    fn no_target_picks_the_semi_sync_replica() {
+        let (view, obs) = cluster(0);
+        let p = plan(&req(None), &view, &obs, 10).unwrap();
+        assert_eq!((p.from.as_str(), p.to.as_str()), ("db1", "db2"));
+        assert!(!p.pair);
+        assert_eq!(p.repoint, vec!["db3".to_owned(), "db1".to_owned()]);
+        // The old source takes the semi-sync flag: db2, which had it, is
+        // the new source.
+        assert_eq!(p.semi_sync, "db1");
+    }
+
+    #[test]
+    fn switching_to_the_async_replica_keeps_the_semi_sync_replica() {
+        let (view, obs) = cluster(0);
+        let p = plan(&req(Some("db3")), &view, &obs, 10).unwrap();
+        assert_eq!(p.to, "db3");
+        assert_eq!(p.semi_sync, "db2");
+    }
+
+    #[test]
+    fn refusals() {
+        let (view, obs) = cluster(30);
+        let err = plan(&req(Some("db3")), &view, &obs, 10).unwrap_err();
+        assert_eq!(
+            err,
+            "db3 lags 30 s behind db1 (limit 10 s; force to override)"
+        );
+        let mut forced = req(Some("db3"));
+        forced.force = true;
+        assert!(
+            plan(&forced, &view, &obs, 10).is_ok(),
+            "force skips the lag refusal"
+        );
+
+        assert_eq!(
+            plan(&req(Some("db9")), &view, &obs, 10).unwrap_err(),
+            "db9 is not a node of c1 with an agent"
+        );
+        assert_eq!(
+            plan(&req(Some("db1")), &view, &obs, 10).unwrap_err(),
+            "db1 is already the source"
+        );
+
+        let (mut view, obs) = cluster(0);
+        view.nodes[2].replica.as_mut().unwrap().sql_running = false;
+        assert_eq!(
+            plan(&req(Some("db3")), &view, &obs, 10).unwrap_err(),
+            "db3 is not replicating from db1 (IO and SQL threads must run)"
+        );
+
+        let (mut view, obs) = cluster(0);
+        view.nodes[0].reachable = false;
+        assert!(plan(&req(None), &view, &obs, 10)
+            .unwrap_err()
+            .contains("that is a failover"));
+
+        let (mut view, obs) = cluster(0);
+        view.nodes[1].quarantined = true;
+        assert_eq!(
+            plan(&req(Some("db2")), &view, &obs, 10).unwrap_err(),
+            "db2 is quarantined"
+        );
+    }
+
+    #[test]
+    fn unhealthy_semi_sync_refuses_unless_forced() {
+        let (view, mut obs) = cluster(0);
+        let source = obs.get_mut("db1").unwrap().1.as_mut().unwrap();
+        source.semi_sync.clients = 0;
+        let err = plan(&req(Some("db2")), &view, &obs, 10).unwrap_err();
+        assert!(err.starts_with("semi-sync is not healthy on db1"), "{err}");
+        let mut forced = req(Some("db2"));
+        forced.force = true;
+        assert!(plan(&forced, &view, &obs, 10).is_ok());
+    }
+
+    #[test]
+    fn a_primary_primary_pair_is_detected() {
+        let (mut view, obs) = cluster(0);
+        view.nodes[0].replica = Some(crate::decide::ReplicaView {
+            source: addr(2),
+            io_running: true,
+            sql_running: true,
+        });
+        let p = plan(&req(Some("db2")), &view, &obs, 10).unwrap();
+        assert!(p.pair);
+        assert_eq!(p.repoint, vec!["db3".to_owned()], "db1 already follows db2");
+    }
+
+    #[test]
+    fn errant_transactions_on_the_target_refuse() {
+        let target = GtidState::MariaDb(pos("0-1-10,1-2-3"));
+        let source = GtidState::MariaDb(pos("0-1-12"));
+        let err = check_errant(&target, &source, "db2", "db1").unwrap_err();
+        assert!(
+            err.starts_with("db2 has transactions db1 does not (1-2-3)"),
+            "{err}"
+        );
+        assert!(check_errant(&GtidState::MariaDb(pos("0-1-10")), &source, "db2", "db1").is_ok());
+    }
+}

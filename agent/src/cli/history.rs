@@ -338,7 +338,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    pub(crate) fn entry() -> HistoryEntry {
+    fn entry() -> HistoryEntry {
         serde_json::from_value(json!({
             "id": "001700000000000-switchover", "kind": "switchover", "cluster": "c1",
             "outcome": "done", "reason": "switched db1 -> db2",

@@ -50,18 +50,29 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..switches {
         let target = if i % 2 == 0 { "db2" } else { "db1" };
         let done = history_len(&stack).await;
-        stack.consul.kv_put("mysql/switchover/bench", target).await?;
+        stack
+            .consul
+            .kv_put("mysql/switchover/bench", target)
+            .await?;
         let entry = wait_for(Duration::from_secs(60), || async {
             let h = history(&stack).await;
-            h.get(done).filter(|e| e.outcome != Outcome::Running).cloned()
+            h.get(done)
+                .filter(|e| e.outcome != Outcome::Running)
+                .cloned()
         })
         .await
         .map_err(|_| anyhow::anyhow!("switch {i} never finished\n{}", stack.logs()))?;
-        anyhow::ensure!(entry.outcome == Outcome::Done, "switch {i}: {}", entry.reason);
+        anyhow::ensure!(
+            entry.outcome == Outcome::Done,
+            "switch {i}: {}",
+            entry.reason
+        );
         coordinator.push(entry.write_unavailable_ms.unwrap_or(0));
-        wait_until(Duration::from_secs(30), || async { stack.semi_sync_healthy().await })
-            .await
-            .map_err(|_| anyhow::anyhow!("did not settle after switch {i}"))?;
+        wait_until(Duration::from_secs(30), || async {
+            stack.semi_sync_healthy().await
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("did not settle after switch {i}"))?;
         // Let the writer show a steady stretch between switches.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -82,7 +93,10 @@ async fn main() -> anyhow::Result<()> {
     gaps.truncate(switches);
 
     println!("\nsuccessover benchmark: {switches} switches, writer through HAProxy (own process)");
-    println!("{:<52} {:>6} {:>6} {:>6} {:>6}", "ms", "min", "p50", "p99", "max");
+    println!(
+        "{:<52} {:>6} {:>6} {:>6} {:>6}",
+        "ms", "min", "p50", "p99", "max"
+    );
     row("write unavailability seen by the writer", gaps);
     row("old source read-only -> new source writable", coordinator);
     println!(
