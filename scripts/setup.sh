@@ -3,6 +3,12 @@
 # MariaDB 10.11 and HAProxy 2.6 from Debian's packages, iproute2 for the
 # namespace "hosts", and Consul built from its Go module (cached).
 # Idempotent: a second run only checks what is already there.
+#
+# Benchmark extras, only when asked (CI's setup does not pay for them):
+#   SUCCESSOVER_SETUP_BENCH=1 scripts/setup.sh    (or: scripts/setup.sh --bench)
+# also builds consul-template (pinned, v0.41.1) from its Go
+# module into the same cache, for successover-bench-compare
+# (docs/benchmarks.md). About 45 s the first time, well under a second after.
 set -euo pipefail
 
 CONSUL_VERSION="${CONSUL_VERSION:-v1.20.1}"
@@ -79,6 +85,39 @@ GOSRC
     rm -rf "$work"
 fi
 ln -sf "$CONSUL_BIN" "$BIN_DIR/consul"
+
+# --- benchmark extras (SUCCESSOVER_SETUP_BENCH=1 or --bench) ----------------
+# consul-template, the setup successover-render replaces, for
+# successover-bench-compare. Its root go.mod has no replace directives, so
+# `go install module@version` builds it straight from the module proxy.
+setup_bench="${SUCCESSOVER_SETUP_BENCH:-0}"
+for arg in "$@"; do
+    [ "$arg" = "--bench" ] && setup_bench=1
+done
+if [ "$setup_bench" = "1" ]; then
+    CONSUL_TEMPLATE_VERSION="${CONSUL_TEMPLATE_VERSION:-v0.41.1}"
+    CONSUL_TEMPLATE_BIN="$BIN_DIR/consul-template-${CONSUL_TEMPLATE_VERSION}"
+    if [ ! -x "$CONSUL_TEMPLATE_BIN" ]; then
+        command -v go >/dev/null 2>&1 || die "go is required to build consul-template (apt-get install golang-go)"
+        log "building consul-template ${CONSUL_TEMPLATE_VERSION} from its Go module (first run only, about a minute)"
+        ct_work="$CACHE_DIR/consul-template-build-${CONSUL_TEMPLATE_VERSION}"
+        rm -rf "$ct_work"
+        mkdir -p "$ct_work/bin"
+        (
+            cd "$ct_work"
+            export GOFLAGS="-mod=mod -buildvcs=false"
+            # Only the module proxy is reachable; never fall back to VCS.
+            export GOPROXY="${GOPROXY_OVERRIDE:-https://proxy.golang.org}"
+            GOBIN="$ct_work/bin" go install -trimpath -ldflags "-s -w" \
+                "github.com/hashicorp/consul-template@${CONSUL_TEMPLATE_VERSION}" 2>"$ct_work/build.log"
+        ) || die "building consul-template ${CONSUL_TEMPLATE_VERSION} failed; see $ct_work/build.log"
+        mv "$ct_work/bin/consul-template" "$CONSUL_TEMPLATE_BIN"
+        rm -rf "$ct_work"
+    fi
+    ln -sf "$CONSUL_TEMPLATE_BIN" "$BIN_DIR/consul-template"
+    log "consul-template $BIN_DIR/consul-template -> $CONSUL_TEMPLATE_BIN ($("$CONSUL_TEMPLATE_BIN" -version 2>&1 | head -1))"
+fi
+# --- end of benchmark extras --------------------------------------------------
 
 mariadbd_path=$(command -v mariadbd || echo /usr/sbin/mariadbd)
 haproxy_path=$(command -v haproxy || echo /usr/sbin/haproxy)

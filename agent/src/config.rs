@@ -23,7 +23,31 @@ pub struct RawConfig {
     pub consul: RawConsul,
     #[serde(default)]
     pub timing: RawTiming,
+    #[serde(default)]
+    pub failover: RawFailover,
     pub metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    /// `probe_and_replicas` (default) or `all` (the source's own agent must
+    /// also report its server down or be gone).
+    pub detection: Option<String>,
+    pub confirmations: Option<u32>,
+    pub apply_timeout_s: Option<u64>,
+}
+
+/// Who must agree that a source is dead before a failover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detection {
+    /// The coordinator cannot reach the source and no replica receives
+    /// from it. A partitioned source host cannot veto this: its agent may
+    /// be cut off from Consul with a stale report.
+    ProbeAndReplicas,
+    /// Also the source's agent: its report is gone or says the server is
+    /// down. Slower for a partitioned host (its session must expire).
+    All,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +112,11 @@ pub struct Config {
     pub session_ttl: Duration,
     pub lock_delay: Duration,
     pub report_heartbeat: Duration,
+    pub detection: Detection,
+    /// Consecutive cycles the source must look dead.
+    pub confirmations: u32,
+    /// How long a candidate may take to apply its relay log.
+    pub apply_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -233,6 +262,21 @@ pub fn validate(
     if report_heartbeat < tick {
         errors.push("timing.report_heartbeat_s must not be shorter than timing.tick_ms".to_owned());
     }
+    let detection = match raw.failover.detection.as_deref() {
+        None | Some("probe_and_replicas") => Detection::ProbeAndReplicas,
+        Some("all") => Detection::All,
+        Some(other) => {
+            errors.push(format!(
+                "failover.detection {other:?} must be \"probe_and_replicas\" or \"all\""
+            ));
+            Detection::ProbeAndReplicas
+        }
+    };
+    let confirmations = raw.failover.confirmations.unwrap_or(3);
+    if !(1..=100).contains(&confirmations) {
+        errors.push("failover.confirmations must be between 1 and 100".to_owned());
+    }
+    let apply_timeout = Duration::from_secs(raw.failover.apply_timeout_s.unwrap_or(60));
     let metrics_listen = match raw.metrics_listen {
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -266,6 +310,9 @@ pub fn validate(
         session_ttl,
         lock_delay,
         report_heartbeat,
+        detection,
+        confirmations,
+        apply_timeout,
         metrics_listen,
     })
 }

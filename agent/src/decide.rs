@@ -151,6 +151,12 @@ pub fn decide(view: &ClusterView) -> Decision {
             Err(why) => return Decision::idle(why),
         },
     };
+    if !source.reachable {
+        // Failure detection owns this case; moving semi-sync flags away
+        // from replicas that lost a dead source would destroy the evidence
+        // of which one holds every acknowledged transaction.
+        return Decision::idle(format!("published source {} is unreachable", source.name));
+    }
     if source.quarantined {
         return Decision::idle(format!(
             "published source {} is quarantined: refusing to enforce invariants around it",

@@ -1,9 +1,11 @@
 //! successover agent library: the building blocks the `successover-agent`
 //! binary runs.
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod decide;
+pub mod failover;
 pub mod membership;
 pub mod metrics;
 pub mod mysql;

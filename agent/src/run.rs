@@ -38,6 +38,14 @@ pub struct Agent {
     last_report_write: Option<Instant>,
     free_lock_seen: u32,
     coordinating: bool,
+    /// Every node seen in a report since start, so a source whose agent
+    /// vanished with its host is still probed and can be failed over.
+    pub(crate) known: BTreeMap<String, Addr>,
+    /// Consecutive cycles the published source looked dead.
+    pub(crate) suspect: Option<(String, u32)>,
+    /// A failover that could not start was already recorded for this
+    /// incident; don't write the same refusal every cycle.
+    pub(crate) incident_recorded: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -69,6 +77,9 @@ impl Agent {
             last_report_write: None,
             free_lock_seen: 0,
             coordinating: false,
+            known: BTreeMap::new(),
+            suspect: None,
+            incident_recorded: false,
             metrics,
         })
     }
@@ -148,6 +159,14 @@ impl Agent {
         for (key, why) in &kv.rejected {
             tracing::warn!(key, why, "ignoring invalid KV value");
         }
+        // Every agent remembers every node it has seen, so whichever one
+        // becomes coordinator can still reach a node whose agent (and so
+        // whose report) is gone.
+        for (name, report) in &kv.reports {
+            if let Ok(hp) = successover_common::contract::HostPort::parse(&report.addr) {
+                self.known.insert(name.clone(), cluster::addr_of(&hp));
+            }
+        }
         self.report(&local).await;
 
         let mut reasons = Vec::new();
@@ -185,13 +204,29 @@ impl Agent {
                 actions: Vec::new(),
             };
         }
-        let observations = self.observe_cluster(&kv, local).await;
+        let observations = self.observe_cluster(local).await;
         let view = build_view(&self.cluster, &kv, &observations);
         // A procedure owns the cluster while it runs: an interrupted one is
         // finished or rolled back first, a request is handled next, and
         // only then are the invariants enforced.
         if let Some(id) = kv.in_progress.clone() {
-            reasons.push(self.recover(&kv, &id, &observations).await);
+            reasons.push(self.recover(&kv, &id, &view, &observations).await);
+            return CycleOutcome {
+                coordinator: true,
+                reason: reasons.join("; "),
+                actions: Vec::new(),
+            };
+        }
+        if view.maintenance {
+            reasons.push("maintenance mode: automation suspended".to_owned());
+            return CycleOutcome {
+                coordinator: true,
+                reason: reasons.join("; "),
+                actions: Vec::new(),
+            };
+        }
+        if let Some(reason) = self.watch_source(&kv, &view, &observations).await {
+            reasons.push(reason);
             return CycleOutcome {
                 coordinator: true,
                 reason: reasons.join("; "),
@@ -404,11 +439,10 @@ impl Agent {
         }
     }
 
-    /// Observes every node that has a report (the local one reuses this
-    /// cycle's observation), concurrently and each with its own timeouts.
+    /// Observes every known node (the local one reuses this cycle's
+    /// observation), concurrently and each with its own timeouts.
     async fn observe_cluster(
         &mut self,
-        kv: &ClusterKv,
         local: Result<Observation, String>,
     ) -> BTreeMap<String, (Addr, Option<Observation>)> {
         let mut out = BTreeMap::new();
@@ -417,15 +451,11 @@ impl Agent {
             (self.advertise(), local.ok()),
         );
         let mut tasks = tokio::task::JoinSet::new();
-        for (name, report) in &kv.reports {
+        for (name, addr) in self.known.clone() {
             if name == self.node.as_str() {
                 continue;
             }
-            let Ok(hp) = successover_common::contract::HostPort::parse(&report.addr) else {
-                continue;
-            };
-            let addr = cluster::addr_of(&hp);
-            let mut node = match self.peers.remove(name) {
+            let mut node = match self.peers.remove(&name) {
                 Some(n) if n.addr() == addr.to_string() => n,
                 _ => Node::new(node_config(&self.cfg, &addr.host, addr.port)),
             };
@@ -648,7 +678,7 @@ pub fn build_view(
         published: kv.published.clone(),
         fenced: kv.fenced,
         procedure_running: kv.in_progress.is_some(),
-        maintenance: false,
+        maintenance: kv.settings.as_ref().is_some_and(|s| s.maintenance),
         semi_sync_replicas: kv.semi_sync_replicas(),
     }
 }

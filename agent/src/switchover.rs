@@ -232,7 +232,7 @@ pub fn plan(
     })
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -240,12 +240,12 @@ fn now_ms() -> u64 {
 }
 
 /// Step recorder: timings for the audit entry.
-struct Recorder {
-    entry: HistoryEntry,
+pub(crate) struct Recorder {
+    pub(crate) entry: HistoryEntry,
 }
 
 impl Recorder {
-    fn record<T>(&mut self, name: &str, t: Timer, result: &Result<T, String>) {
+    pub(crate) fn record<T>(&mut self, name: &str, t: Timer, result: &Result<T, String>) {
         self.entry.steps.push(Step {
             name: name.to_owned(),
             started_ms: t.ms,
@@ -257,11 +257,11 @@ impl Recorder {
 }
 
 impl Agent {
-    fn lost_lock(&self) -> bool {
+    pub(crate) fn lost_lock(&self) -> bool {
         self.membership.as_ref().is_none_or(|m| m.is_lost())
     }
 
-    fn session_id(&self) -> Option<String> {
+    pub(crate) fn session_id(&self) -> Option<String> {
         self.membership
             .as_ref()
             .filter(|m| !m.is_lost())
@@ -269,7 +269,7 @@ impl Agent {
     }
 
     /// A txn that only commits while this agent holds the cluster lock.
-    async fn guarded_txn(&self, mut ops: Vec<TxnOp>) -> Result<(), String> {
+    pub(crate) async fn guarded_txn(&self, mut ops: Vec<TxnOp>) -> Result<(), String> {
         let session = self.session_id().ok_or("coordinator session lost")?;
         ops.insert(
             0,
@@ -289,7 +289,7 @@ impl Agent {
         }
     }
 
-    fn history_op(&self, entry: &HistoryEntry) -> TxnOp {
+    pub(crate) fn history_op(&self, entry: &HistoryEntry) -> TxnOp {
         TxnOp::set(
             self.keys.history_key(&self.cluster, &entry.id),
             serde_json::to_vec(entry).unwrap_or_default(),
@@ -453,7 +453,7 @@ impl Agent {
         check_errant(&target, &source, &plan.to, &plan.from)
     }
 
-    fn check_lock(&self, before: &str) -> Result<(), StepFailure> {
+    pub(crate) fn check_lock(&self, before: &str) -> Result<(), StepFailure> {
         if self.lost_lock() {
             Err(StepFailure::LockLost(format!("before {before}")))
         } else {
@@ -461,7 +461,7 @@ impl Agent {
         }
     }
 
-    async fn on_node<'a, T>(
+    pub(crate) async fn on_node<'a, T>(
         &'a mut self,
         name: &str,
         f: impl AsyncFnOnce(&'a mut Node) -> Result<T, crate::mysql::NodeError>,
@@ -479,7 +479,7 @@ impl Agent {
     /// Points `name` at `source` with GTID auto-positioning; `semi_sync`
     /// sets its replica flag before the IO thread starts, so it connects in
     /// the right mode without a restart.
-    async fn repoint(
+    pub(crate) async fn repoint(
         &mut self,
         name: &str,
         source: &Addr,
@@ -761,13 +761,13 @@ impl Agent {
     }
 }
 
-struct Timer {
+pub(crate) struct Timer {
     at: Instant,
     ms: u64,
 }
 
 impl Timer {
-    fn start() -> Timer {
+    pub(crate) fn start() -> Timer {
         Timer {
             at: Instant::now(),
             ms: now_ms(),
@@ -775,7 +775,7 @@ impl Timer {
     }
 }
 
-fn outcome_word(o: Outcome) -> &'static str {
+pub(crate) fn outcome_word(o: Outcome) -> &'static str {
     match o {
         Outcome::Running => "running",
         Outcome::Done => "done",
@@ -785,7 +785,7 @@ fn outcome_word(o: Outcome) -> &'static str {
     }
 }
 
-enum StepFailure {
+pub(crate) enum StepFailure {
     LockLost(String),
     RolledBack(String),
     Stuck(String),
@@ -801,6 +801,7 @@ impl Agent {
         &mut self,
         kv: &ClusterKv,
         id: &str,
+        view: &ClusterView,
         observations: &Observations,
     ) -> String {
         let key = self.keys.history_key(&self.cluster, id);
@@ -811,6 +812,11 @@ impl Agent {
             Ok(None) => None,
             Err(e) => return format!("cannot read interrupted procedure {id}: {e}"),
         };
+        if let Some(e) = entry.as_ref().filter(|e| e.kind == ProcedureKind::Failover) {
+            return self
+                .recover_failover(kv, e.clone(), view, observations)
+                .await;
+        }
         let Some(mut entry) = entry.filter(|e| e.from.is_some() && e.to.is_some()) else {
             let _ = self
                 .guarded_txn(vec![TxnOp::delete(

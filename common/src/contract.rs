@@ -572,6 +572,20 @@ pub struct ClusterSettings {
     /// A successover refuses (unless forced) when the candidate lags more.
     #[serde(default = "default_max_lag_seconds")]
     pub max_lag_seconds: u32,
+    /// No second automatic failover within this many seconds of the last
+    /// one unless an operator acknowledged it (deleted
+    /// `history/<cluster>/last-failover`): a cluster that keeps failing is
+    /// a problem for a person, not for more automation.
+    #[serde(default = "default_failover_cooldown_seconds")]
+    pub failover_cooldown_seconds: u64,
+    /// Suspends all automation for the cluster (invariants, failover,
+    /// switchover requests wait). Self-fencing by the agents stays on.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+fn default_failover_cooldown_seconds() -> u64 {
+    3600
 }
 
 fn default_semi_sync_replicas() -> u32 {
@@ -895,7 +909,9 @@ mod tests {
                 proxy_port: 13306,
                 semi_sync_replicas: 1,
                 auto_failover: true,
-                max_lag_seconds: 10
+                max_lag_seconds: 10,
+                failover_cooldown_seconds: 3600,
+                maintenance: false,
             }
         );
         let s = ClusterSettings::parse(

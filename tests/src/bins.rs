@@ -24,6 +24,23 @@ pub fn consul() -> &'static Path {
     })
 }
 
+/// `consul-template`, only for `successover-bench-compare`:
+/// `$SUCCESSOVER_CONSUL_TEMPLATE`, else the binary `scripts/setup.sh` builds
+/// into its cache when asked for the benchmark extras, else `PATH`.
+pub fn consul_template() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let cached = cache_dir().join("bin/consul-template");
+        find(
+            "consul-template",
+            "SUCCESSOVER_CONSUL_TEMPLATE",
+            &[cached],
+            "run SUCCESSOVER_SETUP_BENCH=1 scripts/setup.sh, which builds consul-template \
+             into ~/.cache/successover/bin/consul-template",
+        )
+    })
+}
+
 /// `mariadbd`, the MariaDB server.
 pub fn mariadbd() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();

@@ -19,6 +19,9 @@ pub struct WriterLog {
     /// Attempts that failed (connect or commit).
     pub failed: u64,
     pub elapsed: Duration,
+    /// Wall clock at the start, so other processes' events can be placed
+    /// on the writer's time line.
+    pub start_unix_ms: u64,
 }
 
 impl WriterLog {
@@ -41,6 +44,13 @@ impl WriterLog {
             .max()
             .unwrap_or_default()
     }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// Creates the writer's table on the source (replicated to the others).
@@ -77,7 +87,10 @@ pub async fn run(
         .wait_timeout(Some(28800))
         .into();
     let start = Instant::now();
-    let mut log = WriterLog::default();
+    let mut log = WriterLog {
+        start_unix_ms: unix_ms(),
+        ..WriterLog::default()
+    };
     let mut conn: Option<Conn> = None;
     let mut next_id = u64::from(writer) << 40;
     while !cancel.is_cancelled() {
@@ -188,6 +201,7 @@ impl WriterProc {
             acked,
             failed: json["failed"].as_u64().unwrap_or(0),
             elapsed: Duration::from_millis(json["elapsed_ms"].as_u64().unwrap_or(0)),
+            start_unix_ms: json["start_unix_ms"].as_u64().unwrap_or(0),
         })
     }
 }
@@ -203,6 +217,7 @@ mod tests {
             acked: vec![(1, ms(0)), (2, ms(10)), (3, ms(700)), (4, ms(710))],
             failed: 3,
             elapsed: ms(720),
+            start_unix_ms: 0,
         };
         assert_eq!(log.max_gap(), ms(690));
         assert_eq!(log.gaps(ms(100)), vec![(ms(10), ms(690))]);

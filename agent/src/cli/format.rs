@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+use successover_common::consul::KvPair;
+
 /// A value read from KV, fit for a terminal. Anyone with KV write access
 /// could otherwise put escape sequences or newlines into an operator's
 /// terminal, or fake extra table rows; control characters are shown
@@ -25,6 +27,11 @@ pub fn clean(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// A KV value as text (lossy: a stray byte should not hide the rest).
+pub fn value_text(pair: &KvPair) -> String {
+    String::from_utf8_lossy(pair.value.as_deref().unwrap_or_default()).into_owned()
+}
+
 /// Rows of cells printed in columns two spaces apart; every cell goes
 /// through [`clean`], so callers can pass KV values as they are.
 #[derive(Debug, Default)]
@@ -40,8 +47,12 @@ impl Table {
     }
 
     pub fn row<S: AsRef<str>>(&mut self, cells: &[S]) {
-        self.rows
-            .push(cells.iter().map(|c| clean(c.as_ref()).into_owned()).collect());
+        self.rows.push(
+            cells
+                .iter()
+                .map(|c| clean(c.as_ref()).into_owned())
+                .collect(),
+        );
     }
 
     pub fn is_empty(&self) -> bool {

@@ -32,9 +32,6 @@ use super::format::{clean, fields, or_dash, utc, Table};
 use super::status::{kind_word, outcome_word, request_line};
 use super::{print_json, Ctx, Exit, Failure};
 
-/// The key under `history/<cluster>/` that is not an entry.
-const IN_PROGRESS: &str = "in-progress";
-
 #[derive(Debug, Serialize)]
 struct ListDoc<'a> {
     cluster: &'a str,
@@ -62,12 +59,14 @@ pub fn parse_entry(pair: &KvPair) -> Result<HistoryEntry, String> {
 }
 
 /// The newest `limit` entry ids among `names` (the key names under the
-/// cluster's history prefix), newest first.
+/// cluster's history prefix), newest first. Entry ids start with their
+/// zero-padded start time; markers the coordinator keeps beside them
+/// (`in-progress`, `last-failover`) do not, and are no entries.
 pub fn newest_ids<'a>(prefix: &str, names: &'a [String], limit: usize) -> Vec<&'a str> {
     let mut ids: Vec<&str> = names
         .iter()
         .filter_map(|k| k.strip_prefix(prefix))
-        .filter(|id| !id.is_empty() && *id != IN_PROGRESS && !id.contains('/'))
+        .filter(|id| id.starts_with(|c: char| c.is_ascii_digit()) && !id.contains('/'))
         .collect();
     ids.sort_unstable_by(|a, b| b.cmp(a));
     ids.truncate(limit);
@@ -180,10 +179,7 @@ pub async fn pending_request(
     cluster: &ClusterName,
     id: &str,
 ) -> Result<Option<SwitchoverRequest>, Failure> {
-    let pair = ctx
-        .consul
-        .kv_get(&ctx.keys.switchover_key(cluster))
-        .await?;
+    let pair = ctx.consul.kv_get(&ctx.keys.switchover_key(cluster)).await?;
     Ok(pair
         .and_then(|p| SwitchoverRequest::parse(p.value.as_deref().unwrap_or_default()).ok())
         .filter(|r| r.id.as_deref() == Some(id)))
@@ -413,7 +409,10 @@ evidence
     #[test]
     fn live_lines() {
         let e = entry();
-        assert_eq!(step_line(&e.steps[1]), "     12 ms  read_only_old_source  ok");
+        assert_eq!(
+            step_line(&e.steps[1]),
+            "     12 ms  read_only_old_source  ok"
+        );
         assert_eq!(
             step_line(&e.steps[2]),
             "      3 ms  kill_old_connections  FAILED  db1 unreachable\\n"
@@ -448,6 +447,7 @@ evidence
             "001-switchover",
             "003-failover",
             "in-progress",
+            "last-failover",
             "002-switchover",
             "sub/x",
         ]

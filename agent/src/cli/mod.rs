@@ -11,6 +11,10 @@
 //! - `history <cluster> [-n <count>] [<id>]`: see [`history`].
 //! - `fence <cluster> [--reason <text>]`, `unfence <cluster>`: see [`fence`].
 //!
+//! With `--json`, stdout carries one JSON document (shapes in each
+//! module's doc); an error that stops a command prints nothing there, only
+//! `error: …` on stderr. Warnings always go to stderr.
+//!
 //! Exit codes: 0 success (for `switchover --wait`: the switch is done);
 //! 1 refused, aborted or failed, and errors talking to Consul; 2 usage
 //! errors (bad flags, invalid names); 3 `switchover --wait` timed out.
@@ -30,7 +34,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use successover_common::consul::{Consul, ConsulConfig, ConsulError};
+use successover_common::consul::{Consul, ConsulConfig, ConsulError, KvPair};
 use successover_common::contract::{ClusterName, Keys, DEFAULT_PREFIX};
 
 /// Exit statuses, part of the interface: scripts and CI jobs branch on them.
@@ -131,9 +135,7 @@ pub struct Cli {
 pub enum Command {
     /// Source, fence, coordinator, nodes and any procedure under way, for
     /// one cluster or all.
-    Status {
-        cluster: Option<ClusterName>,
-    },
+    Status { cluster: Option<ClusterName> },
     /// Ask the coordinator for a planned switch (successover).
     Switchover(switchover::SwitchoverArgs),
     /// Past and running failovers and switchovers, newest first; with an
@@ -258,26 +260,24 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 
 /// Whether the contract knows the cluster: a `master` key, settings, or
 /// an agent report. Writing a request or a fence for a mistyped name would
-/// otherwise create a cluster nobody runs, and wait forever.
-pub async fn ensure_known(ctx: &Ctx, cluster: &ClusterName) -> Result<(), Failure> {
+/// otherwise create a cluster nobody runs, and wait forever. Returns the
+/// cluster's settings key, read on the way.
+pub async fn ensure_known(ctx: &Ctx, cluster: &ClusterName) -> Result<Option<KvPair>, Failure> {
     let keys = &ctx.keys;
-    let master = ctx.consul.kv_get(&keys.master_key(cluster)).await?;
-    if master.is_some() {
-        return Ok(());
-    }
-    let settings = ctx
-        .consul
-        .kv_get(&keys.cluster_settings_key(cluster))
-        .await?;
-    if settings.is_some() {
-        return Ok(());
+    let (master_key, settings_key) = (keys.master_key(cluster), keys.cluster_settings_key(cluster));
+    let (master, settings) = tokio::try_join!(
+        ctx.consul.kv_get(&master_key),
+        ctx.consul.kv_get(&settings_key),
+    )?;
+    if master.is_some() || settings.is_some() {
+        return Ok(settings);
     }
     let agents = ctx
         .consul
         .kv_keys(&keys.agent_cluster_prefix(cluster), None)
         .await?;
     if !agents.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     Err(Failure::failed(format!(
         "cluster {cluster} is unknown: there is no {}, no {} and no report under {}",
@@ -325,6 +325,21 @@ mod tests {
         // The message says what is wrong with the name.
         let err = parse(&["status", "c 1"]).unwrap_err().to_string();
         assert!(err.contains("character ' ' at byte 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_prefix_is_a_usage_error_before_any_request() {
+        let cli = parse(&[
+            "--prefix",
+            "/mysql",
+            "--consul-addr",
+            "127.0.0.1:1",
+            "status",
+        ])
+        .unwrap();
+        let err = run(cli).await.unwrap_err();
+        assert_eq!(err.exit, Exit::Usage);
+        assert!(err.message.starts_with("--prefix: prefix must be"), "{err}");
     }
 
     #[test]

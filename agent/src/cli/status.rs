@@ -55,15 +55,15 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use successover_common::consul::KvPair;
 use successover_common::contract::{
-    host_is_node, parse_host_port, valid_cluster_name, valid_node_name, ClusterName,
-    ClusterSettings, HostPort, KeyPath, Keys, Quarantine, ATTR_FAILED,
+    host_is_node, parse_host_port, valid_node_name, ClusterName, ClusterSettings, HostPort,
+    KeyPath, Keys, Quarantine, ATTR_FAILED,
 };
 use successover_common::procedure::{
     HistoryEntry, Outcome, ProcedureKind, Step, SwitchoverRequest,
 };
 use tokio::task::JoinSet;
 
-use super::format::{age, clean, fields, or_dash, utc, yes_no, Table};
+use super::format::{age, clean, fields, or_dash, utc, value_text, yes_no, Table};
 use super::{now_ms, print_json, Ctx, Exit, Failure};
 use crate::report::{HealthReport, ReplicationReport};
 
@@ -209,32 +209,21 @@ pub fn cluster_names(keys: &Keys, pairs: &[KvPair]) -> Vec<ClusterName> {
     names
 }
 
-/// The id `history/<cluster>/in-progress` names. The coordinator writes
-/// the bare id; a JSON object with an `id` field is accepted as well so that
-/// a richer value later does not break older CLIs.
+/// The entry id `history/<cluster>/in-progress` names (its whole value).
 pub fn in_progress_id(value: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(value)
+    let id = std::str::from_utf8(value)
         .map_err(|_| "not valid UTF-8".to_owned())?
         .trim();
-    let id = if text.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        v.get("id")
-            .and_then(|id| id.as_str())
-            .ok_or("a JSON value without an \"id\" string")?
-            .to_owned()
-    } else {
-        text.to_owned()
-    };
-    // Ids become key paths; the same rule as a request's id.
-    valid_node_name(&id).map_err(|e| format!("id: {e}"))?;
-    Ok(id)
+    // The id becomes part of a key path: the same rule as a request's id.
+    valid_node_name(id).map_err(|e| format!("entry id: {e}"))?;
+    Ok(id.to_owned())
 }
 
 /// Interprets the pairs read from KV. Pure, so the whole status (and its
 /// rendering) is tested without Consul. `only` restricts the result to one
 /// cluster: a recursive read of `master/c1` also returns `master/c10`.
 pub fn build(keys: &Keys, pairs: &[KvPair], only: Option<&ClusterName>, now_ms: u64) -> StatusDoc {
-    let mut raw: BTreeMap<&str, Raw> = BTreeMap::new();
+    let mut raw: BTreeMap<ClusterName, Raw> = BTreeMap::new();
     let mut problems = Vec::new();
     for pair in pairs {
         let Some(path) = keys.classify(&pair.key) else {
@@ -252,11 +241,14 @@ pub fn build(keys: &Keys, pairs: &[KvPair], only: Option<&ClusterName>, now_ms: 
         if only.is_some_and(|o| o.as_str() != cluster) {
             continue;
         }
-        if let Err(e) = valid_cluster_name(cluster) {
-            problems.push(format!("{}: cluster name: {e}", pair.key));
-            continue;
-        }
-        let r = raw.entry(cluster).or_default();
+        let name = match ClusterName::parse(cluster) {
+            Ok(name) => name,
+            Err(e) => {
+                problems.push(format!("{}: cluster name: {e}", pair.key));
+                continue;
+            }
+        };
+        let r = raw.entry(name).or_default();
         match path {
             KeyPath::Master { attr: None, .. } => {
                 r.defined = true;
@@ -290,7 +282,7 @@ pub fn build(keys: &Keys, pairs: &[KvPair], only: Option<&ClusterName>, now_ms: 
     let clusters = raw
         .into_iter()
         .filter(|(_, r)| r.defined)
-        .map(|(name, r)| cluster_status(keys, name, r, now_ms))
+        .map(|(name, r)| cluster_status(keys, &name, r, now_ms))
         .collect();
     StatusDoc {
         now_ms,
@@ -299,17 +291,13 @@ pub fn build(keys: &Keys, pairs: &[KvPair], only: Option<&ClusterName>, now_ms: 
     }
 }
 
-fn text(pair: &KvPair) -> String {
-    String::from_utf8_lossy(pair.value.as_deref().unwrap_or_default()).into_owned()
-}
-
-fn cluster_status(keys: &Keys, name: &str, r: Raw, now_ms: u64) -> ClusterStatus {
+fn cluster_status(keys: &Keys, name: &ClusterName, r: Raw, now_ms: u64) -> ClusterStatus {
     let mut problems = Vec::new();
     // A folder-style key with no value publishes nothing.
     let source = r
         .master
         .filter(|p| p.value.is_some())
-        .map(|p| text(p).trim().to_owned());
+        .map(|p| value_text(p).trim().to_owned());
     let source_addr = match (&source, r.master) {
         (Some(s), Some(pair)) => match parse_host_port(s) {
             Ok(hp) => Some(hp),
@@ -388,16 +376,16 @@ fn cluster_status(keys: &Keys, name: &str, r: Raw, now_ms: u64) -> ClusterStatus
         .map(|pair| procedure(keys, name, pair, &r.history));
 
     ClusterStatus {
-        cluster: name.to_owned(),
+        cluster: name.to_string(),
         source,
         source_node,
         fenced: r.failed.is_some(),
-        failed: r.failed.map(text),
+        failed: r.failed.map(value_text),
         coordinator: Coordinator {
             holder: r
                 .lock
                 .filter(|p| p.value.is_some())
-                .map(|p| text(p).trim().to_owned()),
+                .map(|p| value_text(p).trim().to_owned()),
             held: r.lock.is_some_and(|p| p.session.is_some()),
         },
         settings,
@@ -437,14 +425,14 @@ fn node_status(node: &str, pair: &KvPair, quarantined: bool, now_ms: u64) -> Nod
         drift: Vec::new(),
         problem: None,
     };
-    let report: HealthReport = match serde_json::from_slice(pair.value.as_deref().unwrap_or_default())
-    {
-        Ok(r) => r,
-        Err(e) => {
-            n.problem = Some(format!("{}: not a health report: {e}", pair.key));
-            return n;
-        }
-    };
+    let report: HealthReport =
+        match serde_json::from_slice(pair.value.as_deref().unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                n.problem = Some(format!("{}: not a health report: {e}", pair.key));
+                return n;
+            }
+        };
     n.addr = Some(report.addr);
     n.up = report.up;
     n.error = report.error;
@@ -469,12 +457,12 @@ fn node_status(node: &str, pair: &KvPair, quarantined: bool, now_ms: u64) -> Nod
 
 fn procedure(
     keys: &Keys,
-    cluster: &str,
+    cluster: &ClusterName,
     marker: &KvPair,
     history: &BTreeMap<&str, &KvPair>,
 ) -> Procedure {
     let mut p = Procedure {
-        id: text(marker).trim().to_owned(),
+        id: value_text(marker).trim().to_owned(),
         kind: None,
         outcome: None,
         from: None,
@@ -493,7 +481,7 @@ fn procedure(
         }
     };
     p.id = id.clone();
-    let entry_key = format!("{}history/{cluster}/{id}", keys.prefix());
+    let entry_key = keys.history_key(cluster, &id);
     let Some(pair) = history.get(id.as_str()) else {
         p.problem = Some(format!(
             "{} names {entry_key}, which does not exist",
@@ -520,20 +508,28 @@ fn procedure(
 /// Reads what `status` shows: one recursive read per kind of key, then the
 /// in-progress marker (and the entry it names) per cluster.
 pub async fn fetch(ctx: &Ctx, only: Option<&ClusterName>) -> Result<Vec<KvPair>, Failure> {
-    let scope = |kind: &str| match only {
+    let [master, settings, agents, locks, requests, quarantine] = [
+        "master",
+        "cluster",
+        "agent",
+        "lock",
+        "switchover",
+        "quarantine",
+    ]
+    .map(|kind| match only {
         Some(c) => format!("{}{kind}/{c}", ctx.keys.prefix()),
         None => format!("{}{kind}/", ctx.keys.prefix()),
-    };
+    });
     let c = &ctx.consul;
-    let (master, settings, agents, locks, requests, quarantine) = tokio::try_join!(
-        c.kv_get_recurse(&scope("master")),
-        c.kv_get_recurse(&scope("cluster")),
-        c.kv_get_recurse(&scope("agent")),
-        c.kv_get_recurse(&scope("lock")),
-        c.kv_get_recurse(&scope("switchover")),
-        c.kv_get_recurse(&scope("quarantine")),
+    let read = tokio::try_join!(
+        c.kv_get_recurse(&master),
+        c.kv_get_recurse(&settings),
+        c.kv_get_recurse(&agents),
+        c.kv_get_recurse(&locks),
+        c.kv_get_recurse(&requests),
+        c.kv_get_recurse(&quarantine),
     )?;
-    let mut pairs: Vec<KvPair> = [master, settings, agents, locks, requests, quarantine]
+    let mut pairs: Vec<KvPair> = [read.0, read.1, read.2, read.3, read.4, read.5]
         .into_iter()
         .flatten()
         .collect();
@@ -639,16 +635,17 @@ pub fn render_cluster(c: &ClusterStatus) -> String {
         },
     ));
     if let Some(s) = &c.settings {
-        f.push((
-            "settings",
-            format!(
-                "proxy port {}, {} semi-sync replica(s), auto-failover {}, max lag {} s",
-                s.proxy_port,
-                s.semi_sync_replicas,
-                if s.auto_failover { "on" } else { "off" },
-                s.max_lag_seconds
-            ),
-        ));
+        let mut line = format!(
+            "proxy port {}, {} semi-sync replica(s), auto-failover {}, max lag {} s",
+            s.proxy_port,
+            s.semi_sync_replicas,
+            if s.auto_failover { "on" } else { "off" },
+            s.max_lag_seconds
+        );
+        if s.maintenance {
+            line.push_str(", MAINTENANCE: automation suspended");
+        }
+        f.push(("settings", line));
     }
     f.push((
         "procedure",
@@ -699,7 +696,9 @@ pub fn render_cluster(c: &ClusterStatus) -> String {
             n.node.clone(),
             or_dash(n.role.as_deref()).to_owned(),
             n.read_only.map_or("-", yes_no).to_owned(),
-            n.replication.as_ref().map_or("-".to_owned(), replication_cell),
+            n.replication
+                .as_ref()
+                .map_or("-".to_owned(), replication_cell),
             n.semi_sync.as_ref().map_or("-".to_owned(), semi_sync_cell),
             or_dash(n.gtid_executed.as_deref()).to_owned(),
             n.report_age_ms.map_or("-".to_owned(), age),
@@ -712,11 +711,7 @@ pub fn render_cluster(c: &ClusterStatus) -> String {
 }
 
 fn procedure_line(p: &Procedure) -> String {
-    let mut s = format!(
-        "{} {}",
-        p.kind.map_or("procedure", kind_word),
-        p.id
-    );
+    let mut s = format!("{} {}", p.kind.map_or("procedure", kind_word), p.id);
     if let Some(o) = p.outcome {
         s.push_str(&format!(" {}", outcome_word(o)));
     }
@@ -908,7 +903,10 @@ pub(crate) mod tests {
             pair("mysql/master/c1/hostname", "db1"),
             pair("mysql/master/c1/port", "3306"),
             pair("mysql/master/c10", "db9:3306"),
-            pair("mysql/master/c1/failed", r#"{"reason":"switchover","by":"db3"}"#),
+            pair(
+                "mysql/master/c1/failed",
+                r#"{"reason":"switchover","by":"db3"}"#,
+            ),
             pair("mysql/cluster/c1", r#"{"proxy_port": 13306}"#),
             held(pair("mysql/lock/c1", "c1/db3")),
             held(pair(
@@ -964,7 +962,11 @@ pub(crate) mod tests {
         assert_eq!(db2.replication.as_ref().unwrap().seconds_behind, Some(0));
         let db3 = &c.nodes[2];
         assert!(!db3.up && !db3.agent_session);
-        assert!(db3.problem.as_deref().unwrap().contains("mysql/agent/c1/db3"));
+        assert!(db3
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("mysql/agent/c1/db3"));
         assert_eq!(c.quarantined.len(), 1);
         assert_eq!(c.quarantined[0].node, "db4");
         let p = c.procedure.as_ref().unwrap();
@@ -1020,7 +1022,10 @@ pub(crate) mod tests {
         let all = c.problems.join("\n");
         assert!(all.contains("mysql/master/c1: character '\\n'"), "{all}");
         assert!(all.contains("mysql/cluster/c1: invalid JSON"), "{all}");
-        assert!(all.contains("mysql/switchover/c1: a pending request"), "{all}");
+        assert!(
+            all.contains("mysql/switchover/c1: a pending request"),
+            "{all}"
+        );
         assert!(all.contains("mysql/agent/c1/db 1: node name"), "{all}");
         assert_eq!(c.source_node, None);
         assert!(c.quarantined[0].problem.is_some());
@@ -1038,11 +1043,13 @@ pub(crate) mod tests {
 
     #[test]
     fn in_progress_values() {
-        assert_eq!(in_progress_id(b"001-switchover\n").unwrap(), "001-switchover");
-        assert_eq!(in_progress_id(br#"{"id":"001-failover"}"#).unwrap(), "001-failover");
+        assert_eq!(
+            in_progress_id(b"001-switchover\n").unwrap(),
+            "001-switchover"
+        );
         assert!(in_progress_id(b"../x").is_err());
         assert!(in_progress_id(b"").is_err());
-        assert!(in_progress_id(br#"{"x":1}"#).is_err());
+        assert!(in_progress_id(br#"{"id":"001-failover"}"#).is_err());
     }
 
     #[test]
@@ -1059,10 +1066,10 @@ settings     proxy port 13306, 1 semi-sync replica(s), auto-failover on, max lag
 procedure    switchover 001700000000000-switchover running, db1 → db2, started 2023-11-14 22:13:20Z, last step fence ok
 quarantined  db4 (db4:3306: failover to db1)
 
-NODE  ROLE     RO   REPLICATION                        SEMI-SYNC                GTID_EXECUTED  AGE  STATE
-db1   source   no   -                                  source on, 1 replica(s)  0-1-42         1s   up, published source
-db2   replica  yes  db1:3306 io Yes sql Yes lag 0s     replica ACKing           0-1-42         2s   up
-db3   -        -    -                                  -                        -              -    unreadable: mysql/agent/c1/db3: not a health report: key must be a string at line 1 column 2, no agent session
+NODE  ROLE     RO   REPLICATION                     SEMI-SYNC                GTID_EXECUTED  AGE  STATE
+db1   source   no   -                               source on, 1 replica(s)  0-1-42         1s   up, published source
+db2   replica  yes  db1:3306 io Yes sql Yes lag 0s  replica ACKing           0-1-42         2s   up
+db3   -        -    -                               -                        -              -    unreadable: mysql/agent/c1/db3: not a health report: key must be a string at line 1 column 2, no agent session
 ";
         assert_eq!(text, expected, "\n{text}");
     }

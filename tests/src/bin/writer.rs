@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         "acked": log.acked.iter().map(|(id, at)| (*id, at.as_millis() as u64)).collect::<Vec<_>>(),
         "failed": log.failed,
         "elapsed_ms": log.elapsed.as_millis() as u64,
+        "start_unix_ms": log.start_unix_ms,
     });
     std::fs::write(&out, serde_json::to_vec(&json)?)?;
     Ok(())
