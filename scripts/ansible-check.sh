@@ -10,6 +10,8 @@
 #      `systemd-analyze verify` and the daemons' own --check-config;
 #   5. a second apply, whose recap must show changed=0.
 # Needs what scripts/setup.sh installs (ansible venv, Consul, MariaDB).
+# SUCCESSOVER_ANSIBLE_CHECK_KEEP=1 keeps the throwaway directory (logs,
+# staged root) for a look afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -41,7 +43,11 @@ cleanup() {
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$work"
+    if [ "${SUCCESSOVER_ANSIBLE_CHECK_KEEP:-0}" = 1 ]; then
+        log "kept $work"
+    else
+        rm -rf "$work"
+    fi
 }
 trap cleanup EXIT
 
@@ -70,7 +76,10 @@ ansible-lint --nocolor -q site.yml roles tests ||
 # The daemons' binaries, for the roles to install and for --check-config.
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 (cd "$repo" && cargo build --quiet -p successover-agent -p successover-render --bins)
-bin_dir="$target_dir/debug"
+# Copies: a build running meanwhile must not make the second apply differ.
+bin_dir="$work/bin"
+mkdir -p "$bin_dir"
+cp "$target_dir/debug/successover-agent" "$target_dir/debug/successover-render" "$bin_dir/"
 
 log "starting a throwaway Consul and MariaDB"
 http_port=$(free_port)
@@ -176,7 +185,7 @@ agent_sql "KILL CONNECTION $victim" || die "the agent account cannot kill other 
 wait "$sleeper" 2>/dev/null || true
 # And nothing beyond what it needs.
 for stmt in "CREATE USER 'x'@'%'" "SELECT * FROM mysql.user" "CREATE DATABASE other" \
-    "SET GLOBAL max_connections = 10" "SHUTDOWN"; do
+    "SET GLOBAL general_log = OFF" "SHUTDOWN"; do
     if agent_sql "$stmt" >/dev/null 2>&1; then
         die "the agent account may run more than it needs: $stmt"
     fi

@@ -130,3 +130,31 @@ cat >&2 <<INFO
 INFO
 # Machine-readable line for scripts that source the result.
 echo "SUCCESSOVER_CONSUL=$BIN_DIR/consul"
+
+# ---------------------------------------------------------------------------
+# Ansible check (scripts/ansible-check.sh, run by scripts/test.sh):
+# ansible-core and ansible-lint from PyPI, every package pinned in
+# ansible/requirements.txt, in a venv under the cache directory. A stamp
+# with the requirements' hash makes a second run a no-op; editing the file
+# reinstalls. Also curl and systemd-analyze, which the check uses.
+ANSIBLE_VENV="$CACHE_DIR/venv"
+ANSIBLE_REQUIREMENTS="$(cd "$(dirname "$0")/.." && pwd)/ansible/requirements.txt"
+ansible_pkgs=()
+command -v curl >/dev/null 2>&1 || ansible_pkgs+=(curl)
+command -v systemd-analyze >/dev/null 2>&1 || ansible_pkgs+=(systemd)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || ansible_pkgs+=(python3-venv)
+if [ "${#ansible_pkgs[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${ansible_pkgs[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${ansible_pkgs[@]}" >/dev/null
+fi
+ansible_want=$(sha256sum "$ANSIBLE_REQUIREMENTS" | cut -d' ' -f1)
+if [ ! -x "$ANSIBLE_VENV/bin/ansible-lint" ] ||
+    [ "$(cat "$ANSIBLE_VENV/.requirements.sha256" 2>/dev/null)" != "$ansible_want" ]; then
+    log "installing ansible-core and ansible-lint into $ANSIBLE_VENV (pinned in ansible/requirements.txt)"
+    python3 -m venv "$ANSIBLE_VENV" || die "python3 -m venv failed"
+    "$ANSIBLE_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        -r "$ANSIBLE_REQUIREMENTS" || die "pip install -r ansible/requirements.txt failed"
+    echo "$ansible_want" >"$ANSIBLE_VENV/.requirements.sha256"
+fi
+log "ansible   $ANSIBLE_VENV/bin ($("$ANSIBLE_VENV/bin/ansible-playbook" --version | head -1))"

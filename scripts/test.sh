@@ -18,6 +18,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The end-to-end tests run the daemons as separate processes, and cargo
 # test only builds the binaries of a test's own package.
 cargo build --workspace --bins --quiet
+# Ansible roles: lint, a real apply into a throwaway root, idempotence.
+bash scripts/ansible-check.sh
 # Integration tests start real services; on two cores a few test threads
 # per binary keep the services responsive.
 cargo test --workspace --no-fail-fast -- --test-threads="${SUCCESSOVER_TEST_THREADS:-4}" "$@"

@@ -10,6 +10,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mysql;
 pub mod observe;
+pub mod rejoin;
 pub mod report;
 pub mod run;
 pub mod switchover;

@@ -233,6 +233,14 @@ impl Agent {
                 actions: Vec::new(),
             };
         }
+        if let Some(reason) = self.handle_rejoins(&kv, &observations).await {
+            reasons.push(reason);
+            return CycleOutcome {
+                coordinator: true,
+                reason: reasons.join("; "),
+                actions: Vec::new(),
+            };
+        }
         if let Some(request) = kv.switchover.clone() {
             reasons.push(
                 self.handle_switchover(&kv, request, &view, &observations)

@@ -450,7 +450,39 @@ impl Agent {
         let source = self
             .on_node(&plan.from, async |n: &mut Node| n.gtid_executed().await)
             .await?;
-        check_errant(&target, &source, &plan.to, &plan.from)
+        check_errant(&target, &source, &plan.to, &plan.from)?;
+        self.binlog_state_check(&plan.to, &plan.from).await
+    }
+
+    /// MariaDB positions can hide a diverged transaction (same domain and
+    /// sequence number, another server id); the binlog state, per server
+    /// id, cannot. `Err` names what `node` holds that `source` lacks.
+    pub(crate) async fn binlog_state_check(
+        &mut self,
+        node: &str,
+        source: &str,
+    ) -> Result<(), String> {
+        let n = self
+            .on_node(node, async |n: &mut Node| n.mariadb_binlog_state().await)
+            .await?;
+        let s = self
+            .on_node(source, async |n: &mut Node| n.mariadb_binlog_state().await)
+            .await?;
+        let (Some(n), Some(s)) = (n, s) else {
+            return Ok(());
+        };
+        let extra = crate::mysql::gtid::binlog_state_not_in(&n, &s);
+        if extra.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{node} has transactions {source} does not ({}): switching would lose or fork them",
+            extra
+                .iter()
+                .map(|(d, srv, q)| format!("{d}-{srv}-{q}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ))
     }
 
     pub(crate) fn check_lock(&self, before: &str) -> Result<(), StepFailure> {

@@ -76,6 +76,8 @@ impl SwitchoverRequest {
 pub enum ProcedureKind {
     Switchover,
     Failover,
+    /// A quarantined node brought back as a replica.
+    Rejoin,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +146,7 @@ pub fn history_id(started_ms: u64, kind: ProcedureKind) -> String {
     let kind = match kind {
         ProcedureKind::Switchover => "switchover",
         ProcedureKind::Failover => "failover",
+        ProcedureKind::Rejoin => "rejoin",
     };
     format!("{started_ms:015}-{kind}")
 }
@@ -151,6 +154,12 @@ pub fn history_id(started_ms: u64, kind: ProcedureKind) -> String {
 impl Keys {
     pub fn history_key(&self, cluster: &ClusterName, id: &str) -> String {
         format!("{}{id}", self.history_prefix(cluster))
+    }
+
+    /// `rejoin/<cluster>/<node>`: a request to bring a quarantined node
+    /// back as a replica (`successover rejoin`).
+    pub fn rejoin_prefix(&self, cluster: &ClusterName) -> String {
+        format!("{}rejoin/{cluster}/", self.prefix())
     }
 
     /// Names the history entry of the procedure under way, if any. A new

@@ -31,6 +31,10 @@ pub struct AgentOptions {
     pub session_ttl_s: u64,
     pub lock_delay_ms: u64,
     pub prefix: String,
+    /// Run the agent inside this network namespace (see
+    /// [`crate::NetHost::ns_name`]); `consul_addr` must then be one Consul
+    /// listens on and the namespace can reach (its `host_side_addr`).
+    pub netns: Option<String>,
 }
 
 impl AgentOptions {
@@ -43,6 +47,7 @@ impl AgentOptions {
             session_ttl_s: 10,
             lock_delay_ms: 500,
             prefix: "mysql/".to_owned(),
+            netns: None,
         }
     }
 }
@@ -103,7 +108,15 @@ report_heartbeat_s = 30
             ),
         )
         .expect("write agent config");
-        let mut cmd = Command::new(workspace_bin("successover-agent"));
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new(crate::bins::ip());
+                c.args(["netns", "exec", ns])
+                    .arg(workspace_bin("successover-agent"));
+                c
+            }
+            None => Command::new(workspace_bin("successover-agent")),
+        };
         cmd.arg("--config").arg(&config);
         cmd.env("RUST_LOG", "info,successover_agent=debug");
         let log = dir.path().join("agent.log");

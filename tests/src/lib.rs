@@ -23,6 +23,7 @@ pub mod mariadb;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod scenario;
 pub mod stack;
 mod wait;
 pub mod writer;

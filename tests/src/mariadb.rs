@@ -366,6 +366,33 @@ impl MariaDb {
         self.start_process().await;
     }
 
+    /// What an operator does to a failed source before it may serve again:
+    /// stops it if it still runs, replaces its datadir with a fresh copy of
+    /// the template (no data, no binlog, no replication state) and starts it
+    /// on the same port and address. Follow with
+    /// [`MariaDb::replicate_from`], which then replicates everything from
+    /// the beginning of the source's binlog.
+    pub async fn rebuild(&mut self) {
+        self.kill9().await;
+        let template = template_datadir().await;
+        let (from, to) = (template.to_path_buf(), self.datadir.clone());
+        let tmp = self.dir.path().join("tmp");
+        let name = self.opts.name.clone();
+        tokio::task::spawn_blocking(move || {
+            if to.exists() {
+                std::fs::remove_dir_all(&to)?;
+            }
+            copy_dir(&from, &to)?;
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)
+        })
+        .await
+        .expect("rebuilding the datadir panicked")
+        .unwrap_or_else(|e| panic!("{name}: rebuilding the datadir: {e}"));
+        append_marker(&self.log, &format!("rebuilt {}", self.opts.name));
+        self.start_process().await;
+    }
+
     pub fn datadir(&self) -> &Path {
         &self.datadir
     }
@@ -513,12 +540,27 @@ impl Topology {
     /// replication; returns once the source reports semi-sync ON with exactly
     /// one semi-sync client and every replica's threads run. Panics otherwise.
     pub async fn source_with_replicas(replicas: usize) -> Topology {
+        Topology::start_with(
+            (0..=replicas)
+                .map(|i| MariaDbOptions::new(format!("db{}", i + 1), i as u32 + 1))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Like [`Topology::source_with_replicas`] with each server's options
+    /// given (a server inside a [`crate::NetHost`], extra flags): the first
+    /// is the source, the second the semi-sync replica, the rest
+    /// asynchronous replicas. Replicas connect to the source's
+    /// `bind_address`, so a source in a namespace is replicated from
+    /// through its veth.
+    pub async fn start_with(servers: Vec<MariaDbOptions>) -> Topology {
+        let count = servers.len();
         let mut set = tokio::task::JoinSet::new();
-        for i in 0..=replicas {
-            let opts = MariaDbOptions::new(format!("db{}", i + 1), i as u32 + 1);
+        for (i, opts) in servers.into_iter().enumerate() {
             set.spawn(async move { (i, MariaDb::start(opts).await) });
         }
-        let mut started = Vec::with_capacity(replicas + 1);
+        let mut started = Vec::with_capacity(count);
         while let Some(joined) = set.join_next().await {
             match joined {
                 Ok(pair) => started.push(pair),

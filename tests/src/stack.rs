@@ -3,6 +3,7 @@
 //! per database. Used by the switchover and failover tests, the sandbox and
 //! the benchmarks.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use successover_common::consul::{Consul, ConsulConfig};
 
 use crate::agent::{AgentOptions, AgentProc};
 use crate::haproxy::{defaults_section, global_section, HaProxy};
-use crate::mariadb::{MariaDb, Topology, APP_PASSWORD, APP_USER};
+use crate::mariadb::{MariaDb, MariaDbOptions, Topology, APP_PASSWORD, APP_USER};
 use crate::process::{Proc, Scratch};
 use crate::{bins, reserve_port, wait_until, PortLease};
 
@@ -27,21 +28,96 @@ pub struct Stack {
     _dir: Scratch,
 }
 
+/// Where one database host of a [`Stack`] lives.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// Run mysqld and the agent inside this network namespace (a
+    /// [`crate::NetHost::ns_name`]); `bind_address` should then be the
+    /// host's address and `consul_addr` one Consul listens on that the
+    /// namespace reaches (its `host_side_addr`).
+    pub netns: Option<String>,
+    /// The address mysqld listens on and the agent advertises (default
+    /// 127.0.0.1).
+    pub bind_address: Option<IpAddr>,
+    /// The Consul HTTP address this host's agent talks to (default
+    /// [`StackOptions::consul_addr`]): in production, its local Consul agent.
+    pub consul_addr: Option<String>,
+}
+
+/// How to build a [`Stack`]; [`Stack::start`] is `StackOptions::new`.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub cluster: String,
+    /// The test's own Consul client, and the default for agents and the
+    /// renderer.
+    pub consul_addr: String,
+    /// The Consul HTTP address the renderer talks to (default `consul_addr`).
+    pub render_consul_addr: Option<String>,
+    /// db1 (the source), db2 (the semi-sync replica), db3.
+    pub nodes: Vec<NodeOptions>,
+    /// Extra fields of `mysql/cluster/<cluster>` (e.g.
+    /// `failover_cooldown_seconds`), merged over the defaults.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl StackOptions {
+    pub fn new(cluster: &str, consul_addr: &str) -> StackOptions {
+        StackOptions {
+            cluster: cluster.to_owned(),
+            consul_addr: consul_addr.to_owned(),
+            render_consul_addr: None,
+            nodes: vec![NodeOptions::default(); 3],
+            settings: serde_json::Map::new(),
+        }
+    }
+
+    pub fn setting(mut self, key: &str, value: impl Into<serde_json::Value>) -> StackOptions {
+        self.settings.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
 impl Stack {
     /// Brings everything up and waits until the cluster is published,
     /// routed through HAProxy and its invariants hold.
     pub async fn start(cluster: &str, consul_addr: &str) -> Stack {
+        Stack::start_with(StackOptions::new(cluster, consul_addr)).await
+    }
+
+    /// [`Stack::start`] with hosts in namespaces, per-host Consul addresses
+    /// or extra cluster settings. Agents of hosts in a namespace start last,
+    /// once an agent on loopback holds the coordinator lock: an agent in a
+    /// namespace cannot reach servers that listen on 127.0.0.1, so it must
+    /// not be the first coordinator.
+    pub async fn start_with(opts: StackOptions) -> Stack {
+        let cluster = opts.cluster.as_str();
+        let consul_addr = opts.consul_addr.as_str();
         let consul = Consul::new(ConsulConfig::new(consul_addr)).expect("consul client");
-        let topo = Topology::source_with_replicas(2).await;
+        let servers = opts
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut o = MariaDbOptions::new(format!("db{}", i + 1), i as u32 + 1);
+                o.netns = n.netns.clone();
+                if let Some(addr) = n.bind_address {
+                    o.bind_address = addr;
+                }
+                o
+            })
+            .collect();
+        let topo = Topology::start_with(servers).await;
         let proxy_port = reserve_port();
+        let mut settings = serde_json::json!({
+            "proxy_port": proxy_port.port(),
+            "semi_sync_replicas": 1,
+            "max_lag_seconds": 10,
+        });
+        for (k, v) in &opts.settings {
+            settings[k] = v.clone();
+        }
         consul
-            .kv_put(
-                &format!("mysql/cluster/{cluster}"),
-                format!(
-                    r#"{{"proxy_port": {}, "semi_sync_replicas": 1, "max_lag_seconds": 10}}"#,
-                    proxy_port.port()
-                ),
-            )
+            .kv_put(&format!("mysql/cluster/{cluster}"), settings.to_string())
             .await
             .expect("cluster settings");
         let haproxy = HaProxy::start_with(|paths| {
@@ -53,7 +129,8 @@ impl Stack {
         })
         .await;
         let dir = Scratch::new(&format!("stack-{cluster}"));
-        let config = render_config(consul_addr, &haproxy);
+        let render_consul = opts.render_consul_addr.as_deref().unwrap_or(consul_addr);
+        let config = render_config(render_consul, &haproxy);
         let config_path = dir.path().join("render.toml");
         std::fs::write(&config_path, config).expect("write render config");
         let mut cmd = Command::new(bins::successover_render());
@@ -61,10 +138,42 @@ impl Stack {
         let renderer = Proc::spawn("successover-render", cmd, dir.path().join("render.log"))
             .await
             .expect("spawn successover-render");
-        let mut agents = Vec::new();
+        let agent_opts = |i: usize| {
+            let n = &opts.nodes[i];
+            let mut o = AgentOptions::new(
+                cluster,
+                &format!("db{}", i + 1),
+                n.consul_addr.as_deref().unwrap_or(consul_addr),
+            );
+            o.netns = n.netns.clone();
+            o
+        };
+        let mut agents: Vec<Option<AgentProc>> = (0..opts.nodes.len()).map(|_| None).collect();
         for (i, db) in topo.servers().iter().enumerate() {
-            let opts = AgentOptions::new(cluster, &format!("db{}", i + 1), consul_addr);
-            agents.push(AgentProc::start(opts, db).await);
+            if opts.nodes[i].netns.is_none() {
+                agents[i] = Some(AgentProc::start(agent_opts(i), db).await);
+            }
+        }
+        if opts.nodes.iter().any(|n| n.netns.is_some()) {
+            let lock = format!("mysql/lock/{cluster}");
+            let held = wait_until(Duration::from_secs(60), || async {
+                consul
+                    .kv_get(&lock)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|kv| kv.session.is_some())
+            })
+            .await;
+            assert!(
+                held.is_ok(),
+                "no agent on loopback took the coordinator lock"
+            );
+            for (i, db) in topo.servers().iter().enumerate() {
+                if opts.nodes[i].netns.is_some() {
+                    agents[i] = Some(AgentProc::start(agent_opts(i), db).await);
+                }
+            }
         }
         let stack = Stack {
             cluster: cluster.to_owned(),
@@ -73,7 +182,7 @@ impl Stack {
             topo,
             haproxy,
             proxy_port,
-            agents,
+            agents: agents.into_iter().map(|a| a.expect("agent")).collect(),
             renderer,
             _dir: dir,
         };

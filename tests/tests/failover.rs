@@ -4,16 +4,20 @@
 //! source gets no routed traffic after the fence, and there are never two
 //! writable published sources.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
-use successover_tests::consul::ConsulDev;
+use successover_common::procedure::{HistoryEntry, Outcome};
+use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
 use successover_tests::mariadb::global_var;
-use successover_tests::stack::Stack;
-use successover_tests::writer::{self, unix_ms, WriterLog, WriterProc};
+use successover_tests::netns::NetHost;
+use successover_tests::scenario::{
+    check, finished_failover, in_progress, phases, DirectClient, RouteMonitor,
+};
+use successover_tests::stack::{NodeOptions, Stack, StackOptions};
+use successover_tests::writer::{self, unix_ms, WriterProc};
 use successover_tests::{wait_for, wait_until};
 use tokio::sync::OnceCell;
-use tokio_util::sync::CancellationToken;
 
 static CONSUL: OnceCell<ConsulDev> = OnceCell::const_new();
 
@@ -22,175 +26,6 @@ async fn consul_addr() -> String {
         .get_or_init(|| async { ConsulDev::start().await })
         .await
         .http_addr()
-}
-
-async fn failovers(stack: &Stack) -> Vec<HistoryEntry> {
-    let prefix = format!("mysql/history/{}/", stack.cluster);
-    let mut out: Vec<HistoryEntry> = stack
-        .consul
-        .kv_get_recurse(&prefix)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|kv| serde_json::from_slice::<HistoryEntry>(kv.value.as_deref()?).ok())
-        .filter(|e| e.kind == ProcedureKind::Failover)
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
-}
-
-async fn finished_failover(stack: &Stack, limit: Duration) -> HistoryEntry {
-    wait_for(limit, || async {
-        failovers(stack)
-            .await
-            .pop()
-            .filter(|e| e.outcome != Outcome::Running)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no finished failover\n{}", stack.logs()))
-}
-
-/// Polls through HAProxy and records (wall ms, server id) of every
-/// connection that got an answer.
-struct RouteMonitor {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Vec<(u64, u32)>>,
-}
-
-impl RouteMonitor {
-    fn start(stack: &Stack) -> RouteMonitor {
-        let port = stack.proxy_port.port();
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            use mysql_async::prelude::*;
-            let mut seen = Vec::new();
-            while !s.is_cancelled() {
-                let opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname("127.0.0.1")
-                    .tcp_port(port)
-                    .user(Some("app"))
-                    .pass(Some("app"))
-                    .prefer_socket(false);
-                let probe = async {
-                    let mut c = mysql_async::Conn::new(opts).await.ok()?;
-                    let id: Option<u32> = c.query_first("SELECT @@server_id").await.ok()?;
-                    let _ = c.disconnect().await;
-                    id
-                };
-                if let Ok(Some(id)) = tokio::time::timeout(Duration::from_millis(500), probe).await
-                {
-                    seen.push((unix_ms(), id));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            seen
-        });
-        RouteMonitor { stop, task }
-    }
-
-    async fn finish(self) -> Vec<(u64, u32)> {
-        self.stop.cancel();
-        self.task.await.unwrap()
-    }
-}
-
-struct Checked {
-    crash_to_first_write_ms: u64,
-}
-
-/// The invariants every scenario must keep.
-async fn check(
-    stack: &Stack,
-    entry: &HistoryEntry,
-    log: &WriterLog,
-    routes: &[(u64, u32)],
-    crash_ms: u64,
-) -> Checked {
-    assert_eq!(
-        entry.outcome,
-        Outcome::Done,
-        "{}\n{}",
-        entry.reason,
-        stack.logs()
-    );
-    let new_source = entry.to.clone().unwrap();
-    assert_eq!(
-        stack.published_node().await.as_deref(),
-        Some(new_source.as_str())
-    );
-    let new_db = stack.node(&new_source);
-    let lost = writer::missing(&new_db.url(), log).await.unwrap();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
-    // Writes acknowledged after the crash landed on the new source.
-    let after: Vec<_> = log
-        .acked
-        .iter()
-        .filter(|(_, at)| log.start_unix_ms + at.as_millis() as u64 > crash_ms)
-        .collect();
-    assert!(
-        !after.is_empty(),
-        "no write acknowledged after the crash\n{}",
-        stack.logs()
-    );
-    // No routed traffic to the old source after the fence was applied
-    // (the fence key is written at the first step; allow the renderer a
-    // second to apply it).
-    let fence_ms = entry
-        .steps
-        .first()
-        .map(|s| s.started_ms)
-        .unwrap_or(entry.started_ms);
-    let old_id: u32 = entry
-        .from
-        .as_ref()
-        .unwrap()
-        .trim_start_matches("db")
-        .parse()
-        .unwrap();
-    let stray: Vec<_> = routes
-        .iter()
-        .filter(|(at, id)| *at > fence_ms + 1000 && *id == old_id)
-        .collect();
-    assert!(
-        stray.is_empty(),
-        "routed to the old source after the fence: {stray:?}"
-    );
-    // Exactly one writable server among those running, the published one.
-    for (i, db) in stack.topo.servers().iter().enumerate() {
-        let name = format!("db{}", i + 1);
-        if !db.is_running() {
-            continue;
-        }
-        let Ok(mut c) = tokio::time::timeout(Duration::from_secs(3), db.conn())
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("timeout")))
-        else {
-            continue;
-        };
-        let ro = global_var(&mut c, "read_only").await.unwrap();
-        assert_eq!(ro == "0", name == new_source, "{name} read_only={ro}");
-    }
-    let first_after = after[0].1.as_millis() as u64 + log.start_unix_ms;
-    Checked {
-        crash_to_first_write_ms: first_after.saturating_sub(crash_ms),
-    }
-}
-
-fn phases(entry: &HistoryEntry, crash_ms: u64) -> String {
-    let mut out = vec![format!(
-        "detect {} ms",
-        entry.started_ms.saturating_sub(crash_ms)
-    )];
-    for s in &entry.steps {
-        out.push(format!("{} {} ms", s.name, s.duration_ms));
-    }
-    out.join(", ")
 }
 
 async fn prepared(cluster: &str) -> (Stack, WriterProc) {
@@ -353,5 +188,221 @@ async fn the_coordinators_agent_killed_during_the_failover() {
         coordinator.ok(),
         c.crash_to_first_write_ms,
         entry.reason
+    );
+}
+
+/// A three-server Consul whose followers serve the agents and the renderer
+/// (in production each host talks to its local Consul agent), and the
+/// stack on top, with the writer and route monitor running.
+async fn stack_on_consul_cluster(
+    cluster: &str,
+) -> (ConsulCluster, usize, Stack, WriterProc, RouteMonitor) {
+    let consul = ConsulCluster::start(3).await;
+    let leader = consul.leader_index().await;
+    let followers: Vec<String> = (0..consul.len())
+        .filter(|i| *i != leader)
+        .map(|i| consul.http_addr(i))
+        .collect();
+    let mut opts = StackOptions::new(cluster, &followers[0]);
+    opts.render_consul_addr = Some(followers[1].clone());
+    for (i, node) in opts.nodes.iter_mut().enumerate() {
+        node.consul_addr = Some(followers[i % 2].clone());
+    }
+    let stack = Stack::start_with(opts).await;
+    writer::prepare(&stack.node("db1").url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let w = WriterProc::start(stack.proxy_port.port(), 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let routes = RouteMonitor::start(&stack);
+    (consul, leader, stack, w, routes)
+}
+
+/// The step of `entry` that was running at `at_ms` (or what came before
+/// or after it), for the test's output.
+fn step_at(entry: &HistoryEntry, at_ms: u64) -> String {
+    if at_ms < entry.started_ms {
+        return format!(
+            "before the failover started ({} ms)",
+            entry.started_ms - at_ms
+        );
+    }
+    for s in &entry.steps {
+        if at_ms <= s.started_ms + s.duration_ms {
+            return format!("during or before step {}", s.name);
+        }
+    }
+    "after the last step".to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consul_leader_stopped_at_the_crash() {
+    let (mut consul, leader, mut stack, w, routes) =
+        stack_on_consul_cluster("c-f-leader-crash").await;
+    let crash_ms = unix_ms();
+    stack.topo.server_mut(0).kill9().await;
+    let stopped = consul.stop_leader().await;
+    let stopped_ms = unix_ms();
+    assert_eq!(stopped, leader, "the leader changed before the crash");
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    let new_leader = consul.wait_for_leader().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = w.finish().await.unwrap();
+    let routes = routes.finish().await;
+    let c = check(&stack, &entry, &log, &routes, crash_ms).await;
+    eprintln!(
+        "consul leader {stopped} stopped at the crash ({}), new leader {new_leader}: \
+         crash -> first write on {} after {} ms; {}",
+        step_at(&entry, stopped_ms),
+        entry.to.as_deref().unwrap(),
+        c.crash_to_first_write_ms,
+        phases(&entry, crash_ms)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consul_leader_stopped_as_the_failover_starts() {
+    let (mut consul, leader, mut stack, w, routes) =
+        stack_on_consul_cluster("c-f-leader-mid").await;
+    let crash_ms = unix_ms();
+    stack.topo.server_mut(0).kill9().await;
+    // Poll tightly: the whole procedure after the fence takes ~100 ms.
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while in_progress(&stack).await.is_none() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "no failover started\n{}", stack.logs());
+    let stopped = consul.stop_leader().await;
+    let stopped_ms = unix_ms();
+    assert_eq!(stopped, leader, "the leader changed before the crash");
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    let new_leader = consul.wait_for_leader().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = w.finish().await.unwrap();
+    let routes = routes.finish().await;
+    let c = check(&stack, &entry, &log, &routes, crash_ms).await;
+    eprintln!(
+        "consul leader {stopped} stopped as the failover started ({}), new leader {new_leader}: \
+         crash -> first write on {} after {} ms; {}; {}",
+        step_at(&entry, stopped_ms),
+        entry.to.as_deref().unwrap(),
+        c.crash_to_first_write_ms,
+        phases(&entry, crash_ms),
+        entry.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_returns() {
+    // db1 and its agent live in a namespace host; Consul, HAProxy, db2,
+    // db3 and their agents on loopback.
+    let host = NetHost::create("db1").await;
+    let consul = ConsulDev::start_with(ConsulDevOptions {
+        extra_client_addrs: vec![host.host_side_addr().into()],
+    })
+    .await;
+    let mut opts = StackOptions::new("c-f-cut", &consul.http_addr());
+    opts.nodes[0] = NodeOptions {
+        netns: Some(host.ns_name().to_owned()),
+        bind_address: Some(host.addr().into()),
+        consul_addr: Some(format!(
+            "http://{}:{}",
+            host.host_side_addr(),
+            consul.http_port()
+        )),
+    };
+    let stack = Stack::start_with(opts).await;
+    let db1 = stack.node("db1");
+    assert_eq!(db1.host(), IpAddr::from(host.addr()));
+    writer::prepare(&db1.url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let w = WriterProc::start(stack.proxy_port.port(), 1).await;
+    // An application that bypasses the proxy.
+    let direct = DirectClient::start(db1.host().to_string(), db1.port(), 2);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let routes = RouteMonitor::start(&stack);
+
+    let cut_ms = unix_ms();
+    host.cut().await.unwrap();
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    let done_ms = unix_ms();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The host comes back: its agent must fence its server at once.
+    let heal_ms = unix_ms();
+    host.heal().await.unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), db1.conn()).await else {
+            return false;
+        };
+        global_var(&mut c, "read_only").await.ok().as_deref() == Some("1")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("db1 stayed writable after the heal\n{}", stack.logs()));
+    let read_only_ms = unix_ms();
+    // Let the direct client try the returned host for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let direct = direct.finish().await;
+    let log = w.finish().await.unwrap();
+    let routes = routes.finish().await;
+    let c = check(&stack, &entry, &log, &routes, cut_ms).await;
+    assert_eq!(entry.from.as_deref(), Some("db1"));
+    assert!(
+        read_only_ms - heal_ms < 15_000,
+        "db1 took {} ms after the heal to become read-only",
+        read_only_ms - heal_ms
+    );
+
+    // The direct client: everything it was told was committed is on the new
+    // source, and nothing it started after the cut was acknowledged.
+    let new_source = stack.node(entry.to.as_deref().unwrap());
+    assert!(
+        direct.acked.iter().any(|d| d.acked_ms < cut_ms),
+        "the direct client never wrote before the cut"
+    );
+    let lost = writer::missing(&new_source.url(), &direct.as_writer_log())
+        .await
+        .unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} writes acknowledged to the direct client are not on {}: {lost:?}",
+        lost.len(),
+        new_source.name()
+    );
+    let after_cut: Vec<_> = direct
+        .acked
+        .iter()
+        .filter(|d| d.started_ms > cut_ms)
+        .collect();
+    assert!(
+        after_cut.is_empty(),
+        "writes started after the cut were acknowledged to the direct client: {after_cut:?}"
+    );
+    // db1 stays out: quarantined and not routed.
+    assert!(stack
+        .consul
+        .kv_get(&format!("mysql/quarantine/{}/db1", stack.cluster))
+        .await
+        .unwrap()
+        .is_some());
+    eprintln!(
+        "source host cut: cut -> failover done {} ms, cut -> first write on {} after {} ms; \
+         heal -> db1 read-only {} ms; direct client: {} acked before the cut, {} failed attempts; {}",
+        done_ms - cut_ms,
+        entry.to.as_deref().unwrap(),
+        c.crash_to_first_write_ms,
+        read_only_ms - heal_ms,
+        direct.acked.len(),
+        direct.failed,
+        phases(&entry, cut_ms)
     );
 }

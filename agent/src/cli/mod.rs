@@ -10,6 +10,7 @@
 //!   [--max-lag <s>] [--wait] [--timeout <s>]`: see [`switchover`].
 //! - `history <cluster> [-n <count>] [<id>]`: see [`history`].
 //! - `fence <cluster> [--reason <text>]`, `unfence <cluster>`: see [`fence`].
+//! - `rejoin <cluster> <node> [--wait] [--timeout <s>]`: see [`rejoin`].
 //!
 //! With `--json`, stdout carries one JSON document (shapes in each
 //! module's doc); an error that stops a command prints nothing there, only
@@ -26,6 +27,7 @@
 pub mod fence;
 pub mod format;
 pub mod history;
+pub mod rejoin;
 pub mod status;
 pub mod switchover;
 
@@ -157,6 +159,18 @@ pub enum Command {
     },
     /// Remove the fence (deletes master/<cluster>/failed).
     Unfence { cluster: ClusterName },
+    /// Bring a quarantined node back as a replica, if it holds nothing the
+    /// source lacks; otherwise the answer is "rebuild required".
+    Rejoin {
+        cluster: ClusterName,
+        node: String,
+        /// Wait for the coordinator's answer.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
 }
 
 /// What every command needs.
@@ -239,6 +253,12 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Fence { cluster, reason } => fence::fence(&ctx, &cluster, reason.as_deref()).await,
         Command::Unfence { cluster } => fence::unfence(&ctx, &cluster).await,
+        Command::Rejoin {
+            cluster,
+            node,
+            wait,
+            timeout,
+        } => rejoin::run(&ctx, &cluster, &node, wait, Duration::from_secs(timeout)).await,
     }
 }
 

@@ -758,6 +758,7 @@ pub fn kind_word(k: ProcedureKind) -> &'static str {
     match k {
         ProcedureKind::Switchover => "switchover",
         ProcedureKind::Failover => "failover",
+        ProcedureKind::Rejoin => "rejoin",
     }
 }
 

@@ -535,6 +535,37 @@ impl FromStr for GtidSet {
 pub struct FlavourMismatch;
 
 /// What a server holds or has received, in its flavour's terms. On MariaDB the executed state
+
+/// Parses MariaDB's `@@gtid_binlog_state` (`0-1-100,0-2-140,1-3-7`): every
+/// (domain, server id) with the last sequence number it wrote.
+pub fn parse_binlog_state(text: &str) -> Result<Vec<(u32, u32, u64)>, GtidParseError> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let pos = GtidPos::parse(part)?;
+        for g in pos.iter() {
+            out.push((g.domain, g.server_id, g.seq));
+        }
+    }
+    Ok(out)
+}
+
+/// The (domain, server id, seq) entries of `node` that `source` lacks: a
+/// server writes its sequence numbers in order, so holding a later GTID of
+/// the same server in the same domain means holding this one.
+pub fn binlog_state_not_in(
+    node: &[(u32, u32, u64)],
+    source: &[(u32, u32, u64)],
+) -> Vec<(u32, u32, u64)> {
+    node.iter()
+        .filter(|(d, srv, q)| {
+            !source
+                .iter()
+                .any(|(sd, ss, sq)| sd == d && ss == srv && sq >= q)
+        })
+        .copied()
+        .collect()
+}
+
 /// is `@@gtid_current_pos` (see `Node::gtid_executed` for why), on MySQL `@@gtid_executed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GtidState {
@@ -901,5 +932,22 @@ mod tests {
             y.clone()
         );
         assert_eq!(y.to_string(), format!("{U1}:1"));
+    }
+}
+
+#[cfg(test)]
+mod binlog_state_tests {
+    use super::*;
+
+    #[test]
+    fn a_diverged_transaction_is_found_per_server_id() {
+        let source = parse_binlog_state("0-1-100,0-2-140").unwrap();
+        // Same domain, lower seq than the source's latest, but from server 1
+        // beyond what the source got from it: a position check misses it.
+        let node = parse_binlog_state("0-1-101").unwrap();
+        assert_eq!(binlog_state_not_in(&node, &source), vec![(0, 1, 101)]);
+        let clean = parse_binlog_state("0-1-100,0-2-120").unwrap();
+        assert!(binlog_state_not_in(&clean, &source).is_empty());
+        assert!(parse_binlog_state("").unwrap().is_empty());
     }
 }

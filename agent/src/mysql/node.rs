@@ -289,6 +289,35 @@ impl Node {
         parse_gtid_executed(d, &row).map_err(|e| self.parse_error(OP, e))
     }
 
+    /// MariaDB `@@gtid_binlog_state`: the last GTID per (domain, server id)
+    /// in the binlog, as (domain, server id, seq). `None` on MySQL, whose
+    /// executed set is exact already.
+    pub async fn mariadb_binlog_state(&mut self) -> Result<Option<Vec<(u32, u32, u64)>>> {
+        const OP: &str = "mariadb_binlog_state";
+        let d = self.dialect().await?;
+        if !d.is_mariadb() {
+            return Ok(None);
+        }
+        let row = self
+            .query_first(OP, "SELECT CAST(@@GLOBAL.gtid_binlog_state AS CHAR)")
+            .await?;
+        let text = match row.at(0) {
+            Some(Some(v)) => v.to_owned(),
+            _ => String::new(),
+        };
+        super::gtid::parse_binlog_state(&text)
+            .map(Some)
+            .map_err(|e| {
+                self.parse_error(
+                    OP,
+                    ParseError::Gtid {
+                        column: "gtid_binlog_state".into(),
+                        source: e,
+                    },
+                )
+            })
+    }
+
     /// MariaDB's binlog, slave and current positions; `None` on MySQL.
     pub async fn mariadb_gtid_positions(&mut self) -> Result<Option<MariaDbPositions>> {
         const OP: &str = "mariadb_gtid_positions";

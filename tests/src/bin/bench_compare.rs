@@ -229,14 +229,11 @@ async fn haproxy_usage(h: &HaProxy) -> anyhow::Result<Usage> {
     let mut total = usage(h.pid())?;
     for pid in h.worker_pids().await? {
         if let Ok(u) = usage(pid) {
-            total = total.add(Usage {
-                hwm_kib: u.rss_kib,
-                ..u
-            });
+            total = total.add(u);
         }
     }
-    // Peak of the master only; a sum of peaks would mean nothing.
-    total.hwm_kib = usage(h.pid())?.hwm_kib;
+    // A sum of peaks would mean nothing: only RSS is reported.
+    total.hwm_kib = 0;
     Ok(total)
 }
 
@@ -282,6 +279,15 @@ async fn version(program: &Path, arg: &str) -> String {
         .next()
         .unwrap_or("")
         .to_owned()
+}
+
+/// `/proc/loadavg`'s 1-minute figure: other work on the machine skews
+/// the latencies.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn cpu_model() -> String {
@@ -577,6 +583,7 @@ template {{
     let reloads_b_start = haproxy_reloads(&haproxy_b).await?;
     let reloads_a_start = haproxy_reloads(&haproxy_a).await?;
     let started = Instant::now();
+    let load_start = load_average();
     let (render_start, ct_start) = (usage(renderer.pid())?, usage(ct.pid())?);
     let (ha_start, hb_start) = (
         haproxy_usage(&haproxy_a).await?,
@@ -604,6 +611,7 @@ template {{
         }
     }
     let switch_seconds = started.elapsed().as_secs_f64();
+    let load_end = load_average();
 
     let text = metrics(metrics_port.port()).await.unwrap_or_default();
     let (render_end, ct_end) = (usage(renderer.pid())?, usage(ct.pid())?);
@@ -636,6 +644,7 @@ template {{
         "  {switches} switches of c1 between two MariaDB servers through each proxy; {cores} cores, {}",
         cpu_model()
     );
+    println!("  load average (1 min) {load_start} before the switches, {load_end} after");
     println!("  {haproxy_version}");
     println!("  {mariadb_version}");
     println!(
@@ -832,8 +841,9 @@ async fn idle(
 
     println!();
     println!(
-        "Idle: {seconds} s, 3 agents (tick {AGENT_TICK_MS} ms, session TTL {AGENT_SESSION_TTL_S} s, \
-         debug log level), cluster {CLUSTER:?}"
+        "Idle: {seconds} s, 3 agents (tick {AGENT_TICK_MS} ms, session TTL {AGENT_SESSION_TTL_S} s), \
+         cluster {CLUSTER:?}, load average (1 min) {}",
+        load_average()
     );
     println!(
         "  {:<38} {:>8} {:>9} {:>16}",
@@ -849,7 +859,7 @@ async fn idle(
         );
     }
     println!(
-        "  agent log written while idle: {} bytes/s (all three)",
+        "  agent log written while idle (RUST_LOG=info,successover_agent=debug): {} bytes/s (all three)",
         logged.iter().sum::<u64>() as f64 / wall
     );
     for mut a in agents {
