@@ -534,8 +534,6 @@ impl FromStr for GtidSet {
 #[error("cannot compare MariaDB GTID positions with MySQL GTID sets")]
 pub struct FlavourMismatch;
 
-/// What a server holds or has received, in its flavour's terms. On MariaDB the executed state
-
 /// Parses MariaDB's `@@gtid_binlog_state` (`0-1-100,0-2-140,1-3-7`): every
 /// (domain, server id) with the last sequence number it wrote.
 pub fn parse_binlog_state(text: &str) -> Result<Vec<(u32, u32, u64)>, GtidParseError> {
@@ -566,6 +564,7 @@ pub fn binlog_state_not_in(
         .collect()
 }
 
+/// What a server holds or has received, in its flavour's terms. On MariaDB the executed state
 /// is `@@gtid_current_pos` (see `Node::gtid_executed` for why), on MySQL `@@gtid_executed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GtidState {
