@@ -1,8 +1,10 @@
 //! `successover-agent`: runs on every database host.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use successover_agent::config;
@@ -44,6 +46,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: under systemd they would end
+        // up in the journal as escape sequences.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Configuration problems are usage errors: reported all at once, before
     // any port is bound or any connection made.
@@ -88,6 +93,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             }
         }
     }
+    let mut budget = cycle_budget(&cfg);
     let mut agent = match Agent::new(cfg, metrics) {
         Ok(a) => a,
         Err(e) => {
@@ -117,14 +123,14 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
     );
     let mut last_reason = String::new();
     // The watchdog is fed from this loop only, never from a task of its
-    // own: a cycle that hangs must stop the pings so systemd restarts the
-    // agent. Every step of a cycle is bounded by its own timeout, so a
-    // cycle that outlives WatchdogSec is stuck.
+    // own: a loop that hangs must stop the pings so systemd restarts the
+    // agent. While a cycle runs, pings go on for at most `budget` (see
+    // cycle_budget); between cycles, at half the interval.
     let ping_every = systemd::watchdog_interval().map(|w| w / 2);
     let mut next_ping = Instant::now();
     tracing::info!("agent started");
     loop {
-        let outcome = agent.cycle().await;
+        let outcome = systemd::watch(agent.cycle(), budget).await;
         if !systemd::notifier().is_ready() && reached_consul(&outcome) {
             systemd::ready();
         }
@@ -155,10 +161,16 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
                 _ = hup.recv() => {
                     systemd::reloading();
                     match config::load(&args.config) {
-                        Ok(new) => match agent.reload(new) {
-                            Ok(()) => tracing::info!("configuration reloaded"),
-                            Err(e) => tracing::error!("configuration not reloaded: {e}"),
-                        },
+                        Ok(new) => {
+                            let new_budget = cycle_budget(&new);
+                            match agent.reload(new) {
+                                Ok(()) => {
+                                    budget = new_budget;
+                                    tracing::info!("configuration reloaded");
+                                }
+                                Err(e) => tracing::error!("configuration not reloaded: {e}"),
+                            }
+                        }
                         Err(errors) => tracing::error!("configuration not reloaded: {errors}"),
                     }
                     // Done either way: a rejected file leaves the running
@@ -188,6 +200,15 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         tracing::warn!("shutdown timed out");
     }
     ExitCode::SUCCESS
+}
+
+/// The longest one cycle may legitimately take. A coordinator's failover
+/// waits up to `failover.apply_timeout_s` for the candidate's relay log;
+/// every other step is bounded by the MySQL and Consul client timeouts, a
+/// minute together at most. A cycle still running after this is stuck,
+/// and the watchdog pings stop.
+fn cycle_budget(cfg: &config::Config) -> Duration {
+    cfg.apply_timeout + Duration::from_secs(60)
 }
 
 /// Whether a cycle got as far as Consul: only then is the agent doing its

@@ -19,6 +19,7 @@
 //! daemons and tests run unchanged by hand.
 
 use std::ffi::{c_int, c_long};
+use std::future::Future;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -38,6 +39,8 @@ pub struct Notifier {
     watchdog: Option<Duration>,
     /// `READY=1` was sent once; after that a reload ends with `READY=1`.
     ready: AtomicBool,
+    /// `STOPPING=1` was sent: several shutdown paths may report it.
+    stopping: AtomicBool,
 }
 
 impl Notifier {
@@ -47,6 +50,7 @@ impl Notifier {
             addr: None,
             watchdog: None,
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -77,6 +81,7 @@ impl Notifier {
             addr,
             watchdog,
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -86,6 +91,7 @@ impl Notifier {
             addr: Some(addr),
             watchdog,
             ready: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -157,9 +163,39 @@ impl Notifier {
         self.notify("READY=1")
     }
 
-    /// `STOPPING=1`: shutdown began.
+    /// `STOPPING=1`: shutdown began. Sent once; `Ok(false)` after that.
     pub fn stopping(&self) -> io::Result<bool> {
+        if self.stopping.swap(true, Ordering::Relaxed) {
+            return Ok(false);
+        }
         self.notify("STOPPING=1")
+    }
+
+    /// Awaits `work` in the caller's own task, sending `WATCHDOG=1` at half
+    /// the watchdog interval while it runs, but for no longer than
+    /// `budget`. Work that is slow for a reason (a failover waiting for a
+    /// relay log to be applied) keeps the daemon alive; work stuck past the
+    /// longest it can legitimately take stops the pings, and so does a
+    /// blocked thread (nothing polls the timer), so systemd restarts the
+    /// daemon either way. Pings come from this future only: a watchdog fed
+    /// by a task of its own would go on while the main loop hangs.
+    pub async fn watch<F: Future>(&self, work: F, budget: Duration) -> F::Output {
+        let Some(interval) = self.watchdog.filter(|_| self.enabled()) else {
+            return work.await;
+        };
+        let every = interval / 2;
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut next = tokio::time::Instant::now() + every;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tokio::time::sleep_until(next), if next <= deadline => {
+                    logged("WATCHDOG", self.watchdog());
+                    next += every;
+                }
+            }
+        }
     }
 
     /// `STATUS=<line>`, shown by `systemctl status`. Control characters
@@ -298,6 +334,11 @@ pub fn status(line: &str) -> bool {
     logged("STATUS", notifier().status(line))
 }
 
+/// [`Notifier::watch`] on the process-wide notifier.
+pub async fn watch<F: Future>(work: F, budget: Duration) -> F::Output {
+    notifier().watch(work, budget).await
+}
+
 /// [`Notifier::watchdog_interval`] of the process-wide notifier.
 pub fn watchdog_interval() -> Option<Duration> {
     notifier().watchdog_interval()
@@ -400,6 +441,7 @@ mod tests {
         assert_eq!(rx.recv(), "WATCHDOG=1");
         assert!(n.stopping().unwrap());
         assert_eq!(rx.recv(), "STOPPING=1");
+        assert!(!n.stopping().unwrap(), "once is enough");
         assert!(n.status("line one\nWATCHDOG=trigger").unwrap());
         assert_eq!(rx.recv(), "STATUS=line one WATCHDOG=trigger");
     }
@@ -475,6 +517,60 @@ mod tests {
         let n = Notifier::from_lookup(env(&[("NOTIFY_SOCKET", &path)]), 1);
         drop(rx);
         assert!(n.ready().is_err());
+    }
+
+    /// Counts the `WATCHDOG=1` datagrams queued so far.
+    fn pings(rx: &Receiver) -> usize {
+        rx.socket.set_nonblocking(true).unwrap();
+        let mut n = 0;
+        let mut buf = [0u8; 64];
+        while let Ok(len) = rx.socket.recv(&mut buf) {
+            assert_eq!(&buf[..len], b"WATCHDOG=1");
+            n += 1;
+        }
+        rx.socket.set_nonblocking(false).unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn watch_pings_while_the_work_runs_within_its_budget() {
+        let (rx, path) = Receiver::at_path();
+        let n = Notifier::from_lookup(
+            env(&[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "100000")]),
+            1,
+        );
+        // 50 ms apart over 330 ms: 6 pings.
+        let out = n
+            .watch(
+                async {
+                    tokio::time::sleep(Duration::from_millis(330)).await;
+                    7
+                },
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(out, 7);
+        let within = pings(&rx);
+        assert!((3..=7).contains(&within), "{within} pings");
+
+        // Past its budget, stuck work gets no more pings.
+        n.watch(
+            tokio::time::sleep(Duration::from_millis(400)),
+            Duration::from_millis(120),
+        )
+        .await;
+        let stuck = pings(&rx);
+        assert!((1..=3).contains(&stuck), "{stuck} pings");
+
+        // Without a watchdog the work simply runs.
+        let plain = Notifier::from_lookup(env(&[("NOTIFY_SOCKET", &path)]), 1);
+        plain
+            .watch(
+                tokio::time::sleep(Duration::from_millis(60)),
+                Duration::from_secs(1),
+            )
+            .await;
+        assert_eq!(pings(&rx), 0);
     }
 
     #[test]

@@ -1,117 +1,173 @@
-//! The local sandbox: Consul, three MariaDB servers (source + two replicas,
-//! GTID, lossless semi-sync) and HAProxy on this machine, with a writer
-//! going through HAProxy. Prints what it built and what the writer saw.
+//! The local sandbox and demo: Consul, three MariaDB servers (source + two
+//! replicas, GTID, lossless semi-sync), HAProxy driven by
+//! successover-render, a successover-agent per database, and a writer going
+//! through HAProxy in its own process. It performs a planned successover
+//! and an automatic failover (kill -9 of the source) and prints each
+//! write-unavailability window and the count of lost acknowledged writes.
 //!
-//! `--hold` keeps everything running until Ctrl-C.
+//! `--hold` keeps everything running afterwards until Ctrl-C.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use successover_common::consul::{Consul, ConsulConfig};
+use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
 use successover_tests::consul::ConsulDev;
-use successover_tests::haproxy::{tcp_listen, HaProxy};
-use successover_tests::mariadb::{status_var, Topology, ROOT_PASSWORD, ROOT_USER};
-use successover_tests::{reserve_port, writer};
-use tokio_util::sync::CancellationToken;
+use successover_tests::mariadb::{ROOT_PASSWORD, ROOT_USER};
+use successover_tests::stack::Stack;
+use successover_tests::writer::{self, unix_ms, WriterProc};
+use successover_tests::{wait_for, wait_until};
+
+const CLUSTER: &str = "demo";
+
+async fn history(stack: &Stack) -> Vec<HistoryEntry> {
+    let mut out: Vec<HistoryEntry> = stack
+        .consul
+        .kv_get_recurse(&format!("mysql/history/{CLUSTER}/"))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value.as_deref()?).ok())
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+async fn wait_entry(
+    stack: &Stack,
+    kind: ProcedureKind,
+    after: usize,
+) -> anyhow::Result<HistoryEntry> {
+    wait_for(Duration::from_secs(90), || async {
+        history(stack)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .nth(after)
+            .filter(|e| e.outcome != Outcome::Running)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no {kind:?} finished\n{}", stack.logs()))
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let hold = std::env::args().any(|a| a == "--hold");
-    let write_for = Duration::from_secs(3);
 
-    println!("== starting Consul (dev agent)");
-    let consul_agent = ConsulDev::start().await;
-    let consul = Consul::new(ConsulConfig::new(consul_agent.http_addr()))?;
+    println!("== starting Consul, 3 MariaDB (db1 source, db2 semi-sync replica, db3 replica), HAProxy + successover-render, 3 successover-agents");
+    let consul = ConsulDev::start().await;
+    let mut stack = Stack::start(CLUSTER, &consul.http_addr()).await;
+    println!(
+        "   cluster {CLUSTER}: source {} published, routed by HAProxy on 127.0.0.1:{}",
+        stack.published_node().await.unwrap_or_default(),
+        stack.proxy_port.port()
+    );
+    writer::prepare(&stack.node("db1").url()).await?;
+    stack.topo.wait_replicated(Duration::from_secs(30)).await?;
 
-    println!("== starting three MariaDB servers: db1 source, db2 semi-sync replica, db3 replica");
-    let topo = Topology::source_with_replicas(2).await;
-    let source = topo.source();
+    println!("== writer: inserting through HAProxy as an application would (its own process)");
+    let w = WriterProc::start(stack.proxy_port.port(), 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let proxy_port = reserve_port();
-    let bind: SocketAddr = format!("127.0.0.1:{}", proxy_port.port()).parse()?;
-    let source_addr: SocketAddr = source.addr().parse()?;
-    println!("== starting HAProxy: cluster c1 on {bind} -> {source_addr}");
-    let proxy = HaProxy::start(&tcp_listen("c1", bind, "source", source_addr)).await;
-
-    consul.kv_put("mysql/master/c1", source.addr()).await?;
-    consul
-        .kv_put(
-            "mysql/cluster/c1",
-            format!(
-                r#"{{"proxy_port": {}, "semi_sync_replicas": 1}}"#,
-                proxy_port.port()
-            ),
-        )
+    println!("== planned successover: consul kv put mysql/switchover/{CLUSTER} db2");
+    let switch_at = unix_ms();
+    stack
+        .consul
+        .kv_put(&format!("mysql/switchover/{CLUSTER}"), "db2")
         .await?;
-
-    writer::prepare(&source.url()).await?;
-    topo.wait_replicated(Duration::from_secs(30)).await?;
-    let mut conn = source.conn().await?;
-    let yes_before: u64 = status_var(&mut conn, "Rpl_semi_sync_master_yes_tx")
-        .await?
-        .parse()?;
-
-    println!("== writing through HAProxy for {write_for:?}");
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(writer::run(
-        "127.0.0.1".to_owned(),
-        proxy_port.port(),
-        ROOT_USER.to_owned(),
-        ROOT_PASSWORD.to_owned(),
-        1,
-        Duration::ZERO,
-        cancel.clone(),
-    ));
-    tokio::time::sleep(write_for).await;
-    cancel.cancel();
-    let log = run.await?;
-    topo.wait_replicated(Duration::from_secs(30)).await?;
-
-    let yes_after: u64 = status_var(&mut conn, "Rpl_semi_sync_master_yes_tx")
-        .await?
-        .parse()?;
-    println!(
-        "   acknowledged writes: {} ({:.0}/s), failed attempts: {}, longest gap: {:?}",
-        log.acked.len(),
-        log.acked.len() as f64 / log.elapsed.as_secs_f64(),
-        log.failed,
-        log.max_gap()
-    );
-    println!(
-        "   semi-sync acknowledged transactions on db1: {}",
-        yes_after - yes_before
-    );
-    let mut lost_total = 0;
-    for (i, server) in topo.servers().iter().enumerate() {
-        let lost = writer::missing(&server.url(), &log).await?;
-        println!("   db{}: {} acknowledged writes missing", i + 1, lost.len());
-        lost_total += lost.len();
+    let sw = wait_entry(&stack, ProcedureKind::Switchover, 0).await?;
+    println!("   {:?}: {}", sw.outcome, sw.reason);
+    for s in &sw.steps {
+        println!("     {:>5} ms  {}", s.duration_ms, s.name);
     }
+    wait_until(Duration::from_secs(30), || async {
+        stack.semi_sync_healthy().await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("semi-sync did not settle\n{}", stack.logs()))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let source = stack.published_node().await.unwrap_or_default();
+    let idx: usize = source.trim_start_matches("db").parse::<usize>()? - 1;
+    println!("== failover: kill -9 of {source}'s mysqld");
+    let crash_at = unix_ms();
+    stack.topo.server_mut(idx).kill9().await;
+    let fo = wait_entry(&stack, ProcedureKind::Failover, 0).await?;
+    println!("   {:?}: {}", fo.outcome, fo.reason);
+    println!(
+        "     {:>5} ms  detect",
+        fo.started_ms.saturating_sub(crash_at)
+    );
+    for s in &fo.steps {
+        println!("     {:>5} ms  {}", s.duration_ms, s.name);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = w.finish().await?;
+
+    let new_source = stack.published_node().await.unwrap_or_default();
+    let lost = writer::missing(&stack.node(&new_source).url(), &log).await?;
+    // The longest stretch without an acknowledged write that overlaps
+    // [from, to]: the unavailability window of the event in between.
+    let window = |from_ms: u64, to_ms: u64| -> Option<u64> {
+        let lo = from_ms.saturating_sub(log.start_unix_ms);
+        let hi = to_ms.saturating_sub(log.start_unix_ms);
+        log.acked
+            .windows(2)
+            .map(|w| (w[0].1.as_millis() as u64, w[1].1.as_millis() as u64))
+            .filter(|(a, b)| *b >= lo && *a <= hi)
+            .map(|(a, b)| b - a)
+            .max()
+    };
+    println!("\n== what happened");
+    println!(
+        "   writes acknowledged: {} ({} failed attempts, retried)",
+        log.acked.len(),
+        log.failed
+    );
+    println!(
+        "   successover db1 -> db2: write unavailability {} ms (coordinator: old source read-only -> new writable {} ms)",
+        window(switch_at, crash_at - 1000).map(|v| v.to_string()).unwrap_or("?".into()),
+        sw.write_unavailable_ms.unwrap_or(0)
+    );
+    let first_after_crash = log
+        .acked
+        .iter()
+        .map(|(_, at)| log.start_unix_ms + at.as_millis() as u64)
+        .find(|t| *t > crash_at);
+    println!(
+        "   failover {source} -> {new_source}: crash -> first acknowledged write {} ms; write unavailability {} ms",
+        first_after_crash.map(|t| (t - crash_at).to_string()).unwrap_or("?".into()),
+        window(crash_at, unix_ms()).map(|v| v.to_string()).unwrap_or("?".into()),
+    );
+    println!("   acknowledged writes lost: {}", lost.len());
 
     if hold {
         println!("\n== sandbox is up (Ctrl-C to stop and clean up)");
-        println!("   Consul HTTP   {}", consul_agent.http_addr());
-        for (i, server) in topo.servers().iter().enumerate() {
-            println!(
-                "   db{}          mysql -h127.0.0.1 -P{} -u{ROOT_USER} -p{ROOT_PASSWORD}",
-                i + 1,
-                server.port()
-            );
+        println!(
+            "   Consul HTTP    {}   (consul kv get -recurse mysql/ with CONSUL_HTTP_ADDR set)",
+            consul.http_addr()
+        );
+        for (i, db) in stack.topo.servers().iter().enumerate() {
+            if db.is_running() {
+                println!(
+                    "   db{}           mysql -h127.0.0.1 -P{} -u{ROOT_USER} -p{ROOT_PASSWORD}",
+                    i + 1,
+                    db.port()
+                );
+            }
         }
         println!(
-            "   HAProxy c1    mysql -h127.0.0.1 -P{} -u{ROOT_USER} -p{ROOT_PASSWORD}",
-            proxy_port.port()
+            "   HAProxy {CLUSTER}    mysql -h127.0.0.1 -P{} -uapp -papp",
+            stack.proxy_port.port()
         );
         println!(
-            "   HAProxy admin socat - UNIX-CONNECT:{}",
-            proxy.admin_socket_path().display()
+            "   CLI            successover --consul-addr {} status",
+            consul.http_addr()
         );
         tokio::signal::ctrl_c().await?;
     }
-    drop(proxy);
-    if lost_total > 0 {
-        anyhow::bail!("{lost_total} acknowledged writes are missing");
-    }
-    println!("== done: 0 acknowledged writes lost");
+    anyhow::ensure!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+    anyhow::ensure!(
+        sw.outcome == Outcome::Done && fo.outcome == Outcome::Done,
+        "a procedure did not complete"
+    );
     Ok(())
 }
