@@ -194,13 +194,18 @@ mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$db_port" -urepl -pcheck-rep
     -e 'SELECT 1' >/dev/null || die "the replication account cannot log in"
 
 log "checking the cluster settings in Consul KV"
-for want in \
-    'c1 {"auto_failover": true, "max_lag_seconds": 10, "proxy_port": 13306, "semi_sync_replicas": 1}' \
-    'c2 {"auto_failover": false, "max_lag_seconds": 30, "proxy_port": 13307, "semi_sync_replicas": 2}'; do
+kv_want() {
+    printf '{"auto_failover": %s, "failover_cooldown_seconds": 3600, "maintenance": %s, "max_lag_seconds": %s, "proxy_port": %s, "semi_sync_replicas": %s}' "$@"
+}
+for want in "c1 $(kv_want true false 10 13306 1)" "c2 $(kv_want false false 30 13307 2)"; do
     name=${want%% *}
     got=$(curl -fsS "$consul_addr/v1/kv/mysql/cluster/$name?raw") || die "mysql/cluster/$name not in KV"
     [ "$got" = "${want#* }" ] || die "mysql/cluster/$name is $got, want ${want#* }"
 done
+# An operator puts c1 into maintenance by hand: the next apply must leave
+# that alone (and so change nothing).
+maintenance=$(kv_want true true 10 13306 1)
+curl -fsS -X PUT --data "$maintenance" "$consul_addr/v1/kv/mysql/cluster/c1" >/dev/null
 
 log "systemd-analyze verify on the staged units"
 units="$work/units"
@@ -240,5 +245,8 @@ if ! grep -q 'changed=0' <<<"$recap" || grep -Eq 'changed=[1-9]|failed=[1-9]' <<
     echo "$recap" >&2
     die "the second apply changed something"
 fi
+
+got=$(curl -fsS "$consul_addr/v1/kv/mysql/cluster/c1?raw")
+[ "$got" = "$maintenance" ] || die "the second apply overwrote an operator's maintenance switch: $got"
 
 log "ok in $(($(date +%s) - start))s"

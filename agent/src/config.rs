@@ -67,6 +67,7 @@ pub struct RawMysql {
     pub replication_password_env: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub query_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +108,9 @@ pub struct Config {
     pub replication_password: Secret,
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
+    /// Each read (health probes); a hung server is declared unreachable
+    /// after this long.
+    pub read_timeout: Duration,
     pub consul: ConsulConfig,
     pub tick: Duration,
     pub session_ttl: Duration,
@@ -305,6 +309,7 @@ pub fn validate(
         replication_password,
         connect_timeout: Duration::from_millis(raw.mysql.connect_timeout_ms.unwrap_or(2000)),
         query_timeout: Duration::from_millis(raw.mysql.query_timeout_ms.unwrap_or(5000)),
+        read_timeout: Duration::from_millis(raw.mysql.read_timeout_ms.unwrap_or(2000)),
         consul,
         tick,
         session_ttl,

@@ -25,6 +25,10 @@ use crate::mysql::{GtidState, Node};
 use crate::run::Agent;
 use crate::switchover::{now_ms, outcome_word, Observations, Recorder, Timer};
 
+/// Three heartbeat periods (the agents set the period to one second when
+/// they point a replica at a source).
+const SILENT_AFTER: Duration = Duration::from_secs(3);
+
 /// What the coordinator makes of the published source this cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureCode {
@@ -196,30 +200,34 @@ impl Agent {
             .as_ref()
             .and_then(|p| view.nodes.iter().find(|n| same_addr(&n.addr, p)))
             .map(|n| kv.reports.get(&n.name).is_some_and(|r| r.up));
+        let view = &self.hearing(view, observations);
         let (code, evidence) = classify(view, self.cfg.detection, source_agent_up.filter(|up| *up));
+        // Consecutive cycles in which the coordinator could not reach the
+        // source count from the first one, while the replicas' silence
+        // builds up in parallel: detection takes the longer of the two,
+        // not their sum.
+        let source = view
+            .published
+            .as_ref()
+            .and_then(|p| view.nodes.iter().find(|n| same_addr(&n.addr, p)))
+            .map(|n| n.name.clone());
+        if code == FailureCode::Healthy {
+            self.suspect = None;
+            self.incident_recorded = false;
+            return None;
+        }
+        let source = source?;
+        let count = match &self.suspect {
+            Some((name, n)) if *name == source => n + 1,
+            _ => 1,
+        };
+        self.suspect = Some((source.clone(), count));
         match code {
-            FailureCode::Healthy => {
-                self.suspect = None;
-                self.incident_recorded = false;
-                None
-            }
+            FailureCode::Healthy => None,
             FailureCode::UnreachableSource
             | FailureCode::SourceAgentDisagrees
-            | FailureCode::NoWitness => {
-                self.suspect = None;
-                Some(format!("not failing over: {evidence}"))
-            }
+            | FailureCode::NoWitness => Some(format!("not failing over ({count}): {evidence}")),
             FailureCode::DeadSource => {
-                let source = view
-                    .published
-                    .as_ref()
-                    .and_then(|p| view.nodes.iter().find(|n| same_addr(&n.addr, p)))
-                    .map(|n| n.name.clone())?;
-                let count = match &self.suspect {
-                    Some((name, n)) if *name == source => n + 1,
-                    _ => 1,
-                };
-                self.suspect = Some((source.clone(), count));
                 if count < self.cfg.confirmations {
                     return Some(format!(
                         "source looks dead ({count}/{}): {evidence}",
@@ -240,6 +248,35 @@ impl Agent {
                 )
             }
         }
+    }
+
+    /// The view with every replica that has heard nothing from its source
+    /// (no new event, no heartbeat) for [`SILENT_AFTER`] counted as not
+    /// receiving, whatever its IO thread state says: a hung or cut-off
+    /// source leaves the IO thread "running" until `slave_net_timeout`.
+    fn hearing(&mut self, view: &ClusterView, observations: &Observations) -> ClusterView {
+        let now = tokio::time::Instant::now();
+        let mut view = view.clone();
+        for node in view.nodes.iter_mut() {
+            let Some(o) = observations.get(&node.name).and_then(|(_, o)| o.as_ref()) else {
+                continue;
+            };
+            let Some(r) = &o.replica else { continue };
+            let signal = (r.received().to_string(), o.heartbeats);
+            let entry =
+                self.progress
+                    .entry(node.name.clone())
+                    .or_insert((signal.0.clone(), signal.1, now));
+            if (entry.0.as_str(), entry.1) != (signal.0.as_str(), signal.1) {
+                *entry = (signal.0, signal.1, now);
+            }
+            if now.duration_since(entry.2) >= SILENT_AFTER {
+                if let Some(rv) = node.replica.as_mut() {
+                    rv.io_running = false;
+                }
+            }
+        }
+        view
     }
 
     /// Per-cluster switch and anti-flapping.
@@ -325,10 +362,18 @@ impl Agent {
             "by": self.node.as_str(),
             "at": now_ms() / 1000,
         });
+        // The entry stored with the fence already names the step: the txn
+        // is atomic, so if it commits the fence is in place, and a
+        // coordinator that resumes from the stored entry (this one lost
+        // Consul right after) must not show a failover without its fence.
+        let mut staged = Recorder {
+            entry: rec.entry.clone(),
+        };
+        staged.record("fence", Timer::start(), &Ok::<(), String>(()));
         let r = self
             .guarded_txn(vec![
                 TxnOp::set(self.keys.failed_key(&self.cluster), fence.to_string()),
-                self.history_op(&rec.entry),
+                self.history_op(&staged.entry),
                 TxnOp::set(
                     self.keys.in_progress_key(&self.cluster),
                     rec.entry.id.clone(),
@@ -384,15 +429,30 @@ impl Agent {
         let t = Timer::start();
         let mut problems = Vec::new();
         let promoted_already = rec.entry.to.clone();
+        // All at once, each on a connection of its own: stopping an IO
+        // thread that is blocked reading from a hung source takes about a
+        // second per replica.
+        let mut stops = tokio::task::JoinSet::new();
         for name in &replicas {
             if Some(name) == promoted_already.as_ref() {
                 continue;
             }
-            if let Err(e) = self
-                .on_node(name, async |n: &mut Node| n.stop_io_thread().await)
-                .await
-            {
-                problems.push(format!("{name}: {e}"));
+            let Some((addr, _)) = observations.get(name) else {
+                continue;
+            };
+            let mut node = Node::new(crate::run::node_config(&self.cfg, &addr.host, addr.port));
+            let name = name.clone();
+            stops.spawn(async move {
+                let r = node.stop_io_thread().await;
+                node.close().await;
+                (name, r)
+            });
+        }
+        while let Some(joined) = stops.join_next().await {
+            match joined {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => problems.push(format!("{name}: {e}")),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         let r = if problems.is_empty() {

@@ -14,6 +14,8 @@ pub struct Observation {
     pub gtid_executed: GtidState,
     pub semi_sync: SemiSyncState,
     pub client_connections: u64,
+    /// Heartbeats received from the source, on a replica.
+    pub heartbeats: Option<u64>,
 }
 
 impl Observation {
@@ -33,6 +35,10 @@ pub async fn observe(node: &mut Node) -> Result<Observation, NodeError> {
     let gtid_executed = node.gtid_executed().await?;
     let semi_sync = node.semi_sync().await?;
     let client_connections = node.processlist_clients().await?.len() as u64;
+    let heartbeats = match &replica {
+        Some(_) => node.received_heartbeats().await?,
+        None => None,
+    };
     Ok(Observation {
         info,
         read_only,
@@ -40,6 +46,7 @@ pub async fn observe(node: &mut Node) -> Result<Observation, NodeError> {
         gtid_executed,
         semi_sync,
         client_connections,
+        heartbeats,
     })
 }
 

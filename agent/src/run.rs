@@ -46,6 +46,10 @@ pub struct Agent {
     /// A failover that could not start was already recorded for this
     /// incident; don't write the same refusal every cycle.
     pub(crate) incident_recorded: bool,
+    /// Per replica: what it had received (position, heartbeats) and since
+    /// when, to tell a replica that still hears its source from one that
+    /// only has not timed out yet.
+    pub(crate) progress: BTreeMap<String, (String, Option<u64>, Instant)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -80,6 +84,7 @@ impl Agent {
             known: BTreeMap::new(),
             suspect: None,
             incident_recorded: false,
+            progress: BTreeMap::new(),
             metrics,
         })
     }
@@ -662,6 +667,7 @@ pub(crate) fn node_config(cfg: &Config, host: &str, port: u16) -> NodeConfig {
     let mut nc = NodeConfig::new(host, port, cfg.user.clone(), cfg.password.expose());
     nc.connect_timeout = cfg.connect_timeout;
     nc.query_timeout = cfg.query_timeout;
+    nc.read_timeout = cfg.read_timeout;
     nc
 }
 

@@ -1075,6 +1075,7 @@ mod tests {
                 wait_for_replica_count: None,
             },
             client_connections: 0,
+            heartbeats: None,
         }
     }
 

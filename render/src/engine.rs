@@ -493,7 +493,10 @@ pub async fn run(
         if !dirty || !snapshot.complete() {
             continue;
         }
-        match engine.cycle(&snapshot.tree()).await {
+        // Slow HAProxy (a `haproxy -c` or a reload near its timeout) keeps
+        // the pings going; a cycle stuck past every timeout stops them.
+        let budget = cycle_budget(&engine.cfg);
+        match systemd::watch(engine.cycle(&snapshot.tree()), budget).await {
             Ok(r) => {
                 engine
                     .metrics
@@ -519,6 +522,13 @@ pub async fn run(
     for w in watchers {
         let _ = w.await;
     }
+}
+
+/// The longest one cycle may legitimately take: `haproxy -c`, a reload and
+/// the runtime commands around them, each bounded by its own timeout.
+fn cycle_budget(cfg: &Config) -> Duration {
+    let h = &cfg.haproxy;
+    h.check_timeout + h.reload_timeout + h.command_timeout * 8 + Duration::from_secs(30)
 }
 
 /// Whether another program holds `ip:port` so that HAProxy's bind would

@@ -84,6 +84,7 @@ replication_user = "{REPL_USER}"
 replication_password_file = "{repl_pw}"
 connect_timeout_ms = 1000
 query_timeout_ms = 3000
+read_timeout_ms = 1000
 
 [consul]
 addr = "{consul}"

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mariadb::{global_var, APP_PASSWORD, APP_USER};
 use crate::stack::Stack;
-use crate::wait_for;
 use crate::writer::{self, unix_ms, WriterLog};
+use crate::{wait_for, wait_until};
 
 /// Every failover history entry of the stack's cluster (refusals included),
 /// oldest first.
@@ -63,6 +63,18 @@ pub async fn in_progress(stack: &Stack) -> Option<String> {
         .ok()??
         .value_str()
         .map(str::to_owned)
+}
+
+/// Waits until new connections through HAProxy reach `node` (`dbN`); after
+/// a Consul outage the renderer's watches may still be in their backoff
+/// when the failover is already done.
+pub async fn wait_routed_to(stack: &Stack, node: &str, limit: Duration) {
+    let id: u32 = node.trim_start_matches("db").parse().expect("dbN");
+    wait_until(limit, || async {
+        stack.proxied_server_id().await == Some(id)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("HAProxy never routed to {node}\n{}", stack.logs()));
 }
 
 /// Polls through HAProxy and records (wall ms, server id) of every
@@ -163,11 +175,9 @@ pub async fn check(
     // No routed traffic to the old source after the fence was applied
     // (the fence key is written at the first step; allow the renderer a
     // second to apply it).
-    let fence_ms = entry
-        .steps
-        .first()
-        .map(|s| s.started_ms)
-        .unwrap_or(entry.started_ms);
+    // The fence txn is the first thing after `started_ms` (a failover
+    // resumed by another coordinator may not show it as a step).
+    let fence_ms = entry.started_ms;
     let old_id: u32 = entry
         .from
         .as_ref()

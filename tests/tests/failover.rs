@@ -12,7 +12,7 @@ use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
 use successover_tests::mariadb::global_var;
 use successover_tests::netns::NetHost;
 use successover_tests::scenario::{
-    check, finished_failover, in_progress, phases, DirectClient, RouteMonitor,
+    check, finished_failover, in_progress, phases, wait_routed_to, DirectClient, RouteMonitor,
 };
 use successover_tests::stack::{NodeOptions, Stack, StackOptions};
 use successover_tests::writer::{self, unix_ms, WriterProc};
@@ -242,13 +242,19 @@ fn step_at(entry: &HistoryEntry, at_ms: u64) -> String {
 async fn consul_leader_stopped_at_the_crash() {
     let (mut consul, leader, mut stack, w, routes) =
         stack_on_consul_cluster("c-f-leader-crash").await;
-    let crash_ms = unix_ms();
     stack.topo.server_mut(0).kill9().await;
+    let crash_ms = unix_ms();
     let stopped = consul.stop_leader().await;
     let stopped_ms = unix_ms();
     assert_eq!(stopped, leader, "the leader changed before the crash");
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let new_leader = consul.wait_for_leader().await;
+    wait_routed_to(
+        &stack,
+        entry.to.as_deref().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
@@ -267,8 +273,8 @@ async fn consul_leader_stopped_at_the_crash() {
 async fn consul_leader_stopped_as_the_failover_starts() {
     let (mut consul, leader, mut stack, w, routes) =
         stack_on_consul_cluster("c-f-leader-mid").await;
-    let crash_ms = unix_ms();
     stack.topo.server_mut(0).kill9().await;
+    let crash_ms = unix_ms();
     // Poll tightly: the whole procedure after the fence takes ~100 ms.
     let started = tokio::time::timeout(Duration::from_secs(30), async {
         while in_progress(&stack).await.is_none() {
@@ -282,6 +288,12 @@ async fn consul_leader_stopped_as_the_failover_starts() {
     assert_eq!(stopped, leader, "the leader changed before the crash");
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let new_leader = consul.wait_for_leader().await;
+    wait_routed_to(
+        &stack,
+        entry.to.as_deref().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
@@ -335,6 +347,12 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     host.cut().await.unwrap();
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let done_ms = unix_ms();
+    wait_routed_to(
+        &stack,
+        entry.to.as_deref().unwrap(),
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The host comes back: its agent must fence its server at once.

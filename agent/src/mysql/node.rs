@@ -134,6 +134,10 @@ pub struct NodeConfig {
     /// we gave up on does not keep queueing for the global read lock (blocking every writer)
     /// for the server default of a day or a year.
     pub query_timeout: Duration,
+    /// Each read. Shorter than `query_timeout`: reads are how a hung
+    /// server is noticed, and the first probe after it froze runs on a
+    /// connection that was healthy a moment ago.
+    pub read_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -150,6 +154,7 @@ impl NodeConfig {
             password: password.into(),
             connect_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -163,6 +168,7 @@ impl fmt::Debug for NodeConfig {
             .field("password", &"<redacted>")
             .field("connect_timeout", &self.connect_timeout)
             .field("query_timeout", &self.query_timeout)
+            .field("read_timeout", &self.read_timeout)
             .finish()
     }
 }
@@ -377,6 +383,27 @@ impl Node {
             SemiSyncState::parse(&v, &s)
         });
         parsed.map_err(|e| self.parse_error(OP, e))
+    }
+
+    /// Heartbeats this replica has received from its source (MariaDB
+    /// `Slave_received_heartbeats`, MySQL `COUNT_RECEIVED_HEARTBEATS`). With
+    /// a one-second heartbeat period, a replica whose count and received
+    /// position both stand still has lost its source, long before
+    /// `slave_net_timeout` says so: how a hung or cut-off source is noticed
+    /// in seconds.
+    pub async fn received_heartbeats(&mut self) -> Result<Option<u64>> {
+        const OP: &str = "received_heartbeats";
+        let d = self.dialect().await?;
+        let sql = if d.is_mariadb() {
+            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RECEIVED_HEARTBEATS'"
+        } else {
+            "SELECT COUNT_RECEIVED_HEARTBEATS FROM performance_schema.replication_connection_status WHERE CHANNEL_NAME = ''"
+        };
+        let rows = self.query_rows(OP, sql).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.at(0).flatten())
+            .and_then(|v| v.trim().parse().ok()))
     }
 
     async fn semi_sync_plugins(&mut self, op: &'static str) -> Result<SemiSyncPlugins> {
@@ -759,7 +786,7 @@ impl Node {
     }
 
     async fn query_rows(&mut self, op: &'static str, sql: &str) -> Result<Vec<RowMap>> {
-        let limit = self.cfg.query_timeout;
+        let limit = self.cfg.read_timeout.min(self.cfg.query_timeout);
         let s = self.session().await?;
         let res = timeout(limit, s.conn.query::<Row, _>(sql)).await;
         let rows = self.settle(op, limit, res)?;

@@ -1,0 +1,235 @@
+//! `successover-bench-failover [--failovers N]`: time from `kill -9` of the
+//! source's mysqld to the first write acknowledged through HAProxy by the
+//! new source, over N automatic failovers (default 10), with where the time
+//! went: detection (crash → failover started, from the history entry), each
+//! recorded step, and the proxy (end of the `publish` step → first
+//! acknowledged write; it overlaps the `writable` step). A writer in its
+//! own process goes through HAProxy during each failover; every write it
+//! was told was committed must be on the new source (asserted).
+//!
+//! Between failovers the cluster is made whole again the way an operator
+//! would: the dead server is rebuilt from an empty datadir and replicates
+//! the new source from the beginning, its quarantine key and the anti-flap
+//! marker are deleted, and the next crash waits until the rebuilt replica
+//! caught up, its agent reports it and semi-sync is healthy.
+
+use std::time::Duration;
+
+use successover_common::procedure::Outcome;
+use successover_tests::consul::ConsulDev;
+use successover_tests::mariadb::global_var;
+use successover_tests::scenario::{failovers, finished_failover_after, phase_split, wait_routed_to};
+use successover_tests::stack::{Stack, StackOptions};
+use successover_tests::writer::{self, unix_ms, WriterLog, WriterProc};
+use successover_tests::{wait_for, wait_until};
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn row(name: &str, mut v: Vec<u64>) {
+    if v.is_empty() {
+        return;
+    }
+    v.sort_unstable();
+    println!(
+        "| {name:<44} | {:>6} | {:>6} | {:>6} | {:>6} |",
+        v[0],
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        v[v.len() - 1]
+    );
+}
+
+const PHASES: &[&str] = &[
+    "detect",
+    "fence",
+    "stop_io_threads",
+    "choose_candidate",
+    "apply_relay_log",
+    "promote",
+    "repoint",
+    "publish",
+    "writable",
+    "proxy",
+];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--failovers")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10);
+    anyhow::ensure!(rounds > 0, "--failovers must be at least 1");
+    let consul = ConsulDev::start().await;
+    // The anti-flap cooldown would refuse the second failover: a cluster
+    // failing over every few seconds is the point of the benchmark.
+    let opts = StackOptions::new("benchf", &consul.http_addr())
+        .setting("failover_cooldown_seconds", 0);
+    let mut stack = Stack::start_with(opts).await;
+    writer::prepare(&stack.node("db1").url()).await?;
+    stack.topo.wait_replicated(Duration::from_secs(20)).await?;
+
+    let mut total = Vec::new();
+    let mut phases: Vec<Vec<(String, u64)>> = Vec::new();
+    let mut logs: Vec<WriterLog> = Vec::new();
+    for round in 0..rounds {
+        let source = stack
+            .published_node()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("round {round}: no published source"))?;
+        let idx: usize = source.trim_start_matches("db").parse::<usize>()? - 1;
+        let before = failovers(&stack).await.len();
+        let w = WriterProc::start(stack.proxy_port.port(), round as u32 + 1).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        stack.topo.server_mut(idx).kill9().await;
+        // After the process is gone: nothing it acknowledges can count as
+        // the new source's first write.
+        let crash_ms = unix_ms();
+        let entry = finished_failover_after(&stack, before, Duration::from_secs(60)).await;
+        anyhow::ensure!(
+            entry.outcome == Outcome::Done,
+            "round {round}: failover {:?}: {}\n{}",
+            entry.outcome,
+            entry.reason,
+            stack.logs()
+        );
+        let to = entry.to.clone().unwrap_or_default();
+        wait_routed_to(&stack, &to, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let log = w.finish().await?;
+        let lost = writer::missing(&stack.node(&to).url(), &log).await?;
+        anyhow::ensure!(
+            lost.is_empty(),
+            "round {round}: {} acknowledged writes are not on {to}: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+        let first = log
+            .acked
+            .iter()
+            .map(|(_, at)| log.start_unix_ms + at.as_millis() as u64)
+            .find(|at| *at > crash_ms)
+            .ok_or_else(|| anyhow::anyhow!("round {round}: no write acknowledged after the crash"))?;
+        let split = phase_split(&entry, crash_ms, first);
+        println!(
+            "failover {:>2}: {source} -> {to}: crash -> first write {:>5} ms ({}); {} writes acknowledged, {} failed attempts",
+            round + 1,
+            first - crash_ms,
+            split
+                .iter()
+                .map(|(n, ms)| format!("{n} {ms}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            log.acked.len(),
+            log.failed,
+        );
+        total.push(first - crash_ms);
+        phases.push(split);
+        logs.push(log);
+
+        if round + 1 < rounds {
+            rejoin_rebuilt(&mut stack, idx, &source, &to).await?;
+        }
+    }
+
+    // Every write acknowledged in any round survived every later failover.
+    let source = stack.published_node().await.unwrap_or_default();
+    let mut lost_total = 0;
+    for log in &logs {
+        lost_total += writer::missing(&stack.node(&source).url(), log)
+            .await?
+            .len();
+    }
+    let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
+
+    println!(
+        "\nfailover benchmark: {rounds} failovers (kill -9 of the source's mysqld), writer through HAProxy (own process)\n"
+    );
+    println!(
+        "| {:<44} | {:>6} | {:>6} | {:>6} | {:>6} |",
+        "ms", "min", "p50", "p99", "max"
+    );
+    println!("|{:-<46}|{:->8}|{:->8}|{:->8}|{:->8}|", "", "", "", "", "");
+    row("crash -> first acknowledged write (HAProxy)", total);
+    for phase in PHASES {
+        let values: Vec<u64> = phases
+            .iter()
+            .filter_map(|p| p.iter().find(|(n, _)| n == phase).map(|(_, ms)| *ms))
+            .collect();
+        row(&format!("  {phase}"), values);
+    }
+    println!(
+        "\nacknowledged writes {acked}, lost acknowledged writes {lost_total} (all rounds, checked on the final source {source})"
+    );
+    anyhow::ensure!(lost_total == 0, "acknowledged writes lost");
+    Ok(())
+}
+
+/// What an operator does after a failover: rebuild the failed server from
+/// nothing as a replica of the new source, lift its quarantine and
+/// acknowledge the failover; then wait until the cluster is whole again.
+async fn rejoin_rebuilt(
+    stack: &mut Stack,
+    idx: usize,
+    name: &str,
+    source: &str,
+) -> anyhow::Result<()> {
+    let cluster = stack.cluster.clone();
+    stack.topo.server_mut(idx).rebuild().await;
+    let rebuilt = stack.topo.server(idx);
+    let new_source = stack.node(source);
+    rebuilt.replicate_from(new_source, false).await?;
+    stack
+        .consul
+        .kv_delete(&format!("mysql/quarantine/{cluster}/{name}"))
+        .await?;
+    stack
+        .consul
+        .kv_delete(&format!("mysql/history/{cluster}/last-failover"))
+        .await?;
+    // Caught up with the new source.
+    let pos = global_var(&mut new_source.conn().await?, "gtid_binlog_pos").await?;
+    let mut c = rebuilt.conn().await?;
+    let waited: Option<i64> = mysql_async::prelude::Queryable::exec_first(
+        &mut c,
+        "SELECT MASTER_GTID_WAIT(?, 120)",
+        (pos.as_str(),),
+    )
+    .await?;
+    anyhow::ensure!(
+        waited == Some(0),
+        "{name} did not catch up with {source} ({pos})"
+    );
+    drop(c);
+    // Its agent reports it as a replica of the new source, and the
+    // coordinator restored semi-sync.
+    let agent_key = format!("mysql/agent/{cluster}/{name}");
+    let source_addr = new_source.addr();
+    let stack = &*stack;
+    wait_for(Duration::from_secs(60), || async {
+        let kv = stack.consul.kv_get(&agent_key).await.ok()??;
+        let report: serde_json::Value = serde_json::from_slice(kv.value.as_deref()?).ok()?;
+        (report["up"] == true && report["replication"]["source"] == source_addr.as_str())
+            .then_some(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{name}'s agent never reported it replicating from {source}\n{}", stack.logs()))?;
+    wait_until(Duration::from_secs(60), || async {
+        stack.semi_sync_healthy().await
+            && stack
+                .consul
+                .kv_get(&format!("mysql/history/{cluster}/in-progress"))
+                .await
+                .is_ok_and(|v| v.is_none())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("semi-sync not restored after rebuilding {name}\n{}", stack.logs()))?;
+    Ok(())
+}
