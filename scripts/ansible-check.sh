@@ -21,7 +21,7 @@ CACHE_DIR="${SUCCESSOVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/successover}"
 VENV="$CACHE_DIR/venv"
 CONSUL="${SUCCESSOVER_CONSUL:-$CACHE_DIR/bin/consul}"
 
-log() { printf '[ansible-check] %s\n' "$*" >&2; }
+log() { printf '[ansible-check] %3ss %s\n' "$(($(date +%s) - start))" "$*" >&2; }
 die() { printf '[ansible-check] error: %s\n' "$*" >&2; exit 1; }
 
 [ -x "$VENV/bin/ansible-playbook" ] && [ -x "$VENV/bin/ansible-lint" ] ||
@@ -73,7 +73,9 @@ log "ansible-lint (profile production)"
 ansible-lint --nocolor -q site.yml roles tests ||
     die "ansible-lint found problems (above)"
 
-# The daemons' binaries, for the roles to install and for --check-config.
+# The daemons' binaries, for the roles to install and for --check-config
+# (scripts/test.sh has built them already; then this is a no-op).
+log "building the daemons"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 (cd "$repo" && cargo build --quiet -p successover-agent -p successover-render --bins)
 # Copies: a build running meanwhile must not make the second apply differ.

@@ -15,9 +15,15 @@ use successover_common::consul::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// How long the agent's liveness check stays passing without a ping. The
+/// session is tied to it, so a dead agent's lock and report go within
+/// this long (plus the lock-delay), not after the session TTL.
+const LIVENESS_TTL: Duration = Duration::from_secs(3);
+
 pub struct Membership {
     consul: Consul,
     pub session: String,
+    check_id: String,
     /// Fires when the session is gone (renewal 404 or a TTL without a
     /// successful renewal). A new session is needed after that.
     pub lost: CancellationToken,
@@ -29,28 +35,57 @@ impl Membership {
     pub async fn create(
         consul: &Consul,
         name: String,
+        check_id: String,
         ttl: Duration,
         lock_delay: Duration,
     ) -> Result<Membership, ConsulError> {
+        consul
+            .check_register_ttl(&check_id, &name, LIVENESS_TTL)
+            .await?;
         let mut req = SessionRequest::new(name, ttl);
         req.lock_delay = lock_delay;
         req.behavior = SessionBehavior::Delete;
+        req.node_checks.push(check_id.clone());
         let session = consul.session_create(&req).await?;
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let renewer = {
             let (consul, session, lost, stop) =
                 (consul.clone(), session.clone(), lost.clone(), stop.clone());
+            let check = check_id.clone();
             tokio::spawn(async move {
-                if let Err(err) = keep_alive(&consul, &session, ttl, &stop).await {
-                    tracing::error!(session, error = %err, "Consul session lost: coordinator work stops");
-                    lost.cancel();
+                // The liveness check is pinged from here, not from the main
+                // loop: a long failover step must not cost the lock. A hung
+                // main loop is the systemd watchdog's to catch.
+                let pinger = {
+                    let (consul, stop) = (consul.clone(), stop.clone());
+                    async move {
+                        loop {
+                            if let Err(err) = consul.check_pass(&check).await {
+                                tracing::warn!(error = %err, "cannot refresh the agent liveness check");
+                            }
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(LIVENESS_TTL / 3) => {}
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    r = keep_alive(&consul, &session, ttl, &stop) => {
+                        if let Err(err) = r {
+                            tracing::error!(session, error = %err, "Consul session lost: coordinator work stops");
+                            lost.cancel();
+                        }
+                    }
+                    _ = pinger => {}
                 }
             })
         };
         Ok(Membership {
             consul: consul.clone(),
             session,
+            check_id,
             lost,
             stop,
             renewer,
@@ -93,6 +128,8 @@ impl Membership {
     pub async fn destroy(self) -> Result<(), ConsulError> {
         self.stop.cancel();
         let _ = self.renewer.await;
-        self.consul.session_destroy(&self.session).await
+        let destroyed = self.consul.session_destroy(&self.session).await;
+        let _ = self.consul.check_deregister(&self.check_id).await;
+        destroyed
     }
 }

@@ -297,6 +297,7 @@ impl Agent {
         let m = Membership::create(
             &self.consul,
             format!("successover-agent {}/{}", self.cluster, self.node),
+            format!("successover-agent:{}:{}", self.cluster, self.node),
             self.cfg.session_ttl,
             self.cfg.lock_delay,
         )

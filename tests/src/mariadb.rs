@@ -369,11 +369,18 @@ impl MariaDb {
     /// What an operator does to a failed source before it may serve again:
     /// stops it if it still runs, replaces its datadir with a fresh copy of
     /// the template (no data, no binlog, no replication state) and starts it
-    /// on the same port and address. Follow with
-    /// [`MariaDb::replicate_from`], which then replicates everything from
-    /// the beginning of the source's binlog.
-    pub async fn rebuild(&mut self) {
+    /// on the same port and address as a new server, `server_id`. Follow
+    /// with [`MariaDb::replicate_from`], which then replicates everything
+    /// from the beginning of the source's binlog.
+    ///
+    /// The id must be new: that history holds the transactions this server
+    /// wrote under its old id, and a replica skips events carrying its own
+    /// id (`replicate_same_server_id` cannot be on with `log_slave_updates`),
+    /// so it would skip its own old writes and break on the first later
+    /// event that needs them.
+    pub async fn rebuild(&mut self, server_id: u32) {
         self.kill9().await;
+        self.opts.server_id = server_id;
         let template = template_datadir().await;
         let (from, to) = (template.to_path_buf(), self.datadir.clone());
         let tmp = self.dir.path().join("tmp");

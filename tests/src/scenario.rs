@@ -65,11 +65,12 @@ pub async fn in_progress(stack: &Stack) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Waits until new connections through HAProxy reach `node` (`dbN`); after
+/// Waits until new connections through HAProxy reach `node` (`dbN`, by its
+/// `server_id`); after
 /// a Consul outage the renderer's watches may still be in their backoff
 /// when the failover is already done.
 pub async fn wait_routed_to(stack: &Stack, node: &str, limit: Duration) {
-    let id: u32 = node.trim_start_matches("db").parse().expect("dbN");
+    let id = stack.node(node).server_id();
     wait_until(limit, || async {
         stack.proxied_server_id().await == Some(id)
     })
@@ -178,13 +179,7 @@ pub async fn check(
     // The fence txn is the first thing after `started_ms` (a failover
     // resumed by another coordinator may not show it as a step).
     let fence_ms = entry.started_ms;
-    let old_id: u32 = entry
-        .from
-        .as_ref()
-        .unwrap()
-        .trim_start_matches("db")
-        .parse()
-        .unwrap();
+    let old_id = stack.node(entry.from.as_deref().unwrap()).server_id();
     let stray: Vec<_> = routes
         .iter()
         .filter(|(at, id)| *at > fence_ms + 1000 && *id == old_id)

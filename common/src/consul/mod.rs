@@ -5,6 +5,7 @@
 //! documented rules (blocking-query index handling, 404 on session renew,
 //! `X-Consul-Token` never logged).
 
+mod check;
 mod config;
 mod error;
 mod kv;
@@ -37,6 +38,9 @@ const IDEMPOTENT_OPS: &[&str] = &[
     "kv release",
     "session renew",
     "session destroy",
+    "check register",
+    "check pass",
+    "check deregister",
 ];
 
 /// A cheap-to-clone handle; clones share one connection pool.

@@ -27,7 +27,7 @@
 //!
 //! ```text
 //! SUCCESSOVER_SETUP_BENCH=1 scripts/setup.sh
-//! cargo build --workspace --bins
+//! cargo build -p successover-render -p successover-agent
 //! cargo run -p successover-tests --bin successover-bench-compare -- --switches 30
 //! ```
 

@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use successover_common::procedure::Outcome;
 use successover_tests::consul::ConsulDev;
-use successover_tests::mariadb::global_var;
-use successover_tests::scenario::{failovers, finished_failover_after, phase_split, wait_routed_to};
+use successover_tests::mariadb::{global_var, replica_status};
+use successover_tests::scenario::{
+    failovers, finished_failover_after, phase_split, wait_routed_to,
+};
 use successover_tests::stack::{Stack, StackOptions};
 use successover_tests::writer::{self, unix_ms, WriterLog, WriterProc};
 use successover_tests::{wait_for, wait_until};
@@ -69,8 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let consul = ConsulDev::start().await;
     // The anti-flap cooldown would refuse the second failover: a cluster
     // failing over every few seconds is the point of the benchmark.
-    let opts = StackOptions::new("benchf", &consul.http_addr())
-        .setting("failover_cooldown_seconds", 0);
+    let opts =
+        StackOptions::new("benchf", &consul.http_addr()).setting("failover_cooldown_seconds", 0);
     let mut stack = Stack::start_with(opts).await;
     writer::prepare(&stack.node("db1").url()).await?;
     stack.topo.wait_replicated(Duration::from_secs(20)).await?;
@@ -116,7 +118,9 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(_, at)| log.start_unix_ms + at.as_millis() as u64)
             .find(|at| *at > crash_ms)
-            .ok_or_else(|| anyhow::anyhow!("round {round}: no write acknowledged after the crash"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("round {round}: no write acknowledged after the crash")
+            })?;
         let split = phase_split(&entry, crash_ms, first);
         println!(
             "failover {:>2}: {source} -> {to}: crash -> first write {:>5} ms ({}); {} writes acknowledged, {} failed attempts",
@@ -182,7 +186,10 @@ async fn rejoin_rebuilt(
     source: &str,
 ) -> anyhow::Result<()> {
     let cluster = stack.cluster.clone();
-    stack.topo.server_mut(idx).rebuild().await;
+    // A new server id: the rebuilt server replays history it wrote under
+    // its old one (see `MariaDb::rebuild`).
+    let server_id = stack.topo.server(idx).server_id() + 10;
+    stack.topo.server_mut(idx).rebuild(server_id).await;
     let rebuilt = stack.topo.server(idx);
     let new_source = stack.node(source);
     rebuilt.replicate_from(new_source, false).await?;
@@ -199,14 +206,22 @@ async fn rejoin_rebuilt(
     let mut c = rebuilt.conn().await?;
     let waited: Option<i64> = mysql_async::prelude::Queryable::exec_first(
         &mut c,
-        "SELECT MASTER_GTID_WAIT(?, 120)",
+        "SELECT MASTER_GTID_WAIT(?, 60)",
         (pos.as_str(),),
     )
     .await?;
-    anyhow::ensure!(
-        waited == Some(0),
-        "{name} did not catch up with {source} ({pos})"
-    );
+    if waited != Some(0) {
+        let status = replica_status(&mut c).await.ok().flatten().unwrap_or_default();
+        let get = |k: &str| status.get(k).cloned().unwrap_or_default();
+        anyhow::bail!(
+            "{name} did not catch up with {source} ({pos}): gtid_slave_pos {}, IO {} ({}), SQL {} ({})",
+            global_var(&mut c, "gtid_slave_pos").await.unwrap_or_default(),
+            get("Slave_IO_Running"),
+            get("Last_IO_Error"),
+            get("Slave_SQL_Running"),
+            get("Last_SQL_Error"),
+        );
+    }
     drop(c);
     // Its agent reports it as a replica of the new source, and the
     // coordinator restored semi-sync.
@@ -220,7 +235,12 @@ async fn rejoin_rebuilt(
             .then_some(())
     })
     .await
-    .map_err(|_| anyhow::anyhow!("{name}'s agent never reported it replicating from {source}\n{}", stack.logs()))?;
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "{name}'s agent never reported it replicating from {source}\n{}",
+            stack.logs()
+        )
+    })?;
     wait_until(Duration::from_secs(60), || async {
         stack.semi_sync_healthy().await
             && stack
@@ -230,6 +250,11 @@ async fn rejoin_rebuilt(
                 .is_ok_and(|v| v.is_none())
     })
     .await
-    .map_err(|_| anyhow::anyhow!("semi-sync not restored after rebuilding {name}\n{}", stack.logs()))?;
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "semi-sync not restored after rebuilding {name}\n{}",
+            stack.logs()
+        )
+    })?;
     Ok(())
 }
