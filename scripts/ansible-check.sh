@@ -56,6 +56,8 @@ export ANSIBLE_LOCAL_TEMP="$work/ansible-tmp" ANSIBLE_REMOTE_TEMP="$work/ansible
 export ANSIBLE_HOME="$work/ansible-home"
 export ANSIBLE_CONFIG="$repo/ansible/ansible.cfg"
 export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
+# Modules run through a pipe instead of temp files: faster, same result.
+export ANSIBLE_PIPELINING=1
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use successover_agent::config;
 use successover_agent::metrics::Metrics;
-use successover_agent::run::{Agent, CycleOutcome};
+use successover_agent::run::Agent;
 use successover_common::systemd;
 use successover_common::telemetry::{serve_metrics, Exposition};
 use tokio::signal::unix::{signal, SignalKind};
@@ -131,7 +131,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
     tracing::info!("agent started");
     loop {
         let outcome = systemd::watch(agent.cycle(), budget).await;
-        if !systemd::notifier().is_ready() && reached_consul(&outcome) {
+        if !systemd::notifier().is_ready() && outcome.reached_consul {
             systemd::ready();
         }
         // One line per change of situation, not per tick.
@@ -209,40 +209,4 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
 /// and the watchdog pings stop.
 fn cycle_budget(cfg: &config::Config) -> Duration {
     cfg.apply_timeout + Duration::from_secs(60)
-}
-
-/// Whether a cycle got as far as Consul: only then is the agent doing its
-/// job (reporting, self-fencing, competing for the lock), and only then may
-/// `systemctl start` return. A cycle that found the local MySQL down still
-/// counts: reporting that is the agent's job too.
-fn reached_consul(outcome: &CycleOutcome) -> bool {
-    // The two early returns of `Agent::cycle` that never reached Consul.
-    const NOT_REACHED: [&str; 2] = [
-        "cannot create a Consul session",
-        "cannot read cluster state from Consul",
-    ];
-    !NOT_REACHED.iter().any(|p| outcome.reason.starts_with(p))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_waits_for_consul() {
-        let outcome = |reason: &str| CycleOutcome {
-            coordinator: false,
-            reason: reason.to_owned(),
-            actions: Vec::new(),
-        };
-        assert!(!reached_consul(&outcome(
-            "cannot create a Consul session: connection refused"
-        )));
-        assert!(!reached_consul(&outcome(
-            "cannot read cluster state from Consul: timeout"
-        )));
-        assert!(reached_consul(&outcome(
-            "member: another agent coordinates"
-        )));
-    }
 }

@@ -56,6 +56,8 @@ pub struct Agent {
 /// What one cycle did, for the log line and for tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CycleOutcome {
+    /// Whether the cycle got as far as Consul (session and cluster state).
+    pub reached_consul: bool,
     pub coordinator: bool,
     pub reason: String,
     pub actions: Vec<Action>,
@@ -193,6 +195,7 @@ impl Agent {
                 reasons.push("member: another agent coordinates".to_owned());
             }
             return CycleOutcome {
+                reached_consul: true,
                 coordinator: false,
                 reason: reasons.join("; "),
                 actions: Vec::new(),
@@ -204,6 +207,7 @@ impl Agent {
             // could route writes to a node they did not choose.
             reasons.push(format!("master key is invalid, not acting: {why}"));
             return CycleOutcome {
+                reached_consul: true,
                 coordinator: true,
                 reason: reasons.join("; "),
                 actions: Vec::new(),
@@ -217,6 +221,7 @@ impl Agent {
         if let Some(id) = kv.in_progress.clone() {
             reasons.push(self.recover(&kv, &id, &view, &observations).await);
             return CycleOutcome {
+                reached_consul: true,
                 coordinator: true,
                 reason: reasons.join("; "),
                 actions: Vec::new(),
@@ -225,6 +230,7 @@ impl Agent {
         if view.maintenance {
             reasons.push("maintenance mode: automation suspended".to_owned());
             return CycleOutcome {
+                reached_consul: true,
                 coordinator: true,
                 reason: reasons.join("; "),
                 actions: Vec::new(),
@@ -233,6 +239,7 @@ impl Agent {
         if let Some(reason) = self.watch_source(&kv, &view, &observations).await {
             reasons.push(reason);
             return CycleOutcome {
+                reached_consul: true,
                 coordinator: true,
                 reason: reasons.join("; "),
                 actions: Vec::new(),
@@ -241,6 +248,7 @@ impl Agent {
         if let Some(reason) = self.handle_rejoins(&kv, &observations).await {
             reasons.push(reason);
             return CycleOutcome {
+                reached_consul: true,
                 coordinator: true,
                 reason: reasons.join("; "),
                 actions: Vec::new(),
@@ -252,6 +260,7 @@ impl Agent {
                     .await,
             );
             return CycleOutcome {
+                reached_consul: true,
                 coordinator: true,
                 reason: reasons.join("; "),
                 actions: Vec::new(),
@@ -270,6 +279,7 @@ impl Agent {
         }
         reasons.push(reason);
         CycleOutcome {
+            reached_consul: true,
             coordinator: true,
             reason: reasons.join("; "),
             actions: decision.actions,
@@ -279,6 +289,7 @@ impl Agent {
     fn idle(&mut self, reason: String) -> CycleOutcome {
         self.coordinating = false;
         CycleOutcome {
+            reached_consul: false,
             coordinator: false,
             reason,
             actions: Vec::new(),

@@ -18,7 +18,6 @@
 //! Outside systemd (no `$NOTIFY_SOCKET`) every call does nothing, so the
 //! daemons and tests run unchanged by hand.
 
-use std::ffi::{c_int, c_long};
 use std::future::Future;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
@@ -239,36 +238,13 @@ fn watchdog_from(usec: Option<String>, pid: Option<String>, me: u32) -> Option<D
     }
 }
 
-#[repr(C)]
-struct Timespec {
-    tv_sec: c_long,
-    tv_nsec: c_long,
-}
-
-extern "C" {
-    // From the C library std already links; `time_t` is `long` for the
-    // default symbol on glibc Linux targets. Declared here rather than
-    // through the libc crate to keep this crate's dependencies as they are.
-    fn clock_gettime(clock_id: c_int, tp: *mut Timespec) -> c_int;
-}
-
-const CLOCK_MONOTONIC: c_int = 1;
-
 /// `CLOCK_MONOTONIC` in microseconds: the clock systemd compares
 /// `MONOTONIC_USEC` against. `std::time::Instant` reads the same clock but
 /// does not expose its value.
 fn monotonic_usec() -> io::Result<u64> {
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the
-    // call, and CLOCK_MONOTONIC is a valid clock id on Linux.
-    let rc = unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000)
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(io::Error::from)?;
+    Ok(ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000)
 }
 
 static GLOBAL: OnceLock<Notifier> = OnceLock::new();

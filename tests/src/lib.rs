@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod chaos;
 pub mod consul;
 pub mod haproxy;
 pub mod mariadb;

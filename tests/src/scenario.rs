@@ -244,7 +244,14 @@ pub fn phases(entry: &HistoryEntry, crash_ms: u64) -> String {
         entry.started_ms.saturating_sub(crash_ms)
     )];
     for s in &entry.steps {
-        out.push(format!("{} {} ms", s.name, s.duration_ms));
+        if s.ok {
+            out.push(format!("{} {} ms", s.name, s.duration_ms));
+        } else {
+            out.push(format!(
+                "{} {} ms (failed: {})",
+                s.name, s.duration_ms, s.detail
+            ));
+        }
     }
     out.join(", ")
 }

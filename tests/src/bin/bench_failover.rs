@@ -211,7 +211,11 @@ async fn rejoin_rebuilt(
     )
     .await?;
     if waited != Some(0) {
-        let status = replica_status(&mut c).await.ok().flatten().unwrap_or_default();
+        let status = replica_status(&mut c)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let get = |k: &str| status.get(k).cloned().unwrap_or_default();
         anyhow::bail!(
             "{name} did not catch up with {source} ({pos}): gtid_slave_pos {}, IO {} ({}), SQL {} ({})",
