@@ -25,9 +25,23 @@ fn next_instance() -> usize {
 }
 
 fn http_client() -> reqwest::Client {
+    http_client_with(None)
+}
+
+/// With `token`, every request carries it: an agent with ACLs that deny by
+/// default answers nothing to anonymous readiness checks.
+fn http_client_with(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            "X-Consul-Token",
+            reqwest::header::HeaderValue::from_str(t).expect("token is a header value"),
+        );
+    }
     reqwest::Client::builder()
         // An HTTP(S)_PROXY in the environment must not capture loopback calls.
         .no_proxy()
+        .default_headers(headers)
         .timeout(Duration::from_secs(5))
         .build()
         .expect("building an HTTP client")
@@ -40,6 +54,11 @@ pub struct ConsulDevOptions {
     /// [`crate::NetHost::host_side_addr`] so agents inside namespace hosts
     /// reach Consul. They must exist before the agent starts.
     pub extra_client_addrs: Vec<IpAddr>,
+    /// More agent configuration (HCL), in a second config file that Consul
+    /// merges over the harness's: ACLs, TLS, an HTTPS port.
+    pub extra_hcl: Option<String>,
+    /// The token the harness's own readiness checks send (with ACLs on).
+    pub token: Option<String>,
 }
 
 /// One `consul agent` process with its own ports.
@@ -53,6 +72,7 @@ struct Agent {
     config: PathBuf,
     log: PathBuf,
     dev: bool,
+    extra_config: Option<PathBuf>,
     proc: Option<Proc>,
 }
 
@@ -67,6 +87,7 @@ impl Agent {
             serf_wan: reserve_port(),
             server: reserve_port(),
             dev,
+            extra_config: None,
             proc: None,
         }
     }
@@ -120,6 +141,9 @@ log_level = "INFO"
             cmd.arg("-dev");
         }
         cmd.arg(format!("-config-file={}", self.config.display()));
+        if let Some(extra) = &self.extra_config {
+            cmd.arg(format!("-config-file={}", extra.display()));
+        }
         let _ = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -186,6 +210,7 @@ async fn kv_put_works(client: &reqwest::Client, http_addr: &str, key: &str) -> b
 #[derive(Debug)]
 pub struct ConsulDev {
     agent: Agent,
+    token: Option<String>,
     // Dropped after `agent`, whose process writes into it.
     dir: Scratch,
 }
@@ -205,10 +230,20 @@ impl ConsulDev {
         let config = agent.base_config(&opts.extra_client_addrs);
         std::fs::write(&agent.config, config)
             .unwrap_or_else(|e| panic!("writing {}: {e}", agent.config.display()));
+        if let Some(hcl) = &opts.extra_hcl {
+            let path = dir.path().join("extra.hcl");
+            std::fs::write(&path, hcl)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            agent.extra_config = Some(path);
+        }
         if let Err(e) = agent.spawn().await {
             panic!("starting consul dev agent: {e:#}");
         }
-        let dev = ConsulDev { agent, dir };
+        let dev = ConsulDev {
+            agent,
+            dir,
+            token: opts.token.clone(),
+        };
         if let Err(e) = dev.wait_ready().await {
             panic!(
                 "consul dev agent {} did not become ready: {e:#}",
@@ -224,7 +259,7 @@ impl ConsulDev {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let client = http_client();
+        let client = http_client_with(self.token.as_deref());
         let addr = self.http_addr();
         let last_error = Mutex::new(String::new());
         let result = wait_for(START_TIMEOUT, || {

@@ -7,7 +7,7 @@ use successover_common::consul::{
     keep_alive, Consul, ConsulConfig, ConsulError, SessionBehavior, SessionRequest, TxnOp,
     TxnOutcome, Watch,
 };
-use successover_tests::consul::{ConsulCluster, ConsulDev};
+use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -317,4 +317,129 @@ async fn a_client_rides_out_a_leader_stop_in_a_three_server_cluster() {
     // A watch keeps working across the change too.
     let mut w = Watch::prefix(c.clone(), "t-ha/").with_wait(Duration::from_secs(5));
     assert_eq!(w.next().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acl_token_from_a_file_is_sent_and_never_shown() {
+    let token = "4d6a9a3c-5b1e-4c8e-9f3a-7d1f0c2b8e61";
+    let agent = ConsulDev::start_with(ConsulDevOptions {
+        extra_hcl: Some(format!(
+            r#"acl {{
+  enabled = true
+  default_policy = "deny"
+  enable_token_persistence = false
+  tokens {{
+    initial_management = "{token}"
+  }}
+}}
+"#
+        )),
+        token: Some(token.to_owned()),
+        ..ConsulDevOptions::default()
+    })
+    .await;
+
+    // Anonymous: denied, and the error names the request and the key.
+    let anonymous = Consul::new(ConsulConfig::new(agent.http_addr())).unwrap();
+    let err = anonymous.kv_put("t-acl/key", "v").await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert!(err.to_string().contains("kv put t-acl/key"), "{err}");
+
+    // The token from a file, as the daemons read it.
+    let dir = successover_tests::Scratch::new("acl-token");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let addr = agent.http_addr();
+    let cfg = ConsulConfig::from_lookup(|name| match name {
+        "CONSUL_HTTP_ADDR" => Some(addr.clone()),
+        "CONSUL_HTTP_TOKEN_FILE" => Some(file.display().to_string()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(
+        !format!("{cfg:?}").contains(token),
+        "the token must not be printable"
+    );
+    let c = Consul::new(cfg).unwrap();
+    c.kv_put("t-acl/key", "v").await.unwrap();
+    assert_eq!(
+        c.kv_get("t-acl/key").await.unwrap().unwrap().value_str(),
+        Some("v")
+    );
+    assert!(!format!("{c:?}").contains(token), "nor the client");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_a_ca_and_a_client_certificate() {
+    // Certificates made by Consul's own tooling, as an operator would.
+    let certs = successover_tests::Scratch::new("consul-tls");
+    let consul_bin = successover_tests::bins::consul();
+    for args in [
+        vec!["tls", "ca", "create"],
+        vec!["tls", "cert", "create", "-server", "-dc", "dc1"],
+        vec!["tls", "cert", "create", "-client", "-dc", "dc1"],
+    ] {
+        let out = std::process::Command::new(consul_bin)
+            .args(&args)
+            .current_dir(certs.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "consul {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let p = |name: &str| certs.path().join(name).display().to_string();
+    let https = successover_tests::reserve_port();
+    let agent = ConsulDev::start_with(ConsulDevOptions {
+        extra_hcl: Some(format!(
+            r#"ports {{
+  https = {port}
+}}
+tls {{
+  defaults {{
+    ca_file = "{ca}"
+    cert_file = "{cert}"
+    key_file = "{key}"
+  }}
+  https {{
+    verify_incoming = true
+  }}
+}}
+"#,
+            port = https.port(),
+            ca = p("consul-agent-ca.pem"),
+            cert = p("dc1-server-consul-0.pem"),
+            key = p("dc1-server-consul-0-key.pem"),
+        )),
+        ..ConsulDevOptions::default()
+    })
+    .await;
+    let _ = &agent;
+    let addr = format!("https://127.0.0.1:{}", https.port());
+    let config = |client_cert: bool| {
+        let mut cfg = ConsulConfig::new(&addr);
+        cfg.retry_for = Duration::from_millis(200);
+        cfg.tls.ca_file = Some(p("consul-agent-ca.pem").into());
+        if client_cert {
+            cfg.tls.client_cert = Some(p("dc1-client-consul-0.pem").into());
+            cfg.tls.client_key = Some(p("dc1-client-consul-0-key.pem").into());
+        }
+        cfg
+    };
+    let c = Consul::new(config(true)).unwrap();
+    c.kv_put("t-tls/key", "over tls").await.unwrap();
+    assert_eq!(
+        c.kv_get("t-tls/key").await.unwrap().unwrap().value_str(),
+        Some("over tls")
+    );
+    // Without a client certificate the server refuses the handshake.
+    let without = Consul::new(config(false)).unwrap();
+    let err = without.kv_get("t-tls/key").await.unwrap_err();
+    assert!(err.to_string().starts_with("kv get t-tls/key"), "{err}");
+    // Half a pair is a configuration error, found before any request.
+    let mut half = config(false);
+    half.tls.client_cert = Some(p("dc1-client-consul-0.pem").into());
+    assert!(matches!(Consul::new(half), Err(ConsulError::Config { .. })));
 }

@@ -316,6 +316,7 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     let host = NetHost::create("db1").await;
     let consul = ConsulDev::start_with(ConsulDevOptions {
         extra_client_addrs: vec![host.host_side_addr().into()],
+        ..ConsulDevOptions::default()
     })
     .await;
     let mut opts = StackOptions::new("c-f-cut", &consul.http_addr());

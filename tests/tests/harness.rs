@@ -414,6 +414,7 @@ async fn consul_reachable_from_a_net_host() {
     let host = NetHost::create("agenthost").await;
     let consul = ConsulDev::start_with(ConsulDevOptions {
         extra_client_addrs: vec![host.host_side_addr().into()],
+        ..ConsulDevOptions::default()
     })
     .await;
     let mut get = host.run(bins::socat());
