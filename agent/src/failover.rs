@@ -615,8 +615,8 @@ impl Agent {
             TxnOp::set(master.clone(), to_addr.to_string()),
             TxnOp::set(format!("{master}/hostname"), to_addr.host.clone()),
             TxnOp::set(format!("{master}/port"), to_addr.port.to_string()),
-            TxnOp::delete(self.keys.failed_key(&self.cluster)),
         ];
+        ops.extend(self.lift_own_fence(&rec.entry.id).await);
         if let Some(op) = self.quarantine_op(&from, from_addr.as_ref(), &rec.entry.id) {
             ops.push(op);
         }
@@ -746,10 +746,7 @@ impl Agent {
                 problems.push(format!("make {to} writable: {e}"));
             }
             if kv.fenced {
-                if let Err(e) = self
-                    .guarded_txn(vec![TxnOp::delete(self.keys.failed_key(&self.cluster))])
-                    .await
-                {
+                if let Err(e) = self.guarded_txn(self.lift_own_fence(&entry.id).await).await {
                     problems.push(format!("unfence: {e}"));
                 }
             }
@@ -780,9 +777,7 @@ impl Agent {
                     .on_node(name, async |n: &mut Node| n.start_io_thread().await)
                     .await;
             }
-            let _ = self
-                .guarded_txn(vec![TxnOp::delete(self.keys.failed_key(&self.cluster))])
-                .await;
+            let _ = self.guarded_txn(self.lift_own_fence(&entry.id).await).await;
             return self
                 .finish_failover(
                     rec,

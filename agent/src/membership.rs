@@ -42,6 +42,11 @@ impl Membership {
         consul
             .check_register_ttl(&check_id, &name, LIVENESS_TTL)
             .await?;
+        // Re-registering a check keeps its status: after a kill -9 and a
+        // restart more than LIVENESS_TTL later it is still critical, and
+        // Consul refuses a session tied to it ("Check … is in critical
+        // state") on every attempt.
+        consul.check_pass(&check_id).await?;
         let mut req = SessionRequest::new(name, ttl);
         req.lock_delay = lock_delay;
         req.behavior = SessionBehavior::Delete;

@@ -485,6 +485,31 @@ impl Agent {
         ))
     }
 
+    /// The txn ops that lift the fence procedure `id` set. A fence with
+    /// another reason (an operator fenced the cluster while the procedure
+    /// ran) stays: lifting it would undo their decision.
+    pub(crate) async fn lift_own_fence(&self, id: &str) -> Vec<TxnOp> {
+        let key = self.keys.failed_key(&self.cluster);
+        match self.consul.kv_get(&key).await {
+            Ok(Some(kv)) if kv.value_str().is_some_and(|v| v.contains(id)) => {
+                vec![TxnOp::DeleteCas {
+                    key,
+                    index: kv.modify_index,
+                }]
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    key,
+                    "the fence is not this procedure's; leaving it in place"
+                );
+                Vec::new()
+            }
+            Ok(None) => Vec::new(),
+            // The txn that would carry it fails the same way.
+            Err(_) => vec![TxnOp::delete(key)],
+        }
+    }
+
     pub(crate) fn check_lock(&self, before: &str) -> Result<(), StepFailure> {
         if self.lost_lock() {
             Err(StepFailure::LockLost(format!("before {before}")))
@@ -682,9 +707,9 @@ impl Agent {
             TxnOp::set(master.clone(), plan.to_addr.to_string()),
             TxnOp::set(format!("{master}/hostname"), plan.to_addr.host.clone()),
             TxnOp::set(format!("{master}/port"), plan.to_addr.port.to_string()),
-            TxnOp::delete(self.keys.failed_key(&self.cluster)),
             self.history_op(&rec.entry),
         ];
+        let ops = [ops, self.lift_own_fence(&rec.entry.id).await].concat();
         let r = self.guarded_txn(ops).await;
         rec.record("publish", t, &r);
         if let Err(e) = r {
@@ -768,7 +793,7 @@ impl Agent {
                 }
             }
         }
-        let ops = vec![TxnOp::delete(self.keys.failed_key(&self.cluster))];
+        let ops = self.lift_own_fence(&rec.entry.id).await;
         if let Err(e) = self.guarded_txn(ops).await {
             problems.push(format!("unfence: {e}"));
         }
@@ -904,10 +929,7 @@ impl Agent {
                 }
             }
             if kv.fenced {
-                if let Err(e) = self
-                    .guarded_txn(vec![TxnOp::delete(self.keys.failed_key(&self.cluster))])
-                    .await
-                {
+                if let Err(e) = self.guarded_txn(self.lift_own_fence(&entry.id).await).await {
                     problems.push(format!("unfence: {e}"));
                 }
             }

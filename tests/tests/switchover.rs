@@ -328,9 +328,12 @@ async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
         "coordinator": "gone", "started_ms": 1, "finished_ms": null, "steps": [], "evidence": {}
     });
     let c = &stack.consul;
-    c.kv_put(&format!("mysql/master/{cluster}/failed"), "switchover")
-        .await
-        .unwrap();
+    c.kv_put(
+        &format!("mysql/master/{cluster}/failed"),
+        format!("switchover {id}"),
+    )
+    .await
+    .unwrap();
     c.kv_put(&format!("mysql/history/{cluster}/{id}"), entry.to_string())
         .await
         .unwrap();
