@@ -16,14 +16,14 @@
 use std::time::Duration;
 
 use successover_common::consul::TxnOp;
-use successover_common::procedure::{history_id, HistoryEntry, Outcome, ProcedureKind};
+use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
 
 use crate::cluster::{same_addr, ClusterKv};
 use crate::config::Detection;
 use crate::decide::{Addr, ClusterView, NodeView};
 use crate::mysql::{GtidState, Node};
 use crate::run::Agent;
-use crate::switchover::{now_ms, outcome_word, Observations, Recorder, Timer};
+use crate::switchover::{now_ms, Observations, Recorder, Timer};
 
 /// Three heartbeat periods (the agents set the period to one second when
 /// they point a replica at a source).
@@ -312,23 +312,9 @@ impl Agent {
     }
 
     fn new_failover_entry(&self, from: &str, evidence: &str) -> HistoryEntry {
-        let started_ms = now_ms();
-        let mut entry = HistoryEntry {
-            id: history_id(started_ms, ProcedureKind::Failover),
-            kind: ProcedureKind::Failover,
-            cluster: self.cluster.as_str().to_owned(),
-            outcome: Outcome::Running,
-            reason: format!("failing over from {from}"),
-            from: Some(from.to_owned()),
-            to: None,
-            request: None,
-            coordinator: self.node.as_str().to_owned(),
-            started_ms,
-            finished_ms: None,
-            write_unavailable_ms: None,
-            steps: Vec::new(),
-            evidence: serde_json::Map::new(),
-        };
+        let mut entry = self.new_entry(ProcedureKind::Failover);
+        entry.reason = format!("failing over from {from}");
+        entry.from = Some(from.to_owned());
         entry.evidence.insert("detection".into(), evidence.into());
         entry
     }
@@ -707,10 +693,10 @@ impl Agent {
                 id = rec.entry.id,
                 ?outcome,
                 "failover {}: {reason}",
-                outcome_word(outcome)
+                outcome.as_str()
             ),
         }
-        format!("failover {}: {reason}", outcome_word(outcome))
+        format!("failover {}: {reason}", outcome.as_str())
     }
 
     /// A failover interrupted by a coordinator change: finished if the new

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use successover_common::consul::{KvPair, TxnOp};
 use successover_common::contract::NodeName;
-use successover_common::procedure::{history_id, HistoryEntry, Outcome, ProcedureKind};
+use successover_common::procedure::{Outcome, ProcedureKind};
 
 use crate::cluster::{same_addr, ClusterKv};
 use crate::mysql::{IoRunning, Node};
 use crate::run::Agent;
-use crate::switchover::{check_errant, now_ms, outcome_word, Observations, Recorder, Timer};
+use crate::switchover::{check_errant, now_ms, Observations, Recorder, Timer};
 
 /// How long a rejoined replica has to show a running IO thread.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -47,23 +47,8 @@ impl Agent {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let started_ms = now_ms();
-        let entry = HistoryEntry {
-            id: history_id(started_ms, ProcedureKind::Rejoin),
-            kind: ProcedureKind::Rejoin,
-            cluster: self.cluster.as_str().to_owned(),
-            outcome: Outcome::Running,
-            reason: String::new(),
-            from: None,
-            to: Some(node.clone()),
-            request: None,
-            coordinator: self.node.as_str().to_owned(),
-            started_ms,
-            finished_ms: None,
-            write_unavailable_ms: None,
-            steps: Vec::new(),
-            evidence: serde_json::Map::new(),
-        };
+        let mut entry = self.new_entry(ProcedureKind::Rejoin);
+        entry.to = Some(node.clone());
         let mut rec = Recorder { entry };
         // The requester finds its answer by this id.
         let request_id = request
@@ -106,7 +91,7 @@ impl Agent {
             return format!("rejoin of {node} not recorded: {e}");
         }
         tracing::info!(node, ?outcome, "rejoin: {reason}");
-        format!("rejoin {}: {reason}", outcome_word(outcome))
+        format!("rejoin {}: {reason}", outcome.as_str())
     }
 
     async fn try_rejoin(

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use successover_common::consul::{KvPair, TxnOp, TxnOutcome};
 use successover_common::procedure::{
-    history_id, HistoryEntry, Outcome, ProcedureKind, Step, SwitchoverRequest,
+    HistoryEntry, Outcome, ProcedureKind, Step, SwitchoverRequest,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -296,24 +296,8 @@ impl Agent {
         )
     }
 
-    fn new_entry(&self, request: Option<SwitchoverRequest>) -> HistoryEntry {
-        let started_ms = now_ms();
-        HistoryEntry {
-            id: history_id(started_ms, ProcedureKind::Switchover),
-            kind: ProcedureKind::Switchover,
-            cluster: self.cluster.as_str().to_owned(),
-            outcome: Outcome::Running,
-            reason: String::new(),
-            from: None,
-            to: None,
-            request,
-            coordinator: self.node.as_str().to_owned(),
-            started_ms,
-            finished_ms: None,
-            write_unavailable_ms: None,
-            steps: Vec::new(),
-            evidence: serde_json::Map::new(),
-        }
+    pub(crate) fn new_entry(&self, kind: ProcedureKind) -> HistoryEntry {
+        HistoryEntry::start(kind, self.cluster.as_str(), self.node.as_str(), now_ms())
     }
 
     /// Handles a pending request: refuses it or runs it. The request key is
@@ -331,7 +315,8 @@ impl Agent {
             index: request.modify_index,
         };
         let parsed = SwitchoverRequest::parse(request.value.as_deref().unwrap_or_default());
-        let mut entry = self.new_entry(parsed.as_ref().ok().cloned());
+        let mut entry = self.new_entry(ProcedureKind::Switchover);
+        entry.request = parsed.as_ref().ok().cloned();
         let default_lag = kv
             .settings
             .as_ref()
@@ -440,7 +425,7 @@ impl Agent {
             tracing::warn!(error = e, "cannot record the switchover outcome");
         }
         tracing::info!(id = rec.entry.id, ?outcome, unavailable_ms = ?rec.entry.write_unavailable_ms, "switchover finished: {reason}");
-        format!("switchover {}: {reason}", outcome_word(outcome))
+        format!("switchover {}: {reason}", outcome.as_str())
     }
 
     async fn errant_check(&mut self, plan: &Plan) -> Result<(), String> {
@@ -832,16 +817,6 @@ impl Timer {
     }
 }
 
-pub(crate) fn outcome_word(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Running => "running",
-        Outcome::Done => "done",
-        Outcome::Aborted => "aborted",
-        Outcome::Refused => "refused",
-        Outcome::Failed => "failed",
-    }
-}
-
 pub(crate) enum StepFailure {
     LockLost(String),
     RolledBack(String),
@@ -1012,10 +987,7 @@ impl Agent {
             return format!("recovery of {id} not recorded: {e}");
         }
         tracing::warn!(id, ?outcome, "recovered interrupted switch: {reason}");
-        format!(
-            "interrupted switch {id} {}: {reason}",
-            outcome_word(outcome)
-        )
+        format!("interrupted switch {id} {}: {reason}", outcome.as_str())
     }
 }
 

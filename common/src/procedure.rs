@@ -131,7 +131,49 @@ pub struct HistoryEntry {
     pub evidence: serde_json::Map<String, serde_json::Value>,
 }
 
+impl ProcedureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcedureKind::Switchover => "switchover",
+            ProcedureKind::Failover => "failover",
+            ProcedureKind::Rejoin => "rejoin",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Done => "done",
+            Outcome::Aborted => "aborted",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 impl HistoryEntry {
+    /// A new entry, running, with its id from the start time.
+    pub fn start(kind: ProcedureKind, cluster: &str, coordinator: &str, started_ms: u64) -> Self {
+        HistoryEntry {
+            id: history_id(started_ms, kind),
+            kind,
+            cluster: cluster.to_owned(),
+            outcome: Outcome::Running,
+            reason: String::new(),
+            from: None,
+            to: None,
+            request: None,
+            coordinator: coordinator.to_owned(),
+            started_ms,
+            finished_ms: None,
+            write_unavailable_ms: None,
+            steps: Vec::new(),
+            evidence: serde_json::Map::new(),
+        }
+    }
+
     pub fn last_step(&self) -> Option<&Step> {
         self.steps.last()
     }
@@ -143,12 +185,7 @@ impl HistoryEntry {
 
 /// Entry ids sort by start time: milliseconds, zero-padded.
 pub fn history_id(started_ms: u64, kind: ProcedureKind) -> String {
-    let kind = match kind {
-        ProcedureKind::Switchover => "switchover",
-        ProcedureKind::Failover => "failover",
-        ProcedureKind::Rejoin => "rejoin",
-    };
-    format!("{started_ms:015}-{kind}")
+    format!("{started_ms:015}-{}", kind.as_str())
 }
 
 impl Keys {

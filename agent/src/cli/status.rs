@@ -755,21 +755,11 @@ pub fn request_line(r: &SwitchoverRequest) -> String {
 }
 
 pub fn kind_word(k: ProcedureKind) -> &'static str {
-    match k {
-        ProcedureKind::Switchover => "switchover",
-        ProcedureKind::Failover => "failover",
-        ProcedureKind::Rejoin => "rejoin",
-    }
+    k.as_str()
 }
 
 pub fn outcome_word(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Running => "running",
-        Outcome::Done => "done",
-        Outcome::Aborted => "aborted",
-        Outcome::Refused => "refused",
-        Outcome::Failed => "failed",
-    }
+    o.as_str()
 }
 
 fn replication_cell(r: &Replication) -> String {
