@@ -336,7 +336,7 @@ mod tests {
             &["history", "-c1"],
             &["history", "c1", "-n", "0"],
             &["switchover", "c1", "--timeout", "0"],
-            &["rejoin", "c1", "db1"],
+            &["rejoin", "c1"],
             &["switchover"],
         ] {
             let err = parse(args).unwrap_err();
