@@ -217,11 +217,19 @@ impl Agent {
             return None;
         }
         let source = source?;
+        // A confirmation is a fresh look: cycles woken early by KV changes
+        // count once per tick, so N confirmations span N ticks.
+        let now = tokio::time::Instant::now();
         let count = match &self.suspect {
-            Some((name, n)) if *name == source => n + 1,
+            Some((name, n, at)) if *name == source && now.duration_since(*at) < self.cfg.tick => *n,
+            Some((name, n, _)) if *name == source => n + 1,
             _ => 1,
         };
-        self.suspect = Some((source.clone(), count));
+        let at = match &self.suspect {
+            Some((name, n, at)) if *name == source && *n == count => *at,
+            _ => now,
+        };
+        self.suspect = Some((source.clone(), count, at));
         match code {
             FailureCode::Healthy => None,
             FailureCode::UnreachableSource

@@ -42,7 +42,9 @@ pub struct Agent {
     /// vanished with its host is still probed and can be failed over.
     pub(crate) known: BTreeMap<String, Addr>,
     /// Consecutive cycles the published source looked dead.
-    pub(crate) suspect: Option<(String, u32)>,
+    /// The source that looked dead, how many times, and when the count
+    /// last went up.
+    pub(crate) suspect: Option<(String, u32, Instant)>,
     /// A failover that could not start was already recorded for this
     /// incident; don't write the same refusal every cycle.
     pub(crate) incident_recorded: bool,

@@ -192,6 +192,10 @@ impl MariaDb {
             // Replicas notice a dead or silent source within seconds
             // (heartbeats come every second, see `replicate_from`).
             "--slave-net-timeout=5".into(),
+            // Stopping a semi-sync replica's IO thread first kills its
+            // connection on the source; against a hung source that waits
+            // this long (default 5 s) and holds up a failover.
+            "--rpl-semi-sync-slave-kill-conn-timeout=1".into(),
         ];
         args.extend(INNODB_ARGS.iter().map(|s| s.to_string()));
         args.extend(self.opts.extra_args.iter().cloned());

@@ -6,10 +6,13 @@ use tokio::time::Instant;
 use super::kv::KvPair;
 use super::{Consul, ConsulError};
 
-/// Exponential backoff from 100 ms to 5 s with full jitter, so a fleet of
-/// watchers that lost Consul together does not come back in lockstep.
+/// Exponential backoff from 100 ms to 2 s with jitter, so a fleet of
+/// watchers that lost Consul together does not come back in lockstep. The
+/// cap is low on purpose: a leader election takes a few seconds, and a
+/// proxy that waits longer than that to retry keeps routing to a source
+/// that failed over meanwhile.
 pub fn backoff_delay(attempt: u32) -> Duration {
-    let cap_ms = 100u64.saturating_mul(1u64 << attempt.min(6)).min(5_000);
+    let cap_ms = 100u64.saturating_mul(1u64 << attempt.min(6)).min(2_000);
     let ms = rand::thread_rng().gen_range(cap_ms / 2..=cap_ms);
     Duration::from_millis(ms)
 }
@@ -38,6 +41,10 @@ pub struct Watch {
     min_interval: Duration,
     failures: u32,
     last_return: Option<Instant>,
+    /// (key, modify index) of the last result. The index of a missing key
+    /// or an empty prefix is the whole KV store's, so it moves with every
+    /// write anywhere; only a change in this signature is a change here.
+    last_seen: Option<Vec<(String, u64)>>,
 }
 
 impl Watch {
@@ -51,6 +58,7 @@ impl Watch {
             min_interval: Duration::ZERO,
             failures: 0,
             last_return: None,
+            last_seen: None,
         }
     }
 
@@ -104,10 +112,19 @@ impl Watch {
             let previous = self.index;
             self.index = next_index(previous, returned);
             // A wake-up with an unchanged index is the wait timing out.
-            if first || returned != previous {
-                self.last_return = Some(Instant::now());
-                return Ok(pairs);
+            if !first && returned == previous {
+                continue;
             }
+            let seen: Vec<(String, u64)> = pairs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.modify_index))
+                .collect();
+            if self.last_seen.as_ref() == Some(&seen) {
+                continue;
+            }
+            self.last_seen = Some(seen);
+            self.last_return = Some(Instant::now());
+            return Ok(pairs);
         }
     }
 }
@@ -129,7 +146,7 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for attempt in 0..20 {
             let d = backoff_delay(attempt);
-            let cap = (100u64 << attempt.min(6)).min(5_000);
+            let cap = (100u64 << attempt.min(6)).min(2_000);
             assert!(d >= Duration::from_millis(cap / 2), "{attempt}: {d:?}");
             assert!(d <= Duration::from_millis(cap), "{attempt}: {d:?}");
         }
