@@ -12,9 +12,9 @@ use crate::stack::Stack;
 use crate::writer::{self, unix_ms, WriterLog};
 use crate::{wait_for, wait_until};
 
-/// Every failover history entry of the stack's cluster (refusals included),
-/// oldest first.
-pub async fn failovers(stack: &Stack) -> Vec<HistoryEntry> {
+/// Every history entry of the stack's cluster, oldest first (the
+/// `in-progress` and `last-failover` markers are not entries).
+pub async fn history(stack: &Stack) -> Vec<HistoryEntry> {
     let prefix = format!("mysql/history/{}/", stack.cluster);
     let mut out: Vec<HistoryEntry> = stack
         .consul
@@ -23,10 +23,22 @@ pub async fn failovers(stack: &Stack) -> Vec<HistoryEntry> {
         .unwrap_or_default()
         .into_iter()
         .filter_map(|kv| serde_json::from_slice::<HistoryEntry>(kv.value.as_deref()?).ok())
-        .filter(|e| e.kind == ProcedureKind::Failover)
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// Every history entry of one kind, oldest first.
+pub async fn history_of(stack: &Stack, kind: ProcedureKind) -> Vec<HistoryEntry> {
+    let mut out = history(stack).await;
+    out.retain(|e| e.kind == kind);
+    out
+}
+
+/// Every failover history entry of the stack's cluster (refusals included),
+/// oldest first.
+pub async fn failovers(stack: &Stack) -> Vec<HistoryEntry> {
+    history_of(stack, ProcedureKind::Failover).await
 }
 
 /// Waits for the latest failover entry to be finished (any outcome).

@@ -9,6 +9,7 @@ use mysql_async::prelude::*;
 use successover_common::procedure::{HistoryEntry, Outcome};
 use successover_tests::consul::ConsulDev;
 use successover_tests::mariadb::{global_var, MariaDb};
+use successover_tests::scenario::history;
 use successover_tests::stack::Stack;
 use successover_tests::writer::{self, WriterProc};
 use successover_tests::{wait_for, wait_until};
@@ -21,21 +22,6 @@ async fn consul_addr() -> String {
         .get_or_init(|| async { ConsulDev::start().await })
         .await
         .http_addr()
-}
-
-async fn history(stack: &Stack) -> Vec<HistoryEntry> {
-    let prefix = format!("mysql/history/{}/", stack.cluster);
-    let mut out: Vec<HistoryEntry> = stack
-        .consul
-        .kv_get_recurse(&prefix)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|kv| !kv.key.ends_with("/in-progress"))
-        .filter_map(|kv| serde_json::from_slice(kv.value.as_deref()?).ok())
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
 }
 
 /// Puts a request and waits for the entry it produced to finish.

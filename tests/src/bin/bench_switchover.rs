@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
-use successover_common::procedure::{HistoryEntry, Outcome};
+use successover_common::procedure::Outcome;
 use successover_tests::consul::ConsulDev;
+use successover_tests::scenario::history;
 use successover_tests::stack::Stack;
 use successover_tests::writer::{self, WriterProc};
 use successover_tests::{wait_for, wait_until};
@@ -49,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let mut coordinator = Vec::new();
     for i in 0..switches {
         let target = if i % 2 == 0 { "db2" } else { "db1" };
-        let done = history_len(&stack).await;
+        let done = history(&stack).await.len();
         stack
             .consul
             .kv_put("mysql/switchover/bench", target)
@@ -107,22 +108,4 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(lost.is_empty(), "acknowledged writes lost");
     Ok(())
-}
-
-async fn history(stack: &Stack) -> Vec<HistoryEntry> {
-    let mut out: Vec<HistoryEntry> = stack
-        .consul
-        .kv_get_recurse("mysql/history/bench/")
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|kv| !kv.key.ends_with("/in-progress"))
-        .filter_map(|kv| serde_json::from_slice(kv.value.as_deref()?).ok())
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
-}
-
-async fn history_len(stack: &Stack) -> usize {
-    history(stack).await.len()
 }

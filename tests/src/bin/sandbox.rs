@@ -12,24 +12,12 @@ use std::time::Duration;
 use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
 use successover_tests::consul::ConsulDev;
 use successover_tests::mariadb::{ROOT_PASSWORD, ROOT_USER};
+use successover_tests::scenario::history_of;
 use successover_tests::stack::Stack;
 use successover_tests::writer::{self, unix_ms, WriterProc};
 use successover_tests::{wait_for, wait_until};
 
 const CLUSTER: &str = "demo";
-
-async fn history(stack: &Stack) -> Vec<HistoryEntry> {
-    let mut out: Vec<HistoryEntry> = stack
-        .consul
-        .kv_get_recurse(&format!("mysql/history/{CLUSTER}/"))
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|kv| serde_json::from_slice(kv.value.as_deref()?).ok())
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
-}
 
 async fn wait_entry(
     stack: &Stack,
@@ -37,10 +25,9 @@ async fn wait_entry(
     after: usize,
 ) -> anyhow::Result<HistoryEntry> {
     wait_for(Duration::from_secs(90), || async {
-        history(stack)
+        history_of(stack, kind)
             .await
             .into_iter()
-            .filter(|e| e.kind == kind)
             .nth(after)
             .filter(|e| e.outcome != Outcome::Running)
     })
