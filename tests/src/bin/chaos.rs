@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! successover-chaos --minutes 30 --seed 1 [--faults kill9,sigstop,agent,render,leader,partition,switch]
-//!                   [--writers 2] [--max-faults N] [--no-netns] [--logs DIR]
+//!                   [--writers 2] [--max-faults N] [--no-netns] [--logs DIR] [--sabotage]
 //! ```
+//!
+//! `--sabotage` first breaks two invariants on purpose (a switchover while
+//! the renderer is stopped, the old source writable next to the new one) to
+//! show that the checks report them; such a run exits 1.
 //!
 //! Prints a line per fault and a summary table; exits 1 on any violation.
 //! Needs root (network namespaces) unless `--no-netns` (which drops the
@@ -18,7 +22,7 @@ use successover_tests::chaos::{self, ChaosOptions, FaultKind};
 
 const USAGE: &str = "usage: successover-chaos --minutes N [--seed S] \
 [--faults kill9,sigstop,agent,render,leader,partition,switch] [--writers N] \
-[--max-faults N] [--no-netns] [--logs DIR]";
+[--max-faults N] [--no-netns] [--logs DIR] [--sabotage]";
 
 fn main() -> std::process::ExitCode {
     match real_main() {
@@ -41,6 +45,7 @@ fn real_main() -> anyhow::Result<bool> {
     let mut netns = true;
     let mut logs: Option<PathBuf> = None;
     let mut faults_given = false;
+    let mut sabotage = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -58,6 +63,7 @@ fn real_main() -> anyhow::Result<bool> {
             "--writers" => writers = value()?.parse()?,
             "--max-faults" => max_faults = Some(value()?.parse()?),
             "--no-netns" => netns = false,
+            "--sabotage" => sabotage = true,
             "--logs" => logs = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -92,6 +98,7 @@ fn real_main() -> anyhow::Result<bool> {
     opts.writers = writers;
     opts.max_faults = max_faults;
     opts.netns = netns;
+    opts.sabotage = sabotage;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
