@@ -52,6 +52,8 @@ pub struct Agent {
     /// when, to tell a replica that still hears its source from one that
     /// only has not timed out yet.
     pub(crate) progress: BTreeMap<String, (String, Option<u64>, Instant)>,
+    /// Consecutive cycles in which commits on the source waited for an ACK.
+    stalled_cycles: u32,
     pub metrics: Arc<Metrics>,
 }
 
@@ -89,6 +91,7 @@ impl Agent {
             suspect: None,
             incident_recorded: false,
             progress: BTreeMap::new(),
+            stalled_cycles: 0,
             metrics,
         })
     }
@@ -267,6 +270,9 @@ impl Agent {
                 reason: reasons.join("; "),
                 actions: Vec::new(),
             };
+        }
+        if let Some(reason) = self.release_stalled_commits(&view, &observations).await {
+            reasons.push(reason);
         }
         let decision = decide(&view);
         let mut reason = decision.reason.clone();
@@ -617,6 +623,101 @@ impl Agent {
                 self.metrics.error("mysql");
                 Some(format!("heartbeat write on {source}: {e}"))
             }
+        }
+    }
+
+    /// Commits on the source can wait for an ACK that never comes: the
+    /// semi-sync replica died with a commit pending, and the replica that
+    /// took over its flag had already received that commit asynchronously,
+    /// so it reconnects past it and never acknowledges it; with AFTER_SYNC
+    /// the commits behind it cannot reach the binlog either, so no later
+    /// ACK comes. Once the ACKing replica provably holds everything in the
+    /// source's binlog (its received position, read after the source's,
+    /// covers it), the waiting commits are released by turning the source
+    /// flag off and on. Commits that reach the binlog in that instant are
+    /// acknowledged without waiting; the replica is streaming and receives
+    /// them within milliseconds.
+    async fn release_stalled_commits(
+        &mut self,
+        view: &ClusterView,
+        observations: &BTreeMap<String, (Addr, Option<Observation>)>,
+    ) -> Option<String> {
+        let source = view
+            .published
+            .as_ref()
+            .and_then(|p| view.nodes.iter().find(|n| same_addr(&n.addr, p)))
+            .filter(|n| n.reachable)?
+            .clone();
+        let waiting = observations
+            .get(&source.name)
+            .and_then(|(_, o)| o.as_ref())
+            .map(|o| o.semi_sync.wait_sessions)
+            .unwrap_or(0);
+        if waiting == 0 {
+            self.stalled_cycles = 0;
+            return None;
+        }
+        self.stalled_cycles += 1;
+        if self.stalled_cycles < 3 {
+            return None;
+        }
+        let ackers: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|n| n.reachable && n.semi_sync_replica_active)
+            .filter(|n| {
+                n.replica
+                    .as_ref()
+                    .is_some_and(|r| same_addr(&r.source, &source.addr) && r.io_running)
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        let [acker] = ackers.as_slice() else {
+            return Some(format!(
+                "{waiting} commit(s) on {} wait for an ACK and no single ACKing replica can be checked",
+                source.name
+            ));
+        };
+        let acker = acker.clone();
+        let binlog = match self.node_mut(&source.name)?.gtid_executed().await {
+            Ok(p) => p,
+            Err(e) => return Some(format!("stalled commits: cannot read {}: {e}", source.name)),
+        };
+        let received = match self.node_mut(&acker)?.replica_status().await {
+            Ok(Some(r)) => r.received(),
+            Ok(None) => return None,
+            Err(e) => return Some(format!("stalled commits: cannot read {acker}: {e}")),
+        };
+        if !received.contains(&binlog).unwrap_or(false) {
+            return Some(format!(
+                "{waiting} commit(s) on {} wait for an ACK; {acker} has not received {binlog} yet",
+                source.name
+            ));
+        }
+        let node = self.node_mut(&source.name)?;
+        let released = match node.set_semi_sync_source(false).await {
+            Ok(()) => node.set_semi_sync_source(true).await,
+            Err(e) => {
+                // Never leave the source asynchronous.
+                let _ = node.set_semi_sync_source(true).await;
+                Err(e)
+            }
+        };
+        self.stalled_cycles = 0;
+        self.metrics
+            .action("release_stalled_commits", released.is_ok());
+        match released {
+            Ok(()) => {
+                tracing::warn!(source = source.name, acker, %binlog, waiting, "released commits stalled on an ACK that could not come; the ACKing replica holds them");
+                Some(format!(
+                    "released {waiting} commit(s) stalled on {}: {acker} had received all of {binlog}",
+                    source.name
+                ))
+            }
+            Err(e) => Some(format!(
+                "releasing stalled commits on {} failed: {e}",
+                source.name
+            )),
         }
     }
 

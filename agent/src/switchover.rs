@@ -1062,6 +1062,7 @@ mod tests {
                 replica_status_on: semi_replica,
                 clients: u64::from(semi_source),
                 yes_tx: 0,
+                wait_sessions: 0,
                 no_tx: 0,
                 wait_point: None,
                 timeout_ms: None,

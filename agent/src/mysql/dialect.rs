@@ -392,6 +392,12 @@ impl SemiSyncNaming {
             SemiSyncNaming::SourceReplica => "Rpl_semi_sync_source_yes_tx",
         }
     }
+    pub fn source_wait_sessions(self) -> &'static str {
+        match self {
+            SemiSyncNaming::MasterSlave => "Rpl_semi_sync_master_wait_sessions",
+            SemiSyncNaming::SourceReplica => "Rpl_semi_sync_source_wait_sessions",
+        }
+    }
     pub fn source_no_tx(self) -> &'static str {
         match self {
             SemiSyncNaming::MasterSlave => "Rpl_semi_sync_master_no_tx",

@@ -520,6 +520,8 @@ pub struct SemiSyncState {
     /// Semi-sync replicas connected to this source.
     pub clients: u64,
     pub yes_tx: u64,
+    /// Commits waiting for an ACK right now.
+    pub wait_sessions: u64,
     pub no_tx: u64,
     pub wait_point: Option<WaitPoint>,
     pub timeout_ms: Option<u64>,
@@ -569,6 +571,7 @@ impl SemiSyncState {
             replica_status_on: false,
             clients: 0,
             yes_tx: 0,
+            wait_sessions: 0,
             no_tx: 0,
             wait_point: None,
             timeout_ms: None,
@@ -580,6 +583,7 @@ impl SemiSyncState {
             st.source_status_on = flag(status, n.source_status())?.unwrap_or(false);
             st.clients = num(status, n.source_clients())?.unwrap_or(0);
             st.yes_tx = num(status, n.source_yes_tx())?.unwrap_or(0);
+            st.wait_sessions = num(status, n.source_wait_sessions())?.unwrap_or(0);
             st.no_tx = num(status, n.source_no_tx())?.unwrap_or(0);
             st.timeout_ms = num(variables, n.source_timeout())?;
             st.wait_no_replica = flag(variables, n.source_wait_no_replica())?;
