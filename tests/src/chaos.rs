@@ -2596,10 +2596,17 @@ impl Runner {
                     r == node && *at <= o.from_ms + 500 && o.to_ms <= at + SELF_FENCE_GRACE_MS
                 })
             };
-            let published = state_at(&kv, o.from_ms).and_then(|s| s.published.clone());
+            // A returning old source is exempt only while KV never made it
+            // the routable source (published, unfenced, not quarantined)
+            // during the overlap; a failover may still be running when it
+            // wakes up, with the cluster fenced.
+            let routable = |x: &str| route_allowed(&kv, x, o.to_ms, o.to_ms - o.from_ms);
+            let published = state_at(&kv, o.from_ms)
+                .map(KvState::describe)
+                .unwrap_or_default();
             let stale = [&o.a, &o.b]
                 .into_iter()
-                .find(|x| revived(x) && published.as_deref() != Some(x.as_str()));
+                .find(|x| revived(x) && !routable(x));
             match stale {
                 Some(node) => {
                     // The old source came back and stayed writable until
@@ -2617,13 +2624,12 @@ impl Runner {
                         .max(o.to_ms.saturating_sub(since));
                 }
                 None => self.violation(format!(
-                    "fault #{n}: {} and {} both writable from {} to {} ({} ms; published: {})",
+                    "fault #{n}: {} and {} both writable from {} to {} ({} ms; KV: {published})",
                     o.a,
                     o.b,
                     o.from_ms,
                     o.to_ms,
                     o.to_ms - o.from_ms,
-                    published.as_deref().unwrap_or("?")
                 )),
             }
         }
