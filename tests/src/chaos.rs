@@ -1100,6 +1100,32 @@ impl World {
         }
     }
 
+    /// Autopilot says every server is healthy and one may fail.
+    async fn consul_stable(&self) -> Result<(), String> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let health: serde_json::Value = http
+            .get(format!("{}/v1/operator/autopilot/health", self.kv_addr()))
+            .send()
+            .await
+            .map_err(|e| format!("autopilot health: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("autopilot health: {e}"))?;
+        let healthy = health["Healthy"].as_bool() == Some(true);
+        let tolerance = health["FailureTolerance"].as_u64().unwrap_or(0);
+        if healthy && tolerance >= 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "consul not stable: autopilot healthy {healthy}, failure tolerance {tolerance}"
+            ))
+        }
+    }
+
     /// Sessions per agent name (`successover-agent <cluster>/<node>`): more
     /// than one means a dead agent's session still holds what it held.
     async fn agent_sessions(&self) -> Result<HashMap<String, usize>, String> {
@@ -2082,6 +2108,9 @@ impl Runner {
                 return Err(format!("consul server {i} is down"));
             }
         }
+        // A restarted server takes a while to be a voter in step with the
+        // leader again; stopping the leader before that leaves no quorum.
+        self.w.consul_stable().await?;
         if self
             .w
             .key_exists(&format!("{PREFIX}master/{c}/failed"))
