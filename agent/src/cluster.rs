@@ -9,18 +9,24 @@ use successover_common::contract::{
     ClusterName, ClusterSettings, HostPort, KeyPath, Keys, ATTR_FAILED,
 };
 
-use crate::decide::Addr;
+use successover_common::procedure::{AckFloors, HistoryEntry, LastFailover};
+
+use crate::mysql::GtidState;
+
+use crate::decide::KvInputs;
 use crate::report::HealthReport;
 
 #[derive(Clone, Debug, Default)]
 pub struct ClusterKv {
     /// The `master` key when present and valid.
-    pub published: Option<Addr>,
+    pub published: Option<HostPort>,
     /// A `master` value that failed validation; the cluster is treated as
     /// having no usable published source and nothing is published over it.
     pub published_invalid: Option<String>,
     pub master_present: bool,
     pub fenced: bool,
+    /// The fence's value, when fenced: a procedure's fence names it.
+    pub fence: Option<String>,
     pub quarantined: BTreeSet<String>,
     pub settings: Option<ClusterSettings>,
     pub settings_error: Option<String>,
@@ -42,6 +48,117 @@ impl ClusterKv {
             .map(|s| s.semi_sync_replicas as usize)
             .unwrap_or(1)
     }
+}
+
+/// What only the coordinator reads: the entry of a procedure under way,
+/// rejoin requests, the last failover and the fence's value; with the
+/// cluster settings, the inputs of [`crate::decide::decide`] beyond the
+/// view.
+pub async fn coordinator_inputs(
+    consul: &Consul,
+    keys: &Keys,
+    cluster: &ClusterName,
+    kv: &ClusterKv,
+) -> Result<KvInputs, String> {
+    let e = |e: ConsulError| e.to_string();
+    let in_progress = match &kv.in_progress {
+        Some(id) => {
+            let entry = consul
+                .kv_get(&keys.history_key(cluster, id))
+                .await
+                .map_err(e)?
+                .and_then(|kv| {
+                    serde_json::from_slice::<HistoryEntry>(kv.value.as_deref().unwrap_or_default())
+                        .ok()
+                });
+            Some((id.clone(), entry))
+        }
+        None => None,
+    };
+    // Read with the master key's subtree this cycle already.
+    let fence = kv.fence.clone();
+    // A procedure's fence names it; a refused failover is taken up again
+    // from its entry when what it lacked comes back.
+    let fence_entry = match fence
+        .as_deref()
+        .map(|f| successover_common::contract::Fence::read(f.as_bytes()).reason)
+        .and_then(|r| r.strip_prefix("failover ").map(str::to_owned))
+    {
+        Some(id) if successover_common::contract::valid_node_name(&id).is_ok() => consul
+            .kv_get(&keys.history_key(cluster, &id))
+            .await
+            .map_err(e)?
+            .and_then(|kv| {
+                serde_json::from_slice::<HistoryEntry>(kv.value.as_deref().unwrap_or_default()).ok()
+            }),
+        _ => None,
+    };
+    let last_failover_ms = consul
+        .kv_get(&keys.last_failover_key(cluster))
+        .await
+        .map_err(e)?
+        .map(|kv| {
+            LastFailover::parse(kv.value.as_deref().unwrap_or_default())
+                .map(|l| l.at_ms)
+                // An unreadable marker still counts: a cooldown that is
+                // too long is safer than a second failover.
+                .unwrap_or(u64::MAX / 2)
+        });
+    let rejoins = consul
+        .kv_get_recurse(&keys.rejoin_prefix(cluster))
+        .await
+        .map_err(e)?;
+    let ack_floors = match consul
+        .kv_get(&keys.ack_floors_key(cluster))
+        .await
+        .map_err(e)?
+    {
+        None => BTreeMap::new(),
+        Some(kv) => {
+            let parsed = AckFloors::parse(kv.value.as_deref().unwrap_or_default())
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    f.floors
+                        .into_iter()
+                        .map(|(n, p)| {
+                            if p.trim().is_empty() {
+                                return Ok((n, None));
+                            }
+                            GtidState::parse_any(&p)
+                                .map(|p| (n, Some(p)))
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect::<Result<BTreeMap<_, _>, _>>()
+                });
+            match parsed {
+                Ok(f) => f,
+                Err(why) => {
+                    // Without the floors no semi-sync replica can be
+                    // trusted beyond its grant; an unreadable value must
+                    // not make a laggard look safe.
+                    return Err(format!("{}: {why}", keys.ack_floors_key(cluster)));
+                }
+            }
+        }
+    };
+    let settings = kv.settings.as_ref();
+    Ok(KvInputs {
+        fence,
+        fence_entry,
+        in_progress,
+        switchover: kv.switchover.clone(),
+        rejoins,
+        last_failover_ms,
+        auto_failover: settings.is_none_or(|s| s.auto_failover),
+        failover_cooldown_ms: settings
+            .map(|s| s.failover_cooldown_seconds)
+            .unwrap_or(3600)
+            .saturating_mul(1000),
+        max_lag_seconds: settings.map(|s| s.max_lag_seconds).unwrap_or(10),
+        agent_up: kv.reports.iter().map(|(n, r)| (n.clone(), r.up)).collect(),
+        published_invalid: kv.published_invalid.clone(),
+        ack_floors,
+    })
 }
 
 pub async fn read(
@@ -73,18 +190,20 @@ pub async fn read(
 /// read of `master/c1` also returns `master/c10`) are ignored.
 pub fn interpret(keys: &Keys, cluster: &ClusterName, pairs: &[KvPair]) -> ClusterKv {
     let mut out = ClusterKv::default();
-    let mut master_value = None;
+    let mut master = successover_common::contract::MasterKeys::default();
     for kv in pairs {
-        let text = kv.value_str().unwrap_or("").trim();
         match keys.classify(&kv.key) {
-            Some(KeyPath::Master { cluster: c, attr }) if c == cluster.as_str() => match attr {
-                None => {
-                    out.master_present = true;
-                    master_value = Some((kv.key.clone(), text.to_owned()));
+            Some(KeyPath::Master { cluster: c, attr }) if c == cluster.as_str() => {
+                match attr {
+                    None => out.master_present = true,
+                    Some(ATTR_FAILED) => {
+                        out.fenced = true;
+                        out.fence = Some(kv.value_str().unwrap_or_default().to_owned());
+                    }
+                    Some(_) => {}
                 }
-                Some(ATTR_FAILED) => out.fenced = true,
-                Some(_) => {}
-            },
+                master.add(&kv.key, attr, kv.value.as_deref().unwrap_or_default());
+            }
             Some(KeyPath::Quarantine { cluster: c, node }) if c == cluster.as_str() => {
                 // The key alone quarantines: an unreadable value must not
                 // let a failed source back in.
@@ -115,31 +234,23 @@ pub fn interpret(keys: &Keys, cluster: &ClusterName, pairs: &[KvPair]) -> Cluste
             _ => {}
         }
     }
-    if let Some((key, value)) = master_value {
-        // `/hostname` and `/port` are written with the value in one txn;
-        // the main key is the one every reader agrees on, so it counts.
-        match HostPort::parse(&value) {
-            Ok(hp) => out.published = Some(addr_of(&hp)),
-            Err(e) => {
-                out.published_invalid = Some(format!("{key}: {e}"));
-                out.rejected.push((key, e.to_string()));
+    // The renderers read the same subtree the same way
+    // (`MasterKeys::source`): the value, or without one the `/hostname` +
+    // `/port` children; an agent that read it otherwise could stop failing
+    // over or self-fencing while the proxies route.
+    if master.value.is_some() || master.hostname.is_some() || master.port.is_some() {
+        out.master_present = true;
+        let mut notes = Vec::new();
+        match master.source(&mut |key, problem| notes.push((key.to_owned(), problem.to_string()))) {
+            Ok(source) => out.published = Some(source.addr),
+            Err((key, problem)) => {
+                out.published_invalid = Some(format!("{key}: {problem}"));
+                out.rejected.push((key.to_owned(), problem.to_string()));
             }
         }
+        out.rejected.extend(notes);
     }
     out
-}
-
-pub fn addr_of(hp: &HostPort) -> Addr {
-    Addr {
-        host: hp.host.to_string(),
-        port: hp.port,
-    }
-}
-
-/// Two addresses name the same server when host and port match; hostnames
-/// compare case-insensitively.
-pub fn same_addr(a: &Addr, b: &Addr) -> bool {
-    a.port == b.port && a.host.eq_ignore_ascii_case(&b.host)
 }
 
 #[cfg(test)]
@@ -177,10 +288,7 @@ mod tests {
         let state = interpret(&keys, &c1, &pairs);
         assert_eq!(
             state.published,
-            Some(Addr {
-                host: "10.0.0.1".into(),
-                port: 3306
-            })
+            Some(HostPort::parse("10.0.0.1:3306").unwrap())
         );
         assert!(state.fenced);
         assert!(state.quarantined.contains("db3"));
@@ -206,5 +314,35 @@ mod tests {
             .published_invalid
             .unwrap()
             .starts_with("mysql/master/c1"));
+    }
+
+    /// The renderers route an empty `master` value with children to the
+    /// children (orchestrator writes them so); the agents must see the
+    /// same source, or they would stop failing over and self-fencing
+    /// while the proxies route.
+    #[test]
+    fn an_empty_master_value_with_children_names_the_children() {
+        let keys = Keys::default();
+        let c1 = ClusterName::parse("c1").unwrap();
+        let state = interpret(
+            &keys,
+            &c1,
+            &[
+                kv("mysql/master/c1", ""),
+                kv("mysql/master/c1/hostname", "10.0.0.2"),
+                kv("mysql/master/c1/port", "3307"),
+            ],
+        );
+        assert_eq!(
+            state.published.map(|p| p.to_string()).as_deref(),
+            Some("10.0.0.2:3307")
+        );
+        assert!(state.master_present && state.published_invalid.is_none());
+        // A value with stray blanks reads as the value.
+        let state = interpret(&keys, &c1, &[kv("mysql/master/c1", " 10.0.0.1:3306\n")]);
+        assert_eq!(
+            state.published.map(|p| p.to_string()).as_deref(),
+            Some("10.0.0.1:3306")
+        );
     }
 }

@@ -1,41 +1,106 @@
 //! Agent configuration in two stages: the raw TOML as written by the
-//! operator, then a validated config. Validation reports every problem at
-//! once so a rollout fails on the first try with the whole list.
+//! operator, then a validated config. Sections, duration syntax and errors
+//! are the ones every successover daemon shares
+//! (`successover_common::config`); validation reports every problem at
+//! once, so a rollout fails on the first host with the whole list.
+//!
+//! ```toml
+//! cluster = "shop"                 # required
+//! node = "db1"                     # required; this host's name in KV
+//!
+//! [mysql]
+//! host = "127.0.0.1"               # where the agent reaches its server
+//! port = 3306
+//! advertise_host = "10.0.1.11"     # required; how others reach it
+//! advertise_port = 3306            # default: port
+//! user = "successover"             # required
+//! password_file = "/etc/successover/mysql-agent.password"   # or password_env
+//! replication_user = "repl"
+//! replication_password_file = "/etc/successover/mysql-replication.password"
+//! replication_tls = false          # default: the server's own (MASTER_SSL / SOURCE_SSL)
+//! connect_timeout = "2s"
+//! query_timeout = "5s"
+//! read_timeout = "2s"              # a hung server is unreachable after this
+//!
+//! [consul]                         # shared with successover-render; every
+//! address = "http://127.0.0.1:8500"  # key falls back to its CONSUL_* variable
+//! token_file = "/etc/successover/consul.token"
+//! ca_file = "/etc/successover/consul-ca.pem"
+//! client_cert = "/etc/successover/client.pem"
+//! client_key = "/etc/successover/client-key.pem"
+//! datacenter = "dc1"
+//!
+//! [kv]
+//! prefix = "mysql/"
+//!
+//! [timing]
+//! tick = "1s"
+//! probe = "250ms"                  # the coordinator's look at its source between ticks
+//! session_ttl = "10s"
+//! lock_delay = "1s"
+//! report_heartbeat = "30s"
+//!
+//! [failover]
+//! detection = "probe_and_replicas"  # or "all"
+//! confirmations = 3
+//! apply_timeout = "1m"
+//!
+//! [switchover]
+//! converge_timeout = "30s"         # the target gets close behind the open source, or no switch
+//! converge_lag = "100ms"           # "close": it applies the source's position within this
+//! catch_up_timeout = "500ms"       # after read-only, the rest; past it the switch rolls back
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9104"        # default: no metrics server
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use successover_common::consul::{ConsulConfig, Token};
+use successover_common::config::{
+    self as common, ConfigError, Env, OldUnit, Problem, ProblemKind, Problems, RawConsul, RawKv,
+    RawMetrics, Replaced,
+};
+use successover_common::consul::ConsulConfig;
 use successover_common::contract;
 use successover_common::secret::{Secret, SecretSource};
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub cluster: Option<String>,
     pub node: Option<String>,
-    pub prefix: Option<String>,
     #[serde(default)]
     pub mysql: RawMysql,
     #[serde(default)]
     pub consul: RawConsul,
     #[serde(default)]
+    pub kv: RawKv,
+    #[serde(default)]
     pub timing: RawTiming,
     #[serde(default)]
     pub failover: RawFailover,
-    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub switchover: RawSwitchover,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+pub struct RawSwitchover {
+    pub converge_timeout: Option<String>,
+    pub converge_lag: Option<String>,
+    pub catch_up_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub struct RawFailover {
     /// `probe_and_replicas` (default) or `all` (the source's own agent must
     /// also report its server down or be gone).
     pub detection: Option<String>,
     pub confirmations: Option<u32>,
-    pub apply_timeout_s: Option<u64>,
+    pub apply_timeout: Option<String>,
 }
 
 /// Who must agree that a source is dead before a failover.
@@ -51,7 +116,6 @@ pub enum Detection {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawMysql {
     /// Where the agent connects to its local server.
     pub host: Option<String>,
@@ -65,29 +129,76 @@ pub struct RawMysql {
     pub replication_user: Option<String>,
     pub replication_password_file: Option<PathBuf>,
     pub replication_password_env: Option<String>,
-    pub connect_timeout_ms: Option<u64>,
-    pub query_timeout_ms: Option<u64>,
-    pub read_timeout_ms: Option<u64>,
+    pub replication_tls: Option<bool>,
+    pub connect_timeout: Option<String>,
+    pub query_timeout: Option<String>,
+    pub read_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConsul {
-    pub addr: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTiming {
-    pub tick_ms: Option<u64>,
-    pub session_ttl_s: Option<u64>,
-    pub lock_delay_ms: Option<u64>,
-    pub report_heartbeat_s: Option<u64>,
+    pub tick: Option<String>,
+    pub probe: Option<String>,
+    pub session_ttl: Option<String>,
+    pub lock_delay: Option<String>,
+    pub report_heartbeat: Option<String>,
 }
+
+/// Keys of the agent's first vocabulary. A file that still uses one is
+/// refused with the key to write instead, rather than silently running on
+/// a default.
+pub const REPLACED: &[Replaced] = &[
+    Replaced {
+        old: "prefix",
+        new: "kv.prefix",
+        unit: OldUnit::Same,
+    },
+    Replaced {
+        old: "metrics_listen",
+        new: "metrics.listen",
+        unit: OldUnit::Same,
+    },
+    Replaced {
+        old: "mysql.connect_timeout_ms",
+        new: "mysql.connect_timeout",
+        unit: OldUnit::Millis,
+    },
+    Replaced {
+        old: "mysql.query_timeout_ms",
+        new: "mysql.query_timeout",
+        unit: OldUnit::Millis,
+    },
+    Replaced {
+        old: "mysql.read_timeout_ms",
+        new: "mysql.read_timeout",
+        unit: OldUnit::Millis,
+    },
+    Replaced {
+        old: "timing.tick_ms",
+        new: "timing.tick",
+        unit: OldUnit::Millis,
+    },
+    Replaced {
+        old: "timing.session_ttl_s",
+        new: "timing.session_ttl",
+        unit: OldUnit::Secs,
+    },
+    Replaced {
+        old: "timing.lock_delay_ms",
+        new: "timing.lock_delay",
+        unit: OldUnit::Millis,
+    },
+    Replaced {
+        old: "timing.report_heartbeat_s",
+        new: "timing.report_heartbeat",
+        unit: OldUnit::Secs,
+    },
+    Replaced {
+        old: "failover.apply_timeout_s",
+        new: "failover.apply_timeout",
+        unit: OldUnit::Secs,
+    },
+];
 
 #[derive(Clone, Debug)]
 pub struct MysqlEndpoint {
@@ -106,6 +217,10 @@ pub struct Config {
     pub password: Secret,
     pub replication_user: String,
     pub replication_password: Secret,
+    /// Whether a replica the agent repoints connects with TLS; `None`: the
+    /// server's default (MariaDB 11.4's is on, which a source without TLS
+    /// refuses).
+    pub replication_tls: Option<bool>,
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
     /// Each read (health probes); a hung server is declared unreachable
@@ -113,6 +228,9 @@ pub struct Config {
     pub read_timeout: Duration,
     pub consul: ConsulConfig,
     pub tick: Duration,
+    /// How often the coordinator looks at its source between ticks, and
+    /// how far apart the looks that confirm a dead source are.
+    pub probe: Duration,
     pub session_ttl: Duration,
     pub lock_delay: Duration,
     pub report_heartbeat: Duration,
@@ -121,51 +239,55 @@ pub struct Config {
     pub confirmations: u32,
     /// How long a candidate may take to apply its relay log.
     pub apply_timeout: Duration,
+    /// How long a switch waits, the old source still open, for the target
+    /// to get within `converge_lag` of it.
+    pub converge_timeout: Duration,
+    pub converge_lag: Duration,
+    /// After the old source is read-only: how long the target may take to
+    /// apply the rest before the switch rolls back.
+    pub catch_up_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Every problem found, one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
-pub struct ConfigErrors(pub Vec<String>);
-
-pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?;
-    let raw: RawConfig = toml::from_str(&text)
-        .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-    validate(raw, |name| std::env::var(name).ok())
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    from_str(&text, &common::process_env).map_err(|problems| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    })
 }
 
-pub fn validate(
-    raw: RawConfig,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigErrors> {
-    let mut errors = Vec::new();
-    let mut need = |value: Option<String>, key: &str| -> String {
-        value.unwrap_or_else(|| {
-            errors.push(format!("{key} is required"));
-            String::new()
-        })
-    };
-    let cluster = need(raw.cluster, "cluster");
-    let node = need(raw.node, "node");
-    let user = need(raw.mysql.user, "mysql.user");
-    let advertise_host = need(raw.mysql.advertise_host, "mysql.advertise_host");
+/// Parses and validates a config file's text; `env` supplies the
+/// `CONSUL_*` variables and `*_env` secrets.
+pub fn from_str(text: &str, env: Env<'_>) -> Result<Config, Vec<Problem>> {
+    common::from_str(text, REPLACED, |raw| validate(raw, env))
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MILLISECOND: Duration = Duration::from_millis(1);
+
+pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems::new();
+    let cluster: String = p.required("cluster", raw.cluster);
+    let node: String = p.required("node", raw.node);
+    let user: String = p.required("mysql.user", raw.mysql.user);
+    let advertise_host: String = p.required("mysql.advertise_host", raw.mysql.advertise_host);
     if !cluster.is_empty() && contract::valid_cluster_name(&cluster).is_err() {
-        errors.push(format!("cluster {cluster:?} is not a valid cluster name"));
+        p.push(
+            "cluster",
+            ProblemKind::Expected("a cluster name of [A-Za-z0-9_.-], at most 64 characters"),
+        );
     }
     if !node.is_empty() && contract::valid_node_name(&node).is_err() {
-        errors.push(format!("node {node:?} is not a valid node name"));
+        p.push(
+            "node",
+            ProblemKind::Expected("a node name of [A-Za-z0-9_.-], at most 253 characters"),
+        );
     }
-    let prefix = raw
-        .prefix
-        .unwrap_or_else(|| contract::DEFAULT_PREFIX.to_owned());
-    if !prefix.ends_with('/') || prefix.starts_with('/') {
-        errors.push(format!(
-            "prefix {prefix:?} must end with '/' and not start with one"
-        ));
-    }
+    let prefix = raw.kv.validate(&mut p).prefix().to_owned();
     let host = raw.mysql.host.unwrap_or_else(|| "127.0.0.1".to_owned());
     let port = raw.mysql.port.unwrap_or(3306);
     for (key, h) in [
@@ -173,41 +295,48 @@ pub fn validate(
         ("mysql.advertise_host", &advertise_host),
     ] {
         if !h.is_empty() && contract::valid_host(h).is_err() {
-            errors.push(format!("{key} {h:?} is not a hostname or IP address"));
+            p.push(key, ProblemKind::Expected("a hostname or IP address"));
         }
     }
-    for (key, p) in [
+    for (key, port) in [
         ("mysql.port", Some(port)),
         ("mysql.advertise_port", raw.mysql.advertise_port),
     ] {
-        if p == Some(0) {
-            errors.push(format!("{key} must be 1-65535"));
+        if port == Some(0) {
+            p.push(key, ProblemKind::Expected("a port from 1 to 65535"));
         }
     }
     if !user.is_empty() && !crate::mysql::dialect::valid_user(&user) {
-        errors.push(format!(
-            "mysql.user {user:?} has characters outside [A-Za-z0-9_.-]"
-        ));
+        p.push(
+            "mysql.user",
+            ProblemKind::Expected("a MySQL user name of [A-Za-z0-9_.-]"),
+        );
     }
     let replication_user = raw
         .mysql
         .replication_user
         .unwrap_or_else(|| "repl".to_owned());
     if !crate::mysql::dialect::valid_user(&replication_user) {
-        errors.push(format!(
-            "mysql.replication_user {replication_user:?} has characters outside [A-Za-z0-9_.-]"
-        ));
+        p.push(
+            "mysql.replication_user",
+            ProblemKind::Expected("a MySQL user name of [A-Za-z0-9_.-]"),
+        );
     }
-    let mut secret = |file: Option<PathBuf>, env_var: Option<String>, key: &str| -> Secret {
-        let src = SecretSource { file, env: env_var };
-        match src.load(key) {
+    let mut secret = |file: Option<PathBuf>, var: Option<String>, keys: (&str, &'static str)| {
+        let key = if file.is_some() || var.is_none() {
+            keys.0
+        } else {
+            keys.1
+        };
+        let src = SecretSource { file, env: var };
+        match src.load(env) {
             Ok(Some(s)) => s,
             Ok(None) => {
-                errors.push(format!("{key}: set {key}_file or {key}_env"));
+                p.push(key, ProblemKind::MissingEither(keys.1));
                 Secret::new("")
             }
             Err(e) => {
-                errors.push(e);
+                p.push(key, ProblemKind::Unusable(Box::new(e)));
                 Secret::new("")
             }
         }
@@ -215,86 +344,126 @@ pub fn validate(
     let password = secret(
         raw.mysql.password_file,
         raw.mysql.password_env,
-        "mysql.password",
+        ("mysql.password_file", "mysql.password_env"),
     );
     let replication_password = secret(
         raw.mysql.replication_password_file,
         raw.mysql.replication_password_env,
-        "mysql.replication_password",
+        (
+            "mysql.replication_password_file",
+            "mysql.replication_password_env",
+        ),
+    );
+    let timeouts = (Duration::from_millis(100), Duration::from_secs(600));
+    let connect_timeout = p.duration(
+        "mysql.connect_timeout",
+        raw.mysql.connect_timeout.as_deref(),
+        2 * SECOND,
+        timeouts,
+    );
+    let query_timeout = p.duration(
+        "mysql.query_timeout",
+        raw.mysql.query_timeout.as_deref(),
+        5 * SECOND,
+        timeouts,
+    );
+    let read_timeout = p.duration(
+        "mysql.read_timeout",
+        raw.mysql.read_timeout.as_deref(),
+        2 * SECOND,
+        timeouts,
     );
 
-    let mut consul = match ConsulConfig::from_lookup(&env) {
-        Ok(c) => c,
-        Err(e) => {
-            errors.push(e.to_string());
-            ConsulConfig::default()
-        }
-    };
-    if let Some(addr) = raw.consul.addr {
-        consul.addr = ConsulConfig::new(addr).addr;
-    }
-    if let Some(path) = raw.consul.token_file {
-        match Token::from_file(&path) {
-            Ok(t) => consul.token = Some(t),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if raw.consul.ca_file.is_some() {
-        consul.tls.ca_file = raw.consul.ca_file;
-    }
-    if raw.consul.client_cert.is_some() {
-        consul.tls.client_cert = raw.consul.client_cert;
-    }
-    if raw.consul.client_key.is_some() {
-        consul.tls.client_key = raw.consul.client_key;
-    }
+    let consul = raw.consul.validate(env, &mut p);
 
-    let tick = Duration::from_millis(raw.timing.tick_ms.unwrap_or(1000));
-    let session_ttl = Duration::from_secs(raw.timing.session_ttl_s.unwrap_or(10));
-    let lock_delay = Duration::from_millis(raw.timing.lock_delay_ms.unwrap_or(1000));
-    let report_heartbeat = Duration::from_secs(raw.timing.report_heartbeat_s.unwrap_or(30));
-    if tick < Duration::from_millis(100) || tick > Duration::from_secs(60) {
-        errors.push("timing.tick_ms must be between 100 and 60000".to_owned());
+    let t = &raw.timing;
+    let tick = p.duration(
+        "timing.tick",
+        t.tick.as_deref(),
+        SECOND,
+        (Duration::from_millis(100), 60 * SECOND),
+    );
+    let probe = p.duration(
+        "timing.probe",
+        t.probe.as_deref(),
+        Duration::from_millis(250).min(tick),
+        (Duration::from_millis(50), 60 * SECOND),
+    );
+    if probe > tick {
+        p.push(
+            "timing.probe",
+            ProblemKind::Conflict("must not be longer than timing.tick"),
+        );
     }
     // Consul's own bounds on a session TTL.
-    if session_ttl < Duration::from_secs(10) || session_ttl > Duration::from_secs(86400) {
-        errors.push("timing.session_ttl_s must be between 10 and 86400".to_owned());
-    }
-    if lock_delay > Duration::from_secs(60) {
-        errors.push("timing.lock_delay_ms must be at most 60000".to_owned());
-    }
+    let session_ttl = p.duration(
+        "timing.session_ttl",
+        t.session_ttl.as_deref(),
+        10 * SECOND,
+        (10 * SECOND, 86400 * SECOND),
+    );
+    let lock_delay = p.duration(
+        "timing.lock_delay",
+        t.lock_delay.as_deref(),
+        SECOND,
+        (Duration::ZERO, 60 * SECOND),
+    );
+    let report_heartbeat = p.duration(
+        "timing.report_heartbeat",
+        t.report_heartbeat.as_deref(),
+        30 * SECOND,
+        (SECOND, 3600 * SECOND),
+    );
     if report_heartbeat < tick {
-        errors.push("timing.report_heartbeat_s must not be shorter than timing.tick_ms".to_owned());
+        p.push(
+            "timing.report_heartbeat",
+            ProblemKind::Conflict("must not be shorter than timing.tick"),
+        );
     }
     let detection = match raw.failover.detection.as_deref() {
         None | Some("probe_and_replicas") => Detection::ProbeAndReplicas,
         Some("all") => Detection::All,
-        Some(other) => {
-            errors.push(format!(
-                "failover.detection {other:?} must be \"probe_and_replicas\" or \"all\""
-            ));
+        Some(_) => {
+            p.push(
+                "failover.detection",
+                ProblemKind::Expected("\"probe_and_replicas\" or \"all\""),
+            );
             Detection::ProbeAndReplicas
         }
     };
     let confirmations = raw.failover.confirmations.unwrap_or(3);
     if !(1..=100).contains(&confirmations) {
-        errors.push("failover.confirmations must be between 1 and 100".to_owned());
+        p.push(
+            "failover.confirmations",
+            ProblemKind::Expected("a count from 1 to 100"),
+        );
     }
-    let apply_timeout = Duration::from_secs(raw.failover.apply_timeout_s.unwrap_or(60));
-    let metrics_listen = match raw.metrics_listen {
-        Some(s) => match s.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                errors.push(format!("metrics_listen {s:?} is not an ip:port"));
-                None
-            }
-        },
-        None => None,
-    };
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
-    }
-    Ok(Config {
+    let apply_timeout = p.duration(
+        "failover.apply_timeout",
+        raw.failover.apply_timeout.as_deref(),
+        60 * SECOND,
+        (SECOND, 86400 * SECOND),
+    );
+    let converge_timeout = p.duration(
+        "switchover.converge_timeout",
+        raw.switchover.converge_timeout.as_deref(),
+        30 * SECOND,
+        (SECOND, 3600 * SECOND),
+    );
+    let converge_lag = p.duration(
+        "switchover.converge_lag",
+        raw.switchover.converge_lag.as_deref(),
+        100 * MILLISECOND,
+        (10 * MILLISECOND, 60 * SECOND),
+    );
+    let catch_up_timeout = p.duration(
+        "switchover.catch_up_timeout",
+        raw.switchover.catch_up_timeout.as_deref(),
+        500 * MILLISECOND,
+        (50 * MILLISECOND, 600 * SECOND),
+    );
+    let metrics_listen = raw.metrics.validate(&mut p);
+    p.finish(Config {
         cluster,
         node,
         prefix,
@@ -307,17 +476,22 @@ pub fn validate(
         password,
         replication_user,
         replication_password,
-        connect_timeout: Duration::from_millis(raw.mysql.connect_timeout_ms.unwrap_or(2000)),
-        query_timeout: Duration::from_millis(raw.mysql.query_timeout_ms.unwrap_or(5000)),
-        read_timeout: Duration::from_millis(raw.mysql.read_timeout_ms.unwrap_or(2000)),
+        replication_tls: raw.mysql.replication_tls,
+        connect_timeout,
+        query_timeout,
+        read_timeout,
         consul,
         tick,
+        probe,
         session_ttl,
         lock_delay,
         report_heartbeat,
         detection,
         confirmations,
         apply_timeout,
+        converge_timeout,
+        converge_lag,
+        catch_up_timeout,
         metrics_listen,
     })
 }
@@ -325,41 +499,174 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
-    fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        validate(toml::from_str(text).unwrap(), |_| None)
+    const MINIMAL: &str = r#"
+        cluster = "c1"
+        node = "db1"
+        [mysql]
+        user = "successover"
+        advertise_host = "10.0.0.1"
+        password_env = "PW"
+        replication_password_env = "PW"
+    "#;
+
+    fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let mut env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.entry("PW".into()).or_insert_with(|| "hunter2".into());
+        from_str(text, &|name| env.get(name).cloned())
+            .map_err(|problems| problems.iter().map(|p| p.to_string()).collect())
+    }
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        parse_with(text, &[])
+    }
+
+    #[test]
+    fn every_old_key_names_its_replacement() {
+        let errors = parse(&format!(
+            r#"
+            prefix = "dc1/mysql/"
+            metrics_listen = "127.0.0.1:9104"
+            {MINIMAL}
+            connect_timeout_ms = 1000
+            query_timeout_ms = 3000
+            read_timeout_ms = 1500
+            [consul]
+            addr = "http://127.0.0.1:8500"
+            [timing]
+            tick_ms = 300
+            session_ttl_s = 10
+            lock_delay_ms = 500
+            report_heartbeat_s = 30
+            [failover]
+            apply_timeout_s = 60
+            "#
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "`prefix` was replaced by `kv.prefix = \"dc1/mysql/\"`",
+                "`metrics_listen` was replaced by `metrics.listen = \"127.0.0.1:9104\"`",
+                "`mysql.connect_timeout_ms` was replaced by `mysql.connect_timeout = \"1s\"`",
+                "`mysql.query_timeout_ms` was replaced by `mysql.query_timeout = \"3s\"`",
+                "`mysql.read_timeout_ms` was replaced by `mysql.read_timeout = \"1s 500ms\"`",
+                "`consul.addr` was replaced by `consul.address = \"http://127.0.0.1:8500\"`",
+                "`timing.tick_ms` was replaced by `timing.tick = \"300ms\"`",
+                "`timing.session_ttl_s` was replaced by `timing.session_ttl = \"10s\"`",
+                "`timing.lock_delay_ms` was replaced by `timing.lock_delay = \"500ms\"`",
+                "`timing.report_heartbeat_s` was replaced by `timing.report_heartbeat = \"30s\"`",
+                "`failover.apply_timeout_s` was replaced by `failover.apply_timeout = \"1m\"`",
+            ]
+        );
+        // Every entry of the table was exercised above.
+        assert_eq!(errors.len(), REPLACED.len() + 1);
     }
 
     #[test]
     fn every_error_is_reported_at_once() {
-        let err = parse(
+        let errors = parse_with(
             r#"
             cluster = "bad name"
+            tick_ms = 5
             [mysql]
             advertise_host = "db1\nserver evil"
+            password_file = "/nonexistent/pw"
             [timing]
-            tick_ms = 5
+            tick = "5ms"
+            lock_delay = "a while"
+            [kv]
+            prefix = "/abs"
+            [metrics]
+            listen = "localhost"
+            [failover]
+            detection = "vote"
             "#,
+            &[("CONSUL_HTTP_TOKEN_FILE", "/nonexistent/token")],
         )
         .unwrap_err();
-        let all = err.to_string();
-        for expected in [
-            "node is required",
-            "mysql.user is required",
-            "cluster \"bad name\" is not a valid cluster name",
-            "mysql.advertise_host",
-            "mysql.password: set mysql.password_file or mysql.password_env",
-            "timing.tick_ms must be between 100 and 60000",
-        ] {
-            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        let expected = [
+            "`tick_ms` is not a known key",
+            "`node` is required",
+            "`mysql.user` is required",
+            "`cluster`: expected a cluster name",
+            "`kv.prefix`: expected",
+            "`mysql.advertise_host`: expected a hostname or IP address",
+            "`mysql.password_file`: cannot read /nonexistent/pw: ",
+            "`mysql.replication_password_file` or `mysql.replication_password_env` is required",
+            "`CONSUL_HTTP_TOKEN_FILE`: ",
+            "`timing.tick`: must be from 100ms to 1m",
+            "`timing.lock_delay`: expected a duration like",
+            "`failover.detection`: expected",
+            "`metrics.listen`: expected",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
         }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        let cfg = parse(&format!(
+            r#"{MINIMAL}
+            connect_timeout = "250ms"
+            query_timeout = "1m 30s"
+            read_timeout = "1.5s"
+            [timing]
+            tick = "300ms"
+            session_ttl = "15s"
+            lock_delay = "0s"
+            report_heartbeat = "2m"
+            [failover]
+            apply_timeout = "1h"
+            "#
+        ))
+        .unwrap();
+        assert_eq!(cfg.connect_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.query_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.read_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.tick, Duration::from_millis(300));
+        assert_eq!(cfg.session_ttl, Duration::from_secs(15));
+        assert_eq!(cfg.lock_delay, Duration::ZERO);
+        assert_eq!(cfg.report_heartbeat, Duration::from_secs(120));
+        assert_eq!(cfg.apply_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn consul_environment_applies_under_the_file() {
+        let env = [
+            ("CONSUL_HTTP_ADDR", "10.0.0.9:8501"),
+            ("CONSUL_HTTP_SSL", "1"),
+            ("CONSUL_HTTP_TOKEN", "t0k"),
+            ("CONSUL_DATACENTER", "dc2"),
+        ];
+        let cfg = parse_with(MINIMAL, &env).unwrap();
+        assert_eq!(cfg.consul.addr, "https://10.0.0.9:8501");
+        assert_eq!(cfg.consul.token.as_ref().unwrap().expose(), "t0k");
+        assert_eq!(cfg.consul.datacenter.as_deref(), Some("dc2"));
+        let cfg = parse_with(
+            &format!("{MINIMAL}\n[consul]\naddress = \"c:8500\"\ndatacenter = \"dc1\"\n"),
+            &env,
+        )
+        .unwrap();
+        // CONSUL_HTTP_SSL gives a scheme-less address https, as in Consul's CLI.
+        assert_eq!(cfg.consul.addr, "https://c:8500");
+        assert_eq!(cfg.consul.datacenter.as_deref(), Some("dc1"));
+        assert_eq!(cfg.consul.token.as_ref().unwrap().expose(), "t0k");
     }
 
     #[test]
     fn minimal_config_gets_sane_defaults_and_hides_secrets() {
-        let dir = std::env::temp_dir().join(format!("so-agent-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("pw"), "hunter2\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "hunter2\n").unwrap();
         let cfg = parse(&format!(
             r#"
             cluster = "c1"
@@ -370,7 +677,7 @@ mod tests {
             password_file = "{0}/pw"
             replication_password_file = "{0}/pw"
             "#,
-            dir.display()
+            dir.path().display()
         ))
         .unwrap();
         assert_eq!(cfg.prefix, "mysql/");
@@ -378,7 +685,54 @@ mod tests {
         assert_eq!(cfg.advertise.port, 3306);
         assert_eq!(cfg.password.expose(), "hunter2");
         assert_eq!(cfg.tick, Duration::from_secs(1));
+        assert_eq!(cfg.probe, Duration::from_millis(250));
+        assert_eq!(cfg.session_ttl, Duration::from_secs(10));
+        assert_eq!(cfg.apply_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.consul.addr, "http://127.0.0.1:8500");
+        assert_eq!(cfg.metrics_listen, None);
+        assert_eq!(cfg.replication_tls, None);
         assert!(!format!("{cfg:?}").contains("hunter2"));
-        std::fs::remove_dir_all(dir).unwrap();
+        let cfg = parse(&format!(
+            r#"
+            cluster = "c1"
+            node = "db1"
+            [mysql]
+            user = "successover"
+            advertise_host = "10.0.0.1"
+            password_file = "{0}/pw"
+            replication_password_file = "{0}/pw"
+            replication_tls = false
+            "#,
+            dir.path().display()
+        ))
+        .unwrap();
+        assert_eq!(cfg.replication_tls, Some(false));
+    }
+
+    #[test]
+    fn the_probe_is_at_most_the_tick() {
+        let env = [("PW", "pw")];
+        // The default follows a short tick down.
+        let cfg = parse_with(&format!("{MINIMAL}\n[timing]\ntick = \"100ms\"\n"), &env).unwrap();
+        assert_eq!(cfg.probe, Duration::from_millis(100));
+        let err = parse_with(
+            &format!("{MINIMAL}\n[timing]\ntick = \"1s\"\nprobe = \"2s\"\n"),
+            &env,
+        )
+        .unwrap_err()
+        .join("; ");
+        assert!(err.contains("timing.probe"), "{err}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        std::fs::write(&path, "[timing]\ntick_ms = 300\n").unwrap();
+        let text = load(&path).unwrap_err().to_string();
+        assert!(text.starts_with(&format!("config file {} has", path.display())));
+        assert!(text.contains("`timing.tick = \"300ms\"`"), "{text}");
     }
 }

@@ -1,17 +1,15 @@
 //! successover agent library: the building blocks the `successover-agent`
 //! binary runs.
 
-pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod decide;
-pub mod failover;
 pub mod membership;
 pub mod metrics;
 pub mod mysql;
 pub mod observe;
-pub mod rejoin;
+pub mod probe;
+pub mod procedure;
 pub mod report;
 pub mod run;
-pub mod switchover;
 pub mod wake;

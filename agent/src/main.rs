@@ -1,6 +1,5 @@
 //! `successover-agent`: runs on every database host.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,10 +10,11 @@ use successover_agent::config;
 use successover_agent::metrics::Metrics;
 use successover_agent::run::Agent;
 use successover_common::systemd;
-use successover_common::telemetry::{serve_metrics, Exposition};
+use successover_common::telemetry::{init_logging, report, serve_metrics, Exposition};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 #[derive(Parser)]
 #[command(version, about = "successover database-host agent")]
@@ -40,22 +40,13 @@ fn main() -> ExitCode {
     // of the environment (see systemd::init).
     systemd::init();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: under systemd they would end
-        // up in the journal as escape sequences.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging("info");
     // Configuration problems are usage errors: reported all at once, before
     // any port is bound or any connection made.
     let cfg = match config::load(&args.config) {
         Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("{}: {errors}", args.config.display());
+        Err(e) => {
+            eprintln!("successover-agent: {}", report(&e));
             return ExitCode::from(2);
         }
     };
@@ -63,6 +54,16 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
+    // Held for the life of the process: a second agent for the same node
+    // stops here, and the first's session can be ended by a successor as
+    // soon as this lock is free (see `Agent::ensure_membership`).
+    let _instance = match instance_lock(&cfg) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("successover-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -74,7 +75,41 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args, cfg))
+    // Every line the agent logs says which cluster and node it is about:
+    // the journal of a host running agents of several clusters stays readable.
+    let span = tracing::info_span!("agent", cluster = %cfg.cluster, node = %cfg.node);
+    runtime.block_on(run(args, cfg).instrument(span))
+}
+
+/// An exclusive lock on `successover-agent-<cluster>-<node>.lock` in the
+/// runtime directory (`$RUNTIME_DIRECTORY` under systemd, which keeps it
+/// across restarts; the temporary directory otherwise). The kernel drops
+/// it when the process dies, however it dies.
+fn instance_lock(cfg: &config::Config) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!(
+        "successover-agent-{}-{}.lock",
+        cfg.cluster, cfg.node
+    ));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => format!(
+                "another successover-agent for {}/{} is running (it holds {})",
+                cfg.cluster,
+                cfg.node,
+                path.display()
+            ),
+            e => format!("cannot lock {}: {e}", path.display()),
+        },
+    )
 }
 
 async fn run(args: Args, cfg: config::Config) -> ExitCode {
@@ -85,7 +120,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             Ok(listener) => {
                 let m = metrics.clone();
                 let exposition: Exposition = Arc::new(move || m.exposition());
-                tokio::spawn(serve_metrics(listener, exposition, cancel.clone()));
+                tokio::spawn(serve_metrics(listener, exposition, cancel.clone()).in_current_span());
             }
             Err(e) => {
                 eprintln!("cannot listen on {addr} for metrics: {e}");
@@ -121,6 +156,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         agent.cluster().clone(),
         cancel.clone(),
     );
+    agent.wake_on_probe_failure(wake.clone());
     let mut last_reason = String::new();
     // The watchdog is fed from this loop only, never from a task of its
     // own: a loop that hangs must stop the pings so systemd restarts the
@@ -140,7 +176,19 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             systemd::status(&outcome.reason);
             last_reason = outcome.reason;
         }
-        let next_cycle = Instant::now() + agent.tick();
+        // A coordinator that suspects its source looks again after the
+        // probe interval, not the tick; one that does not still looks at
+        // the source on that interval between ticks, and runs a cycle as
+        // soon as it does not answer.
+        let next_cycle = Instant::now()
+            + if agent.suspects_source() {
+                agent.probe_interval()
+            } else {
+                agent.tick()
+            };
+        let mut next_probe = agent
+            .is_coordinator()
+            .then(|| Instant::now() + agent.probe_interval());
         let stop = loop {
             if let Some(every) = ping_every {
                 let now = Instant::now();
@@ -151,10 +199,13 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             }
             // A tick longer than half the watchdog interval is slept in
             // pieces, pinging in between.
-            let wake_at = match ping_every {
+            let mut wake_at = match ping_every {
                 Some(_) => next_cycle.min(next_ping),
                 None => next_cycle,
             };
+            if let Some(p) = next_probe {
+                wake_at = wake_at.min(p);
+            }
             tokio::select! {
                 _ = term.recv() => break true,
                 _ = int.recv() => break true,
@@ -171,7 +222,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
                                 Err(e) => tracing::error!("configuration not reloaded: {e}"),
                             }
                         }
-                        Err(errors) => tracing::error!("configuration not reloaded: {errors}"),
+                        Err(e) => tracing::error!("configuration not reloaded: {}", report(&e)),
                     }
                     // Done either way: a rejected file leaves the running
                     // configuration in place.
@@ -181,6 +232,10 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
                 _ = tokio::time::sleep_until(wake_at) => {
                     if Instant::now() >= next_cycle {
                         break false;
+                    }
+                    if next_probe.is_some_and(|p| Instant::now() >= p) {
+                        agent.probe_source();
+                        next_probe = Some(Instant::now() + agent.probe_interval());
                     }
                 }
                 _ = wake.notified() => break false,
@@ -203,7 +258,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
 }
 
 /// The longest one cycle may legitimately take. A coordinator's failover
-/// waits up to `failover.apply_timeout_s` for the candidate's relay log;
+/// waits up to `failover.apply_timeout` for the candidate's relay log;
 /// every other step is bounded by the MySQL and Consul client timeouts, a
 /// minute together at most. A cycle still running after this is stuck,
 /// and the watchdog pings stop.

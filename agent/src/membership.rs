@@ -7,7 +7,9 @@
 //! `lost` token fires at once so coordinator work in flight stops before it
 //! publishes anything (every publish is also guarded by `check-session`).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use successover_common::consul::{
     keep_alive, Consul, ConsulError, SessionBehavior, SessionRequest,
@@ -20,9 +22,42 @@ use tokio_util::sync::CancellationToken;
 /// this long (plus the lock-delay), not after the session TTL.
 const LIVENESS_TTL: Duration = Duration::from_secs(3);
 
+/// How long before Consul could invalidate the session the local lease
+/// ends: request and clock slack between this process and the Consul agent.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
+
+/// The coordinator's local lease: until when this process may act on the
+/// lock without asking Consul. Consul invalidates the session once the
+/// liveness check goes [`LIVENESS_TTL`] without a pass, counted from when
+/// the pass reached it; the lease counts from when the pass was *sent*, on
+/// this process's monotonic clock, and ends [`LEASE_MARGIN`] earlier. A
+/// coordinator paused (SIGSTOP, a stalled VM) past its lease touches
+/// nothing more when it wakes, even before it learns the session is gone.
+#[derive(Clone, Debug, Default)]
+pub struct Lease(Arc<Mutex<Option<std::time::Instant>>>);
+
+impl Lease {
+    /// A pass sent at `sent` was accepted.
+    pub fn renewed(&self, sent: std::time::Instant) {
+        let until = sent + LIVENESS_TTL.saturating_sub(LEASE_MARGIN);
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none_or(|u| u < until) {
+            *g = Some(until);
+        }
+    }
+
+    pub fn valid_at(&self, now: std::time::Instant) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|u| now < u)
+    }
+}
+
 pub struct Membership {
     consul: Consul,
     pub session: String,
+    pub lease: Lease,
     check_id: String,
     /// Fires when the session is gone (renewal 404 or a TTL without a
     /// successful renewal). A new session is needed after that.
@@ -46,7 +81,10 @@ impl Membership {
         // restart more than LIVENESS_TTL later it is still critical, and
         // Consul refuses a session tied to it ("Check … is in critical
         // state") on every attempt.
+        let lease = Lease::default();
+        let sent = std::time::Instant::now();
         consul.check_pass(&check_id).await?;
+        lease.renewed(sent);
         let mut req = SessionRequest::new(name, ttl);
         req.lock_delay = lock_delay;
         req.behavior = SessionBehavior::Delete;
@@ -58,6 +96,7 @@ impl Membership {
             let (consul, session, lost, stop) =
                 (consul.clone(), session.clone(), lost.clone(), stop.clone());
             let check = check_id.clone();
+            let lease = lease.clone();
             tokio::spawn(async move {
                 // The liveness check is pinged from here, not from the main
                 // loop: a long failover step must not cost the lock. A hung
@@ -66,8 +105,10 @@ impl Membership {
                     let (consul, stop) = (consul.clone(), stop.clone());
                     async move {
                         loop {
-                            if let Err(err) = consul.check_pass(&check).await {
-                                tracing::warn!(error = %err, "cannot refresh the agent liveness check");
+                            let sent = std::time::Instant::now();
+                            match consul.check_pass(&check).await {
+                                Ok(()) => lease.renewed(sent),
+                                Err(err) => tracing::warn!(error = %err, "cannot refresh the agent liveness check"),
                             }
                             tokio::select! {
                                 _ = stop.cancelled() => return,
@@ -85,11 +126,12 @@ impl Membership {
                     }
                     _ = pinger => {}
                 }
-            })
+            }.in_current_span())
         };
         Ok(Membership {
             consul: consul.clone(),
             session,
+            lease,
             check_id,
             lost,
             stop,
@@ -99,6 +141,12 @@ impl Membership {
 
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
+    }
+
+    /// Whether the lock may be acted on now: the session is not known lost
+    /// and the local lease has not run out.
+    pub fn may_act(&self) -> bool {
+        !self.is_lost() && self.lease.valid_at(std::time::Instant::now())
     }
 
     /// Takes the lock if it is free. `Ok(true)` when this session holds it
@@ -136,5 +184,29 @@ impl Membership {
         let destroyed = self.consul.session_destroy(&self.session).await;
         let _ = self.consul.check_deregister(&self.check_id).await;
         destroyed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_counts_from_when_the_pass_was_sent() {
+        let lease = Lease::default();
+        let t0 = std::time::Instant::now();
+        assert!(!lease.valid_at(t0), "no pass yet");
+        lease.renewed(t0);
+        let end = t0 + LIVENESS_TTL - LEASE_MARGIN;
+        assert!(lease.valid_at(end - Duration::from_millis(1)));
+        assert!(
+            !lease.valid_at(end),
+            "a paused coordinator wakes without a lease"
+        );
+        // An older pass accepted late does not shorten it.
+        lease.renewed(t0 - Duration::from_secs(1));
+        assert!(lease.valid_at(end - Duration::from_millis(1)));
+        lease.renewed(t0 + Duration::from_secs(1));
+        assert!(lease.valid_at(end));
     }
 }

@@ -6,54 +6,55 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Instrument as _;
 
-use successover_common::consul::{Consul, ConsulError, TxnOp, TxnOutcome};
+use successover_common::consul::{Consul, ConsulError};
 use successover_common::contract::{ClusterName, Keys, NodeName};
 use tokio::time::Instant;
 
-use crate::cluster::{self, same_addr, ClusterKv};
+use crate::cluster::{self, ClusterKv};
 use crate::config::Config;
-use crate::decide::{decide, Action, Addr, ClusterView};
+use crate::decide::member::{self, Holder, LockMove, OwnState};
+use crate::decide::{
+    decide, Action, ClusterView, HostPort, Input, Intent, KvInputs, Memory, Settings,
+};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::mysql::{Node, NodeConfig};
+use crate::mysql::Node;
 use crate::observe::{node_view, observe, Observation};
+use crate::procedure::{node_config, now_ms, Active, Coordinator, Nodes, StepError};
 use crate::report::HealthReport;
 
-/// How many cycles the published source's agent leaves a free lock to the
-/// others before taking it itself: a coordinator on the source host would
-/// die with the source and leave nobody to notice quickly.
-const SOURCE_AGENT_LOCK_PATIENCE: u32 = 3;
+/// More steps than any procedure has: a bound, so a decision that never
+/// settles cannot spin a cycle forever.
+const MAX_STEPS_PER_CYCLE: usize = 64;
 
 pub struct Agent {
-    pub(crate) cfg: Config,
-    pub(crate) consul: Consul,
-    pub(crate) keys: Keys,
-    pub(crate) cluster: ClusterName,
-    pub(crate) node: NodeName,
-    pub(crate) local: Node,
-    pub(crate) peers: BTreeMap<String, Node>,
-    pub(crate) membership: Option<Membership>,
+    cfg: Config,
+    consul: Consul,
+    keys: Keys,
+    cluster: ClusterName,
+    node: NodeName,
+    nodes: Nodes,
+    membership: Option<Membership>,
     last_report: Option<HealthReport>,
     last_report_write: Option<Instant>,
+    /// The local server's accounts that write through `read_only`, and
+    /// when they were listed (grants change rarely).
+    read_only_writers: Option<(Instant, Vec<String>)>,
+    /// The coordinator's looks at its source between cycles.
+    prober: crate::probe::Prober,
     free_lock_seen: u32,
     coordinating: bool,
     /// Every node seen in a report since start, so a source whose agent
     /// vanished with its host is still probed and can be failed over.
-    pub(crate) known: BTreeMap<String, Addr>,
-    /// Consecutive cycles the published source looked dead.
-    /// The source that looked dead, how many times, and when the count
-    /// last went up.
-    pub(crate) suspect: Option<(String, u32, Instant)>,
-    /// A failover that could not start was already recorded for this
-    /// incident; don't write the same refusal every cycle.
-    pub(crate) incident_recorded: bool,
-    /// Per replica: what it had received (position, heartbeats) and since
-    /// when, to tell a replica that still hears its source from one that
-    /// only has not timed out yet.
-    pub(crate) progress: BTreeMap<String, (String, Option<u64>, Instant)>,
-    /// Consecutive cycles in which commits on the source waited for an ACK.
-    stalled_cycles: u32,
+    known: BTreeMap<String, HostPort>,
+    /// What the decision remembers between cycles.
+    memory: Memory,
+    /// A procedure this agent runs as coordinator.
+    active: Option<Active>,
+    /// The origin of the coordinator's monotonic clock.
+    started: Instant,
     pub metrics: Arc<Metrics>,
 }
 
@@ -67,6 +68,10 @@ pub struct CycleOutcome {
     pub actions: Vec<Action>,
 }
 
+/// How often the local server's grants are read again for the report's
+/// `read_only_writers`.
+const READ_ONLY_WRITERS_REFRESH: Duration = Duration::from_secs(60);
+
 impl Agent {
     pub fn new(cfg: Config, metrics: Arc<Metrics>) -> Result<Agent, String> {
         let consul = Consul::new(cfg.consul.clone()).map_err(|e| e.to_string())?;
@@ -75,23 +80,27 @@ impl Agent {
         let node = NodeName::parse(&cfg.node).map_err(|e| format!("node: {e}"))?;
         let local = Node::new(node_config(&cfg, &cfg.local.host, cfg.local.port));
         Ok(Agent {
+            nodes: Nodes {
+                local_name: node.as_str().to_owned(),
+                local,
+                peers: BTreeMap::new(),
+            },
             cfg,
             consul,
             keys,
             cluster,
             node,
-            local,
-            peers: BTreeMap::new(),
             membership: None,
             last_report: None,
             last_report_write: None,
+            read_only_writers: None,
+            prober: crate::probe::Prober::new(Default::default()),
             free_lock_seen: 0,
             coordinating: false,
             known: BTreeMap::new(),
-            suspect: None,
-            incident_recorded: false,
-            progress: BTreeMap::new(),
-            stalled_cycles: 0,
+            memory: Memory::default(),
+            active: None,
+            started: Instant::now(),
             metrics,
         })
     }
@@ -108,11 +117,8 @@ impl Agent {
         &self.cluster
     }
 
-    fn advertise(&self) -> Addr {
-        Addr {
-            host: self.cfg.advertise.host.clone(),
-            port: self.cfg.advertise.port,
-        }
+    fn advertise(&self) -> HostPort {
+        HostPort::reported(&self.cfg.advertise.host, self.cfg.advertise.port)
     }
 
     fn lock_key(&self) -> String {
@@ -131,14 +137,40 @@ impl Agent {
             );
         }
         self.consul = Consul::new(cfg.consul.clone()).map_err(|e| e.to_string())?;
-        self.local = Node::new(node_config(&cfg, &cfg.local.host, cfg.local.port));
-        self.peers.clear();
+        self.nodes.local = Node::new(node_config(&cfg, &cfg.local.host, cfg.local.port));
+        self.nodes.peers.clear();
         self.cfg = cfg;
         Ok(())
     }
 
     pub fn tick(&self) -> Duration {
         self.cfg.tick
+    }
+
+    pub fn probe_interval(&self) -> Duration {
+        self.cfg.probe
+    }
+
+    pub fn is_coordinator(&self) -> bool {
+        self.coordinating
+    }
+
+    /// The coordinator's last cycle found its source unreachable.
+    pub fn suspects_source(&self) -> bool {
+        self.coordinating && self.memory.suspect.is_some()
+    }
+
+    /// Starts a look at the published source (see [`crate::probe`]);
+    /// returns at once. A failed look wakes the loop through the notifier
+    /// given to [`Agent::wake_on_probe_failure`].
+    pub fn probe_source(&self) {
+        let cfg = &self.cfg;
+        self.prober
+            .look(|addr| node_config(cfg, &addr.host.to_string(), addr.port));
+    }
+
+    pub fn wake_on_probe_failure(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        self.prober = crate::probe::Prober::new(wake);
     }
 
     pub async fn cycle(&mut self) -> CycleOutcome {
@@ -151,7 +183,9 @@ impl Agent {
     }
 
     async fn cycle_inner(&mut self) -> CycleOutcome {
-        let local = observe(&mut self.local).await.map_err(|e| e.to_string());
+        let local = observe(&mut self.nodes.local)
+            .await
+            .map_err(|e| e.to_string());
         if local.is_err() {
             self.metrics.error("mysql");
         }
@@ -176,7 +210,7 @@ impl Agent {
         // whose report) is gone.
         for (name, report) in &kv.reports {
             if let Ok(hp) = successover_common::contract::HostPort::parse(&report.addr) {
-                self.known.insert(name.clone(), cluster::addr_of(&hp));
+                self.known.insert(name.clone(), hp);
             }
         }
         self.report(&local).await;
@@ -195,103 +229,178 @@ impl Agent {
             }
         };
         self.coordinating = coordinator;
+        let outcome = |reasons: Vec<String>, actions| CycleOutcome {
+            reached_consul: true,
+            coordinator,
+            reason: reasons.join("; "),
+            actions,
+        };
         if !coordinator {
+            // A procedure this agent ran belongs to whoever holds the lock
+            // now: it recovers from KV and the servers.
+            self.active = None;
             if reasons.is_empty() {
                 reasons.push("member: another agent coordinates".to_owned());
             }
-            return CycleOutcome {
-                reached_consul: true,
-                coordinator: false,
-                reason: reasons.join("; "),
-                actions: Vec::new(),
-            };
+            return outcome(reasons, Vec::new());
         }
-
-        if let Some(why) = &kv.published_invalid {
+        let mut inputs =
+            match cluster::coordinator_inputs(&self.consul, &self.keys, &self.cluster, &kv).await {
+                Ok(i) => i,
+                Err(err) => {
+                    self.metrics.error("consul");
+                    reasons.push(format!("cannot read cluster state from Consul: {err}"));
+                    return outcome(reasons, Vec::new());
+                }
+            };
+        if let Some(why) = &inputs.published_invalid {
             // Publishing over a value someone wrote (even a broken one)
             // could route writes to a node they did not choose.
             reasons.push(format!("master key is invalid, not acting: {why}"));
-            return CycleOutcome {
-                reached_consul: true,
-                coordinator: true,
-                reason: reasons.join("; "),
-                actions: Vec::new(),
-            };
+            return outcome(reasons, Vec::new());
         }
-        let observations = self.observe_cluster(local).await;
-        let view = build_view(&self.cluster, &kv, &observations);
-        // A procedure owns the cluster while it runs: an interrupted one is
-        // finished or rolled back first, a request is handled next, and
-        // only then are the invariants enforced.
-        if let Some(id) = kv.in_progress.clone() {
-            reasons.push(self.recover(&kv, &id, &view, &observations).await);
-            return CycleOutcome {
-                reached_consul: true,
-                coordinator: true,
-                reason: reasons.join("; "),
-                actions: Vec::new(),
-            };
-        }
-        if view.maintenance {
-            reasons.push("maintenance mode: automation suspended".to_owned());
-            return CycleOutcome {
-                reached_consul: true,
-                coordinator: true,
-                reason: reasons.join("; "),
-                actions: Vec::new(),
-            };
-        }
-        if let Some(reason) = self.watch_source(&kv, &view, &observations).await {
-            reasons.push(reason);
-            return CycleOutcome {
-                reached_consul: true,
-                coordinator: true,
-                reason: reasons.join("; "),
-                actions: Vec::new(),
-            };
-        }
-        if let Some(reason) = self.handle_rejoins(&kv, &observations).await {
-            reasons.push(reason);
-            return CycleOutcome {
-                reached_consul: true,
-                coordinator: true,
-                reason: reasons.join("; "),
-                actions: Vec::new(),
-            };
-        }
-        if let Some(request) = kv.switchover.clone() {
-            reasons.push(
-                self.handle_switchover(&kv, request, &view, &observations)
-                    .await,
-            );
-            return CycleOutcome {
-                reached_consul: true,
-                coordinator: true,
-                reason: reasons.join("; "),
-                actions: Vec::new(),
-            };
-        }
-        if let Some(reason) = self.release_stalled_commits(&view, &observations).await {
-            reasons.push(reason);
-        }
-        let decision = decide(&view);
-        let mut reason = decision.reason.clone();
-        if !decision.actions.is_empty() {
-            let mut failures = self.execute(&decision.actions).await;
-            if let Some(e) = self.release_waiting_commits(&decision.actions, &view).await {
-                failures.push(e);
-            }
-            if !failures.is_empty() {
-                reason = format!("{reason}; failed: {}", failures.join("; "));
-            }
-        }
+        let source = kv.published.clone();
+        // Two failed looks in a row: the source is not looked at again this
+        // cycle (against a hung source each look costs the read timeout;
+        // the overlapping looks carry on meanwhile).
+        let skip = source.as_ref().and_then(|addr| {
+            let (name, _) = self.known.iter().find(|(_, a)| a.same(addr))?;
+            (self.prober.failures_of(name) >= 2).then(|| name.clone())
+        });
+        let observations = self
+            .observe_cluster(local, source.as_ref(), skip.as_deref())
+            .await;
+        let mut view = build_view(&self.cluster, &kv, &observations);
+        self.prober
+            .aim(view.source().map(|n| (n.name.clone(), n.addr.clone())));
+        let (reason, actions) = self.coordinate(&mut view, &mut inputs).await;
         reasons.push(reason);
-        CycleOutcome {
-            reached_consul: true,
-            coordinator: true,
-            reason: reasons.join("; "),
-            actions: decision.actions,
+        outcome(reasons, actions)
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            detection: self.cfg.detection,
+            confirmations: self.cfg.confirmations,
+            tick_ms: self.cfg.tick.as_millis() as u64,
+            probe_ms: self.cfg.probe.as_millis() as u64,
         }
+    }
+
+    /// Observe → decide → execute until the decision holds, a procedure
+    /// ends, or a step fails. A procedure runs its steps back to back in
+    /// one cycle: each step's result is applied to `view`, so the next
+    /// decision needs no new round of observation.
+    async fn coordinate(
+        &mut self,
+        view: &mut ClusterView,
+        kv: &mut KvInputs,
+    ) -> (String, Vec<Action>) {
+        let Some(m) = self.membership.as_ref() else {
+            return ("no session".into(), Vec::new());
+        };
+        if !m.may_act() {
+            // Paused past the lease (or no liveness pass for that long):
+            // another agent may hold the lock by now.
+            self.active = None;
+            return (
+                "the coordinator's local lease ran out: acting on nothing until Consul confirms the session".into(),
+                Vec::new(),
+            );
+        }
+        let (session, lost, lease) = (m.session.clone(), m.lost.clone(), m.lease.clone());
+        let settings = self.settings();
+        let mut last_failed: Option<String> = None;
+        let mut reasons: Vec<String> = Vec::new();
+        for _ in 0..MAX_STEPS_PER_CYCLE {
+            let probe_failures = view
+                .source()
+                .map_or(0, |n| self.prober.failures_of(&n.name));
+            let input = Input {
+                view,
+                kv,
+                running: self.active.as_ref().map(|a| &a.running),
+                probe_failures,
+                settings,
+                now_ms: self.started.elapsed().as_millis() as u64,
+                coordinator: self.node.as_str(),
+                wall_ms: now_ms(),
+            };
+            let d = decide(&input, &self.memory);
+            self.memory = d.memory;
+            let mut co = Coordinator {
+                consul: &self.consul,
+                keys: &self.keys,
+                cluster: &self.cluster,
+                me: self.node.as_str(),
+                cfg: &self.cfg,
+                metrics: &self.metrics,
+                nodes: &mut self.nodes,
+                session: session.clone(),
+                lost: lost.clone(),
+                lease: lease.clone(),
+            };
+            let step = match d.intent {
+                Intent::Hold => {
+                    reasons.push(d.reason);
+                    break;
+                }
+                Intent::Enforce(actions) => {
+                    let failures = co.enforce(&actions, view, kv).await;
+                    let mut reason = d.reason;
+                    if !failures.is_empty() {
+                        reason = format!("{reason}; failed: {}", failures.join("; "));
+                    }
+                    reasons.push(reason);
+                    return (reasons.join("; "), actions);
+                }
+                Intent::RecordRefusal { entry } => {
+                    co.record_refusal(&entry).await;
+                    reasons.push(d.reason);
+                    break;
+                }
+                Intent::ReleaseStalled {
+                    source,
+                    acker,
+                    waiting,
+                } => {
+                    reasons.push(co.release_stalled(&source, &acker, waiting).await);
+                    break;
+                }
+                Intent::Step(step) => step,
+            };
+            let name = step.name();
+            if last_failed.as_deref() == Some(name.as_str()) {
+                // The same step again: wait for a fresh look next cycle.
+                if let Some(a) = &self.active {
+                    co.save(a).await;
+                }
+                break;
+            }
+            tracing::debug!(step = name, "{}", d.reason);
+            match co.perform(&step, &mut self.active, view, kv).await {
+                Ok(Some(done)) => {
+                    reasons.push(done);
+                    break;
+                }
+                Ok(None) => last_failed = None,
+                Err(StepError::LockLost(e)) => {
+                    self.active = None;
+                    reasons.push(format!("procedure interrupted, lock lost: {e}"));
+                    break;
+                }
+                Err(StepError::Failed(e)) => {
+                    self.metrics.error("procedure");
+                    tracing::warn!(step = name, error = e, "procedure step failed");
+                    reasons.push(format!("{name} failed: {e}"));
+                    last_failed = Some(name);
+                }
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("procedure steps exhausted for this cycle".into());
+        }
+        (reasons.join("; "), Vec::new())
     }
 
     fn idle(&mut self, reason: String) -> CycleOutcome {
@@ -321,6 +430,26 @@ impl Agent {
             self.cfg.lock_delay,
         )
         .await?;
+        // A process restarted within the liveness TTL passes the same check
+        // its dead predecessor registered, which keeps the predecessor's
+        // session (and any lock it held) alive until the session TTL. Only
+        // this node's agent ever holds this node's report key, and this
+        // process holds the node's instance lock (main.rs), so a session
+        // holding the key is a predecessor that is dead: end it now.
+        let report_key = self.keys.agent_key(&self.cluster, &self.node);
+        if let Ok(Some(kv)) = self.consul.kv_get(&report_key).await {
+            if let Some(old) = kv.session.filter(|s| *s != m.session) {
+                match self.consul.session_destroy(&old).await {
+                    Ok(()) => tracing::info!(
+                        session = old,
+                        "ended the session of this agent's previous process"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot end the previous process's session")
+                    }
+                }
+            }
+        }
         self.membership = Some(m);
         Ok(())
     }
@@ -343,13 +472,35 @@ impl Agent {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let report = HealthReport::new(
+        let mut report = crate::report::build(
             self.cluster.as_str(),
             self.node.as_str(),
             &self.advertise().to_string(),
             now_ms,
             local,
         );
+        if let Ok(o) = local {
+            let stale = self
+                .read_only_writers
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= READ_ONLY_WRITERS_REFRESH);
+            if stale {
+                if let Ok(users) = self.nodes.local.read_only_writers().await {
+                    let protected = [&self.cfg.user, &self.cfg.replication_user];
+                    let users = users
+                        .into_iter()
+                        .filter(|u| !protected.contains(&u))
+                        .collect();
+                    self.read_only_writers = Some((Instant::now(), users));
+                }
+            }
+            if let Some((_, users)) = &self.read_only_writers {
+                report.read_only_writers = users
+                    .iter()
+                    .map(|u| (u.clone(), o.clients_by_user.get(u).copied().unwrap_or(0)))
+                    .collect();
+            }
+        }
         let due = self
             .last_report_write
             .is_none_or(|t| t.elapsed() >= self.cfg.report_heartbeat);
@@ -382,40 +533,72 @@ impl Agent {
         }
     }
 
-    /// Rule 8: a writable server that is not the published source (or is
-    /// fenced, or quarantined) is made read-only and its clients are cut,
-    /// whatever the coordinator is doing: clients that bypass the proxy are
-    /// the reason.
+    /// Rule 8, decided by [`member::self_fence`]: clients first, since
+    /// `read_only=1` waits behind commits that wait for an ACK.
     async fn self_fence(
         &mut self,
         local: &Result<Observation, String>,
         kv: &ClusterKv,
     ) -> Option<String> {
         let Ok(obs) = local else { return None };
-        if obs.read_only.read_only {
-            return None;
-        }
         let me = self.advertise();
-        let why = if kv.fenced {
-            "cluster is fenced".to_owned()
-        } else if kv.quarantined.contains(self.node.as_str()) {
-            "this node is quarantined".to_owned()
-        } else {
-            match &kv.published {
-                Some(p) if !same_addr(p, &me) => format!("{p} is the published source"),
-                _ => return None,
+        let own = OwnState {
+            fenced: kv.fenced,
+            quarantined: kv.quarantined.contains(self.node.as_str()),
+            published: kv.published.as_ref(),
+        };
+        let why = member::self_fence(obs.read_only.read_only, &me, &own)?;
+        let except = [self.cfg.user.as_str(), self.cfg.replication_user.as_str()];
+        // `SET GLOBAL read_only=1` waits behind commits that wait for an
+        // ACK, which on a woken old source whose replicas left never comes.
+        // So the clients are killed first, then read_only is asked on a
+        // connection of its own (new commits queue behind it), then the
+        // clients are killed again, so none of them can be told OK any
+        // more. On MariaDB that ends their waits. MySQL keeps
+        // a killed session's thread waiting (it holds the commit lock
+        // read_only needs), so if read_only is still waiting, the semi-sync
+        // source flag goes off: the orphaned commits finish, with nobody to
+        // tell, on a server that is not the source.
+        let first = self.nodes.local.kill_client_connections(&except).await;
+        let mut ro_conn = Node::new(self.nodes.local.config().clone());
+        let ro = tokio::spawn(
+            async move {
+                let r = ro_conn.set_read_only(true).await;
+                ro_conn.close().await;
+                r
+            }
+            .in_current_span(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = self.nodes.local.kill_client_connections(&except).await;
+        let settle = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(ro);
+        let ok_ro = tokio::select! {
+            r = &mut ro => r,
+            _ = settle => {
+                if let Err(e) = self.nodes.local.set_semi_sync_source(false).await {
+                    tracing::warn!(error = %e, "cannot release commits waiting on a fenced server");
+                }
+                ro.await
             }
         };
-        let ok_ro = self.local.set_read_only(true).await;
+        let ok_ro = match ok_ro {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         let killed = self
+            .nodes
             .local
-            .kill_client_connections(&[self.cfg.user.as_str(), self.cfg.replication_user.as_str()])
-            .await;
+            .kill_client_connections(&except)
+            .await
+            .map(|ids| {
+                ids.len() + first.as_ref().map_or(0, Vec::len) + second.as_ref().map_or(0, Vec::len)
+            })
+            .map_err(|e| e.to_string());
         self.metrics.self_fence();
         Some(match (ok_ro, killed) {
-            (Ok(()), Ok(ids)) => format!(
-                "self-fenced: set read_only and killed {} client connection(s) because {why}",
-                ids.len()
+            (Ok(()), Ok(n)) => format!(
+                "self-fenced: set read_only and killed {n} client connection(s) because {why}"
             ),
             (Err(e), _) | (_, Err(e)) => {
                 self.metrics.error("mysql");
@@ -424,44 +607,41 @@ impl Agent {
         })
     }
 
-    /// Holds, takes, hands over or leaves the coordinator lock. Returns
-    /// whether this agent coordinates this cycle.
+    /// Holds, takes, hands over or leaves the coordinator lock, as
+    /// [`member::lock_move`] says. Returns whether this agent coordinates
+    /// this cycle.
     async fn coordinate_lock(&mut self, kv: &ClusterKv) -> Result<bool, ConsulError> {
         let Some(membership) = self.membership.as_ref().filter(|m| !m.is_lost()) else {
             return Ok(false);
         };
         let key = self.lock_key();
-        let holder = self.consul.kv_get(&key).await?.and_then(|kv| kv.session);
-        let me_source = kv
+        let holder = match self.consul.kv_get(&key).await?.and_then(|kv| kv.session) {
+            Some(h) if h == membership.session => Holder::Me,
+            Some(_) => Holder::Other,
+            None => Holder::Nobody,
+        };
+        self.free_lock_seen = match holder {
+            Holder::Nobody => self.free_lock_seen + 1,
+            _ => 0,
+        };
+        let on_source = kv
             .published
             .as_ref()
-            .is_some_and(|p| same_addr(p, &self.advertise()));
+            .is_some_and(|p| p.same(&self.advertise()));
         let other_live_agent = kv
             .reports
             .values()
             .any(|r| r.node != self.node.as_str() && r.up);
-        match holder {
-            Some(h) if h == membership.session => {
-                if me_source && other_live_agent {
-                    membership.unlock(&key).await?;
-                    self.free_lock_seen = 0;
-                    tracing::info!("handing the coordinator lock to an agent not on the source");
-                    return Ok(false);
-                }
-                Ok(true)
-            }
-            Some(_) => {
+        match member::lock_move(holder, on_source, other_live_agent, self.free_lock_seen) {
+            LockMove::Keep => Ok(true),
+            LockMove::Wait => Ok(false),
+            LockMove::Release => {
+                membership.unlock(&key).await?;
                 self.free_lock_seen = 0;
+                tracing::info!("handing the coordinator lock to an agent not on the source");
                 Ok(false)
             }
-            None => {
-                self.free_lock_seen += 1;
-                if me_source
-                    && other_live_agent
-                    && self.free_lock_seen <= SOURCE_AGENT_LOCK_PATIENCE
-                {
-                    return Ok(false);
-                }
+            LockMove::Acquire => {
                 let holder_info = format!("{}/{}", self.cluster, self.node);
                 let got = membership.try_lock(&key, &holder_info).await?;
                 if got {
@@ -472,288 +652,72 @@ impl Agent {
         }
     }
 
-    /// Observes every known node (the local one reuses this cycle's
-    /// observation), concurrently and each with its own timeouts.
+    /// Observes every known node, concurrently and each with its own
+    /// timeouts; the published source last, so a replica's position is
+    /// never read after the source's (a commit in between would make a
+    /// healthy replica look ahead of its source). The local node is looked
+    /// at again too (the cycle's first look, taken before KV was read, is
+    /// only the fallback): a request read from KV must be judged on what
+    /// the servers showed after it was read, or a replica stopped just
+    /// before a switch to it was requested would still look replicating.
     async fn observe_cluster(
         &mut self,
         local: Result<Observation, String>,
-    ) -> BTreeMap<String, (Addr, Option<Observation>)> {
+        source: Option<&HostPort>,
+        skip: Option<&str>,
+    ) -> BTreeMap<String, (HostPort, Option<Observation>)> {
         let mut out = BTreeMap::new();
-        out.insert(
-            self.node.as_str().to_owned(),
-            (self.advertise(), local.ok()),
-        );
-        let mut tasks = tokio::task::JoinSet::new();
-        for (name, addr) in self.known.clone() {
-            if name == self.node.as_str() {
-                continue;
-            }
-            let mut node = match self.peers.remove(&name) {
-                Some(n) if n.addr() == addr.to_string() => n,
-                _ => Node::new(node_config(&self.cfg, &addr.host, addr.port)),
-            };
-            let name = name.clone();
-            tasks.spawn(async move {
-                let obs = observe(&mut node).await;
-                (name, addr, node, obs)
-            });
+        let me = self.advertise();
+        let local_is_source = source.is_some_and(|s| s.same(&me));
+        let mut local = Some(local);
+        if !local_is_source {
+            let first = local.take().and_then(Result::ok);
+            let again = observe(&mut self.nodes.local).await.ok().or(first);
+            out.insert(self.node.as_str().to_owned(), (me.clone(), again));
         }
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((name, addr, node, obs)) = joined else {
-                continue;
-            };
-            if let Err(e) = &obs {
-                tracing::debug!(node = name, error = %e, "cannot observe peer");
+        let is_source = |addr: &HostPort| source.is_some_and(|s| s.same(addr));
+        let (sources, others): (Vec<_>, Vec<_>) = self
+            .known
+            .iter()
+            .filter(|(n, _)| n.as_str() != self.node.as_str())
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .partition(|(_, a)| is_source(a));
+        for batch in [others, sources] {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (name, addr) in batch {
+                if skip == Some(name.as_str()) {
+                    out.insert(name, (addr, None));
+                    continue;
+                }
+                let mut node = match self.nodes.peers.remove(&name) {
+                    Some(n) if n.addr() == addr.to_string() => n,
+                    _ => Node::new(node_config(&self.cfg, &addr.host.to_string(), addr.port)),
+                };
+                tasks.spawn(
+                    async move {
+                        let obs = observe(&mut node).await;
+                        (name, addr, node, obs)
+                    }
+                    .in_current_span(),
+                );
             }
-            out.insert(name.clone(), (addr, obs.ok()));
-            self.peers.insert(name, node);
+            while let Some(joined) = tasks.join_next().await {
+                let Ok((name, addr, node, obs)) = joined else {
+                    continue;
+                };
+                if let Err(e) = &obs {
+                    tracing::debug!(node = name, error = %e, "cannot observe peer");
+                }
+                out.insert(name.clone(), (addr, obs.ok()));
+                self.nodes.peers.insert(name, node);
+            }
+        }
+        if local_is_source {
+            let first = local.take().and_then(Result::ok);
+            let again = observe(&mut self.nodes.local).await.ok().or(first);
+            out.insert(self.node.as_str().to_owned(), (me, again));
         }
         out
-    }
-
-    fn node_mut(&mut self, name: &str) -> Option<&mut Node> {
-        if name == self.node.as_str() {
-            Some(&mut self.local)
-        } else {
-            self.peers.get_mut(name)
-        }
-    }
-
-    /// Runs the decided actions in order; returns what failed. The next
-    /// cycle observes everything again, so a failed or half-done action is
-    /// simply decided again from fresh state.
-    async fn execute(&mut self, actions: &[Action]) -> Vec<String> {
-        let mut failures = Vec::new();
-        let protected = [self.cfg.user.clone(), self.cfg.replication_user.clone()];
-        for action in actions {
-            let (label, result) = match action {
-                Action::Publish { node, addr } => ("publish", self.publish(node, addr).await),
-                Action::SetReadOnly { node, read_only } => {
-                    let r = match self.node_mut(node) {
-                        Some(n) => n.set_read_only(*read_only).await.map_err(|e| e.to_string()),
-                        None => Err(format!("no connection to {node}")),
-                    };
-                    ("set_read_only", r)
-                }
-                Action::KillClients { node } => {
-                    let except: Vec<&str> = protected.iter().map(String::as_str).collect();
-                    let r = match self.node_mut(node) {
-                        Some(n) => n
-                            .kill_client_connections(&except)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                        None => Err(format!("no connection to {node}")),
-                    };
-                    ("kill_clients", r)
-                }
-                Action::SetSemiSyncSource { node, enabled } => {
-                    let r = match self.node_mut(node) {
-                        Some(n) => n
-                            .set_semi_sync_source(*enabled)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        None => Err(format!("no connection to {node}")),
-                    };
-                    ("set_semi_sync_source", r)
-                }
-                Action::SetSemiSyncReplica { node, enabled } => {
-                    let r = match self.node_mut(node) {
-                        Some(n) => n
-                            .set_semi_sync_replica(*enabled)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                        None => Err(format!("no connection to {node}")),
-                    };
-                    ("set_semi_sync_replica", r)
-                }
-                Action::RestartIoThread { node } => {
-                    let r = match self.node_mut(node) {
-                        Some(n) => match n.stop_io_thread().await {
-                            Ok(()) => n.start_io_thread().await.map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        },
-                        None => Err(format!("no connection to {node}")),
-                    };
-                    ("restart_io_thread", r)
-                }
-            };
-            self.metrics.action(label, result.is_ok());
-            match result {
-                Ok(()) => tracing::info!(action = ?action, "executed"),
-                Err(e) => {
-                    tracing::warn!(action = ?action, error = %e, "action failed");
-                    failures.push(format!("{label}: {e}"));
-                }
-            }
-        }
-        failures
-    }
-
-    /// After a replica got the semi-sync flag (or its IO thread was
-    /// restarted into semi-sync mode), commits already waiting on the source
-    /// need a later transaction for that replica to acknowledge; without
-    /// it, a writer stuck behind a dead semi-sync replica stays stuck.
-    async fn release_waiting_commits(
-        &mut self,
-        actions: &[Action],
-        view: &ClusterView,
-    ) -> Option<String> {
-        let moved = actions.iter().any(|a| {
-            matches!(
-                a,
-                Action::SetSemiSyncReplica { enabled: true, .. } | Action::RestartIoThread { .. }
-            )
-        });
-        if !moved {
-            return None;
-        }
-        let source = view
-            .published
-            .as_ref()
-            .and_then(|p| view.nodes.iter().find(|n| same_addr(&n.addr, p)))
-            .filter(|n| n.reachable)?
-            .name
-            .clone();
-        let node = self.node_mut(&source)?;
-        match node.write_heartbeat().await {
-            Ok(()) => None,
-            Err(e) => {
-                self.metrics.error("mysql");
-                Some(format!("heartbeat write on {source}: {e}"))
-            }
-        }
-    }
-
-    /// Commits on the source can wait for an ACK that never comes: the
-    /// semi-sync replica died with a commit pending, and the replica that
-    /// took over its flag had already received that commit asynchronously,
-    /// so it reconnects past it and never acknowledges it; with AFTER_SYNC
-    /// the commits behind it cannot reach the binlog either, so no later
-    /// ACK comes. Once the ACKing replica provably holds everything in the
-    /// source's binlog (its received position, read after the source's,
-    /// covers it), the waiting commits are released by turning the source
-    /// flag off and on. Commits that reach the binlog in that instant are
-    /// acknowledged without waiting; the replica is streaming and receives
-    /// them within milliseconds.
-    async fn release_stalled_commits(
-        &mut self,
-        view: &ClusterView,
-        observations: &BTreeMap<String, (Addr, Option<Observation>)>,
-    ) -> Option<String> {
-        let source = view
-            .published
-            .as_ref()
-            .and_then(|p| view.nodes.iter().find(|n| same_addr(&n.addr, p)))
-            .filter(|n| n.reachable)?
-            .clone();
-        let waiting = observations
-            .get(&source.name)
-            .and_then(|(_, o)| o.as_ref())
-            .map(|o| o.semi_sync.wait_sessions)
-            .unwrap_or(0);
-        if waiting == 0 {
-            self.stalled_cycles = 0;
-            return None;
-        }
-        self.stalled_cycles += 1;
-        if self.stalled_cycles < 3 {
-            return None;
-        }
-        let ackers: Vec<String> = view
-            .nodes
-            .iter()
-            .filter(|n| n.reachable && n.semi_sync_replica_active)
-            .filter(|n| {
-                n.replica
-                    .as_ref()
-                    .is_some_and(|r| same_addr(&r.source, &source.addr) && r.io_running)
-            })
-            .map(|n| n.name.clone())
-            .collect();
-        let [acker] = ackers.as_slice() else {
-            return Some(format!(
-                "{waiting} commit(s) on {} wait for an ACK and no single ACKing replica can be checked",
-                source.name
-            ));
-        };
-        let acker = acker.clone();
-        let binlog = match self.node_mut(&source.name)?.gtid_executed().await {
-            Ok(p) => p,
-            Err(e) => return Some(format!("stalled commits: cannot read {}: {e}", source.name)),
-        };
-        let received = match self.node_mut(&acker)?.replica_status().await {
-            Ok(Some(r)) => r.received(),
-            Ok(None) => return None,
-            Err(e) => return Some(format!("stalled commits: cannot read {acker}: {e}")),
-        };
-        if !received.contains(&binlog).unwrap_or(false) {
-            return Some(format!(
-                "{waiting} commit(s) on {} wait for an ACK; {acker} has not received {binlog} yet",
-                source.name
-            ));
-        }
-        let node = self.node_mut(&source.name)?;
-        let released = match node.set_semi_sync_source(false).await {
-            Ok(()) => node.set_semi_sync_source(true).await,
-            Err(e) => {
-                // Never leave the source asynchronous.
-                let _ = node.set_semi_sync_source(true).await;
-                Err(e)
-            }
-        };
-        self.stalled_cycles = 0;
-        self.metrics
-            .action("release_stalled_commits", released.is_ok());
-        match released {
-            Ok(()) => {
-                tracing::warn!(source = source.name, acker, %binlog, waiting, "released commits stalled on an ACK that could not come; the ACKing replica holds them");
-                Some(format!(
-                    "released {waiting} commit(s) stalled on {}: {acker} had received all of {binlog}",
-                    source.name
-                ))
-            }
-            Err(e) => Some(format!(
-                "releasing stalled commits on {} failed: {e}",
-                source.name
-            )),
-        }
-    }
-
-    /// Publishes `master` (+ `/hostname`, `/port`) in one txn that only
-    /// commits while this agent's session holds the lock and the key is
-    /// still absent: a coordinator that lost its lock, or an operator who
-    /// wrote the key meanwhile, wins.
-    async fn publish(&self, node: &str, addr: &Addr) -> Result<(), String> {
-        let Some(session) = self.session() else {
-            return Err("no session".into());
-        };
-        let master = self.keys.master_key(&self.cluster);
-        let ops = vec![
-            TxnOp::check_session(self.lock_key(), session),
-            TxnOp::CheckNotExists {
-                key: master.clone(),
-            },
-            TxnOp::set(master.clone(), addr.to_string()),
-            TxnOp::set(format!("{master}/hostname"), addr.host.clone()),
-            TxnOp::set(format!("{master}/port"), addr.port.to_string()),
-        ];
-        match self.consul.txn(&ops).await {
-            Ok(TxnOutcome::Committed(_)) => {
-                tracing::info!(node, %addr, "published source");
-                Ok(())
-            }
-            Ok(TxnOutcome::RolledBack(errors)) => Err(format!(
-                "publish rolled back: {}",
-                errors
-                    .iter()
-                    .map(|e| e.what.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
-            Err(e) => Err(e.to_string()),
-        }
     }
 
     /// Ordered shutdown: release the lock, destroy the session (which also
@@ -771,25 +735,14 @@ impl Agent {
                 tracing::warn!(error = %e, "cannot destroy the Consul session");
             }
         }
-        for (_, node) in std::mem::take(&mut self.peers) {
-            node.close().await;
-        }
-        self.local.close().await;
+        self.nodes.close().await;
     }
-}
-
-pub(crate) fn node_config(cfg: &Config, host: &str, port: u16) -> NodeConfig {
-    let mut nc = NodeConfig::new(host, port, cfg.user.clone(), cfg.password.expose());
-    nc.connect_timeout = cfg.connect_timeout;
-    nc.query_timeout = cfg.query_timeout;
-    nc.read_timeout = cfg.read_timeout;
-    nc
 }
 
 pub fn build_view(
     cluster: &ClusterName,
     kv: &ClusterKv,
-    observations: &BTreeMap<String, (Addr, Option<Observation>)>,
+    observations: &BTreeMap<String, (HostPort, Option<Observation>)>,
 ) -> ClusterView {
     ClusterView {
         cluster: cluster.as_str().to_owned(),

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use successover_common::consul::{Consul, Watch};
 use successover_common::contract::{ClusterName, Keys};
@@ -23,21 +24,24 @@ pub fn spawn(
         keys.switchover_key(&cluster),
     ] {
         let (consul, notify, cancel) = (consul.clone(), notify.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let mut watch = Watch::prefix(consul, prefix)
-                .with_wait(Duration::from_secs(30))
-                .with_min_interval(Duration::from_millis(50));
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = watch.next() => {
-                        if r.is_ok() {
-                            notify.notify_one();
+        tokio::spawn(
+            async move {
+                let mut watch = Watch::prefix(consul, prefix)
+                    .with_wait(Duration::from_secs(30))
+                    .with_min_interval(Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = watch.next() => {
+                            if r.is_ok() {
+                                notify.notify_one();
+                            }
                         }
                     }
                 }
             }
-        });
+            .in_current_span(),
+        );
     }
     notify
 }

@@ -19,10 +19,16 @@
 //! `force`) skips waiting for the target to apply everything the old source
 //! committed: it can lose acknowledged writes and is for a source that will
 //! not come back. An empty value asks for the best candidate.
+//!
+//! Also here: the rejoin request (`rejoin/<cluster>/<node>`, see
+//! [`RejoinRequest`]) and the markers beside the history entries
+//! (`history/<cluster>/in-progress`, `history/<cluster>/last-failover`, see
+//! [`LastFailover`]).
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{valid_node_name, ClusterName, Keys, ValueError};
+use crate::contract::time::at_ms_or_legacy;
+use crate::contract::{valid_node_name, ClusterName, Keys, NodeName, ValueError};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,7 +194,171 @@ pub fn history_id(started_ms: u64, kind: ProcedureKind) -> String {
     format!("{started_ms:015}-{}", kind.as_str())
 }
 
+/// `rejoin/<cluster>/<node>`: a request to bring a quarantined node back
+/// as a replica, written by `successover rejoin` (or by hand) and consumed
+/// by the coordinator, which records the outcome as a history entry of kind
+/// [`ProcedureKind::Rejoin`] with the request's `id` under
+/// [`EVIDENCE_REQUEST_ID`] in its evidence.
+///
+/// ```json
+/// {"id": "cli-1764000000000-4242", "at_ms": 1764000000000}
+/// ```
+///
+/// Every field is optional and unknown fields are ignored: the node is in
+/// the key, so `consul kv put mysql/rejoin/c1/db1 ""` asks too. Readers
+/// also accept the value as written before the `*_ms` rule,
+/// `{"at": <unix ms>, "id": …}` (see [`crate::contract::time`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RejoinRequestJson")]
+pub struct RejoinRequest {
+    /// Chosen by the requester to find the outcome; a valid node name,
+    /// since it is echoed into history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// When it was asked, Unix milliseconds; 0 when the value did not say.
+    pub at_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct RejoinRequestJson {
+    #[serde(default)]
+    id: Option<String>,
+    at_ms: Option<u64>,
+    at: Option<u64>,
+}
+
+impl From<RejoinRequestJson> for RejoinRequest {
+    fn from(j: RejoinRequestJson) -> RejoinRequest {
+        RejoinRequest {
+            id: j.id,
+            at_ms: at_ms_or_legacy(j.at_ms, j.at).unwrap_or(0),
+        }
+    }
+}
+
+/// The evidence key of a rejoin's history entry that carries the request's
+/// id.
+pub const EVIDENCE_REQUEST_ID: &str = "request_id";
+
+impl RejoinRequest {
+    pub fn new(id: impl Into<String>, at_ms: u64) -> RejoinRequest {
+        RejoinRequest {
+            id: Some(id.into()),
+            at_ms,
+        }
+    }
+
+    /// An empty value is a request without an id; anything else must be a
+    /// JSON object whose `id`, if any, is a valid node name.
+    pub fn parse(value: &[u8]) -> Result<RejoinRequest, ValueError> {
+        let text = std::str::from_utf8(value)
+            .map_err(|_| ValueError::NotUtf8)?
+            .trim();
+        if text.is_empty() {
+            return Ok(RejoinRequest::default());
+        }
+        let req: RejoinRequest =
+            serde_json::from_str(text).map_err(|e| ValueError::Json(e.to_string()))?;
+        if let Some(id) = &req.id {
+            valid_node_name(id)?;
+        }
+        Ok(req)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a rejoin request serializes: strings and numbers only")
+    }
+}
+
+/// `history/<cluster>/last-failover`: the last automatic failover, for the
+/// cooldown (`failover_cooldown_seconds`); deleting the key acknowledges it.
+///
+/// ```json
+/// {"id": "001764000000000-failover", "at_ms": 1764000000950}
+/// ```
+///
+/// Readers also accept a legacy `at` (see [`crate::contract::time`]); a
+/// value with no time at all is an error, left to the reader to judge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "LastFailoverJson")]
+pub struct LastFailover {
+    /// The failover's history entry id.
+    pub id: String,
+    /// When it finished, Unix milliseconds.
+    pub at_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct LastFailoverJson {
+    #[serde(default)]
+    id: String,
+    at_ms: Option<u64>,
+    at: Option<u64>,
+}
+
+impl TryFrom<LastFailoverJson> for LastFailover {
+    type Error = &'static str;
+    fn try_from(j: LastFailoverJson) -> Result<LastFailover, &'static str> {
+        Ok(LastFailover {
+            id: j.id,
+            at_ms: at_ms_or_legacy(j.at_ms, j.at).ok_or("missing field `at_ms`")?,
+        })
+    }
+}
+
+impl LastFailover {
+    pub fn new(id: impl Into<String>, at_ms: u64) -> LastFailover {
+        LastFailover {
+            id: id.into(),
+            at_ms,
+        }
+    }
+
+    pub fn parse(value: &[u8]) -> Result<LastFailover, ValueError> {
+        serde_json::from_slice(value).map_err(|e| ValueError::Json(e.to_string()))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a marker serializes: strings and numbers only")
+    }
+}
+
+/// `semi-sync/<cluster>`: per replica, the source's GTID position when the
+/// coordinator granted it the semi-sync replica flag, written before the
+/// flag is set. A semi-sync replica vouches only for commits acknowledged
+/// after its grant: commits before it were acknowledged by another replica
+/// (one that died, or that is now the source), so a failover may trust it
+/// only once it has received its floor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckFloors {
+    /// Node name → GTID position in the server's own text form.
+    pub floors: std::collections::BTreeMap<String, String>,
+    /// When the last grant was recorded, Unix milliseconds.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+impl AckFloors {
+    pub fn parse(value: &[u8]) -> Result<AckFloors, ValueError> {
+        let floors: AckFloors =
+            serde_json::from_slice(value).map_err(|e| ValueError::Json(e.to_string()))?;
+        for node in floors.floors.keys() {
+            valid_node_name(node)?;
+        }
+        Ok(floors)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("floors serialize: strings and numbers only")
+    }
+}
+
 impl Keys {
+    /// `semi-sync/<cluster>`, holding [`AckFloors`].
+    pub fn ack_floors_key(&self, cluster: &ClusterName) -> String {
+        format!("{}semi-sync/{cluster}", self.prefix())
+    }
+
     pub fn history_key(&self, cluster: &ClusterName, id: &str) -> String {
         format!("{}{id}", self.history_prefix(cluster))
     }
@@ -197,6 +367,16 @@ impl Keys {
     /// back as a replica (`successover rejoin`).
     pub fn rejoin_prefix(&self, cluster: &ClusterName) -> String {
         format!("{}rejoin/{cluster}/", self.prefix())
+    }
+
+    /// `rejoin/<cluster>/<node>`, holding a [`RejoinRequest`].
+    pub fn rejoin_key(&self, cluster: &ClusterName, node: &NodeName) -> String {
+        format!("{}{node}", self.rejoin_prefix(cluster))
+    }
+
+    /// `history/<cluster>/last-failover`, holding a [`LastFailover`].
+    pub fn last_failover_key(&self, cluster: &ClusterName) -> String {
+        format!("{}last-failover", self.history_prefix(cluster))
     }
 
     /// Names the history entry of the procedure under way, if any. A new
@@ -210,6 +390,19 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_floors_round_trip_and_reject_bad_names() {
+        let mut f = AckFloors::default();
+        f.floors.insert("db3".into(), "0-2-123".into());
+        f.at_ms = 5;
+        assert_eq!(AckFloors::parse(f.to_json().as_bytes()).unwrap(), f);
+        assert!(AckFloors::parse(br#"{"floors":{"db 3":"0-1-1"}}"#).is_err());
+        assert!(AckFloors::parse(b"nonsense").is_err());
+        let keys = Keys::default();
+        let c1 = ClusterName::parse("c1").unwrap();
+        assert_eq!(keys.ack_floors_key(&c1), "mysql/semi-sync/c1");
+    }
 
     #[test]
     fn bare_node_name_json_and_empty_requests() {
@@ -240,6 +433,80 @@ mod tests {
         ] {
             assert!(SwitchoverRequest::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rejoin_requests() {
+        let r = RejoinRequest::new("cli-1764000000000-4242", 1_764_000_000_000);
+        assert_eq!(
+            r.to_json(),
+            r#"{"id":"cli-1764000000000-4242","at_ms":1764000000000}"#
+        );
+        assert_eq!(RejoinRequest::parse(r.to_json().as_bytes()).unwrap(), r);
+        // What `successover rejoin` wrote before the `*_ms` rule: `at` in ms.
+        assert_eq!(
+            RejoinRequest::parse(br#"{"at": 1764000000000, "id": "cli-1764000000000-4242"}"#)
+                .unwrap(),
+            r
+        );
+        // By hand: no id, `at` in seconds, or nothing at all.
+        assert_eq!(
+            RejoinRequest::parse(br#"{"at": 1764000000}"#).unwrap(),
+            RejoinRequest {
+                id: None,
+                at_ms: 1_764_000_000_000
+            }
+        );
+        assert_eq!(
+            RejoinRequest::parse(b" \n").unwrap(),
+            RejoinRequest::default()
+        );
+        assert_eq!(RejoinRequest::default().to_json(), r#"{"at_ms":0}"#);
+        for bad in [
+            &br#"{"id": "../x"}"#[..],
+            br#"{"id": "a\nb"}"#,
+            b"yes",
+            b"\xff",
+        ] {
+            assert!(RejoinRequest::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn last_failover_markers() {
+        // Written by agent/src/failover.rs: already `at_ms`.
+        let m = LastFailover::parse(br#"{"id":"001764000000000-failover","at_ms":1764000000950}"#)
+            .unwrap();
+        assert_eq!(
+            m,
+            LastFailover::new("001764000000000-failover", 1_764_000_000_950)
+        );
+        assert_eq!(
+            m.to_json(),
+            r#"{"id":"001764000000000-failover","at_ms":1764000000950}"#
+        );
+        assert_eq!(
+            LastFailover::parse(br#"{"id":"x","at":1764000000}"#)
+                .unwrap()
+                .at_ms,
+            1_764_000_000_000
+        );
+        let err = LastFailover::parse(br#"{"id":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("at_ms"), "{err}");
+        assert!(LastFailover::parse(b"").is_err());
+    }
+
+    #[test]
+    fn marker_and_request_keys() {
+        let keys = Keys::default();
+        let c1 = ClusterName::parse("c1").unwrap();
+        let db1 = NodeName::parse("db1").unwrap();
+        assert_eq!(keys.rejoin_key(&c1, &db1), "mysql/rejoin/c1/db1");
+        assert_eq!(
+            keys.last_failover_key(&c1),
+            "mysql/history/c1/last-failover"
+        );
+        assert_eq!(keys.in_progress_key(&c1), "mysql/history/c1/in-progress");
     }
 
     #[test]

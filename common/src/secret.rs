@@ -32,28 +32,52 @@ pub struct SecretSource {
     pub env: Option<String>,
 }
 
+/// Why a configured secret cannot be used. The caller names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is empty", .path.display())]
+    Empty { path: PathBuf },
+    #[error("environment variable {var} is not set")]
+    Unset { var: String },
+}
+
 impl SecretSource {
-    /// `Ok(None)` when neither source is configured.
-    pub fn load(&self, what: &str) -> Result<Option<Secret>, String> {
+    /// `Ok(None)` when neither source is configured. `env` looks up
+    /// environment variables, so that config validation can be tested
+    /// without touching the process environment.
+    pub fn load(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Secret>, SecretError> {
         if let Some(path) = &self.file {
-            return read_secret_file(path, what).map(Some);
+            return read_secret_file(path).map(Some);
         }
         if let Some(var) = &self.env {
-            return match std::env::var(var) {
-                Ok(v) if !v.is_empty() => Ok(Some(Secret(v))),
-                _ => Err(format!("{what}: environment variable {var} is not set")),
+            return match env(var) {
+                Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
+                _ => Err(SecretError::Unset { var: var.clone() }),
             };
         }
         Ok(None)
     }
 }
 
-fn read_secret_file(path: &Path, what: &str) -> Result<Secret, String> {
-    let raw = std::fs::read_to_string(path)
-        .map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))?;
+fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
+    let raw = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let value = raw.trim_end_matches(['\r', '\n']);
     if value.is_empty() {
-        return Err(format!("{what}: {} is empty", path.display()));
+        return Err(SecretError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(Secret(value.to_owned()))
 }
@@ -71,7 +95,7 @@ mod tests {
             file: Some(path),
             env: None,
         };
-        let s = src.load("mysql password").unwrap().unwrap();
+        let s = src.load(&|_| None).unwrap().unwrap();
         assert_eq!(s.expose(), "p@ss word");
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
         std::fs::remove_dir_all(dir).unwrap();
@@ -83,20 +107,19 @@ mod tests {
             file: Some("/nonexistent/pw".into()),
             env: None,
         };
-        let err = src.load("mysql password").unwrap_err();
-        assert!(
-            err.starts_with("mysql password: cannot read /nonexistent/pw"),
-            "{err}"
-        );
+        let err = src.load(&|_| None).unwrap_err();
+        assert_eq!(err.to_string(), "cannot read /nonexistent/pw");
         let src = SecretSource {
             file: None,
             env: Some("SUCCESSOVER_TEST_UNSET_VARIABLE".into()),
         };
         assert_eq!(
-            src.load("mysql password").unwrap_err(),
-            "mysql password: environment variable SUCCESSOVER_TEST_UNSET_VARIABLE is not set"
+            src.load(&|_| None).unwrap_err().to_string(),
+            "environment variable SUCCESSOVER_TEST_UNSET_VARIABLE is not set"
         );
-        assert_eq!(SecretSource::default().load("x").unwrap(), None);
+        let set = src.load(&|_| Some("from-env".into())).unwrap().unwrap();
+        assert_eq!(set.expose(), "from-env");
+        assert_eq!(SecretSource::default().load(&|_| None).unwrap(), None);
     }
 
     fn tempdir() -> PathBuf {

@@ -1,11 +1,42 @@
 //! Logging setup and the `/metrics` endpoint shared by both daemons.
 
+use std::error::Error;
+use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The log format of every successover daemon: to stderr, filtered by
+/// `RUST_LOG` (`default_filter` when unset or invalid), so one `journalctl`
+/// reads the same for agents and renderers.
+pub fn init_logging(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: under systemd they would end
+        // up in the journal as escape sequences.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// An error and its causes on one line, `outer: inner: innermost`: how
+/// errors whose `Display` leaves the cause to `source()` are logged.
+pub fn report(err: &dyn Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
 
 /// Produces the Prometheus text exposition on each scrape.
 pub type Exposition = Arc<dyn Fn() -> String + Send + Sync>;

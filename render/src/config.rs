@@ -1,11 +1,13 @@
 //! The renderer's TOML config in two stages: [`RawConfig`] is what serde
-//! reads (typos in key names are errors), [`Config`] is what the program
-//! uses. Validation reports every problem at once, so an operator fixes
-//! the file in one pass.
+//! reads, [`Config`] is what the program uses. Sections, duration syntax
+//! and errors are the ones every successover daemon shares
+//! (`successover_common::config`): unknown keys are errors, and validation
+//! reports every problem at once, so an operator fixes the file in one
+//! pass.
 //!
 //! ```toml
-//! [consul]                       # all optional; the CONSUL_* environment
-//! address = "https://127.0.0.1:8501"  # variables apply where unset
+//! [consul]                       # shared with successover-agent; every
+//! address = "https://127.0.0.1:8501"  # key falls back to its CONSUL_* variable
 //! token_file = "/etc/successover/consul.token"
 //! ca_file = "/etc/successover/consul-ca.pem"
 //! client_cert = "/etc/successover/client.pem"
@@ -42,14 +44,16 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use successover_common::consul::{ConsulConfig, ConsulError, Token};
-use successover_common::contract::{Keys, DEFAULT_PREFIX};
+use successover_common::config::{
+    self as common, ConfigError, Env, Problem, ProblemKind, Problems, RawConsul, RawKv, RawMetrics,
+};
+use successover_common::consul::ConsulConfig;
+use successover_common::contract::Keys;
 
 use crate::apply::ReloadMethod;
 use crate::template::HaproxySettings;
@@ -57,7 +61,6 @@ use crate::template::HaproxySettings;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/successover/render.toml";
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
     pub consul: RawConsul,
@@ -74,24 +77,6 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConsul {
-    pub address: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub datacenter: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawKv {
-    pub prefix: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawHaproxy {
     pub config: Option<PathBuf>,
     pub binary: Option<PathBuf>,
@@ -107,7 +92,6 @@ pub struct RawHaproxy {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTemplate {
     pub path: Option<PathBuf>,
     #[serde(default)]
@@ -115,28 +99,10 @@ pub struct RawTemplate {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMetrics {
-    pub listen: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawWatch {
     pub wait: Option<String>,
     pub min_interval: Option<String>,
     pub retry_interval: Option<String>,
-}
-
-/// Consul settings from the file; applied over the environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConsulOverrides {
-    pub address: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub datacenter: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +128,8 @@ pub struct WatchConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub consul: ConsulOverrides,
+    /// The file's `[consul]` over the `CONSUL_*` environment.
+    pub consul: ConsulConfig,
     pub keys: Keys,
     pub haproxy: HaproxyConfig,
     pub template_path: Option<PathBuf>,
@@ -171,100 +138,29 @@ pub struct Config {
     pub watch: WatchConfig,
 }
 
-/// One problem with one key of the config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub key: String,
-    pub problem: Problem,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Problem {
-    /// The value does not have the expected shape.
-    Expected(&'static str),
-    /// Two settings contradict each other.
-    Conflict(&'static str),
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.problem {
-            Problem::Expected(what) => write!(f, "{}: expected {what}", self.key),
-            Problem::Conflict(what) => write!(f, "{}: {what}", self.key),
-        }
-    }
-}
-
-/// Everything wrong with a config file.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid TOML for this program")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("config file {path} has {} error(s):\n  {}", .errors.len(), join(.errors))]
-    Invalid {
-        path: PathBuf,
-        errors: Vec<ConfigError>,
-    },
-}
-
-fn join(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n  ")
-}
-
 /// Reads and validates a config file. A missing file at the default path
 /// means "all defaults"; a missing file named by the operator is an error.
-pub fn load(path: &Path, explicit: bool) -> Result<Config, LoadError> {
+pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
         Err(source) => {
-            return Err(LoadError::Read {
+            return Err(ConfigError::Read {
                 path: path.to_owned(),
                 source,
             })
         }
     };
-    let raw: RawConfig = toml::from_str(&text).map_err(|source| LoadError::Parse {
+    from_str(&text, &common::process_env).map_err(|problems| ConfigError::Invalid {
         path: path.to_owned(),
-        source,
-    })?;
-    validate(raw).map_err(|errors| LoadError::Invalid {
-        path: path.to_owned(),
-        errors,
+        problems,
     })
 }
 
-/// "250ms", "5s", "2m", "1h", "1d"; a bare "0" is zero.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
+/// Parses and validates a config file's text; `env` supplies the
+/// `CONSUL_*` variables.
+pub fn from_str(text: &str, env: Env<'_>) -> Result<Config, Vec<Problem>> {
+    common::from_str(text, &[], |raw| validate(raw, env))
 }
 
 /// A value that lands in the HAProxy config or on its CLI: no whitespace,
@@ -276,76 +172,44 @@ fn haproxy_safe(s: &str) -> bool {
         })
 }
 
-struct Checker {
-    errors: Vec<ConfigError>,
-}
-
-impl Checker {
-    fn fail(&mut self, key: &str, problem: Problem) {
-        self.errors.push(ConfigError {
-            key: key.to_owned(),
-            problem,
-        });
-    }
-
-    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
-        match value {
-            None => default,
-            Some(v) => parse_duration(v).unwrap_or_else(|| {
-                self.fail(
-                    key,
-                    Problem::Expected("a duration like \"500ms\", \"5s\", \"2m\" or \"1h\""),
-                );
-                default
-            }),
-        }
-    }
-
-    fn socket_path(&mut self, key: &str, value: Option<PathBuf>, default: &str) -> PathBuf {
-        let path = value.unwrap_or_else(|| PathBuf::from(default));
-        let ok = path.is_absolute() && path.to_str().is_some_and(haproxy_safe);
-        if !ok {
-            self.fail(
-                key,
-                Problem::Expected("an absolute path without spaces, quotes, '#' or ';'"),
-            );
-        }
-        path
-    }
-}
-
-pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
-    let mut c = Checker { errors: Vec::new() };
-
-    // [consul]
-    if let Some(addr) = &raw.consul.address {
-        let ok = (addr.starts_with("http://") || addr.starts_with("https://"))
-            && url::Url::parse(addr).is_ok_and(|u| u.host().is_some());
-        if !ok {
-            c.fail(
-                "consul.address",
-                Problem::Expected("an http:// or https:// URL"),
-            );
-        }
-    }
-    if raw.consul.client_cert.is_some() != raw.consul.client_key.is_some() {
-        c.fail(
-            "consul.client_cert",
-            Problem::Conflict("client_cert and client_key go together"),
+fn socket_path(p: &mut Problems, key: &str, value: Option<PathBuf>, default: &str) -> PathBuf {
+    let path = value.unwrap_or_else(|| PathBuf::from(default));
+    let ok = path.is_absolute() && path.to_str().is_some_and(haproxy_safe);
+    if !ok {
+        p.push(
+            key,
+            ProblemKind::Expected("an absolute path without spaces, quotes, '#' or ';'"),
         );
     }
+    path
+}
 
-    // [kv]
-    let keys = match Keys::new(raw.kv.prefix.as_deref().unwrap_or(DEFAULT_PREFIX)) {
-        Ok(k) => k,
-        Err(_) => {
-            c.fail(
-                "kv.prefix",
-                Problem::Expected("path segments of [A-Za-z0-9_.-] like \"mysql/\""),
-            );
-            Keys::default()
+/// A duration in HAProxy's own syntax (one number, one unit), so the
+/// operator writes the same duration syntax here as everywhere else.
+fn haproxy_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if (ms / per) * per == ms {
+            return format!("{}{unit}", ms / per);
         }
-    };
+    }
+    format!("{ms}ms")
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+/// No HAProxy or Consul operation the renderer waits for takes a day.
+const DAY: Duration = Duration::from_secs(86_400);
+
+pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems::new();
+
+    let consul = raw.consul.validate(env, &mut p);
+    let keys = raw.kv.validate(&mut p);
 
     // [haproxy]
     let h = raw.haproxy;
@@ -353,26 +217,32 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         .config
         .unwrap_or_else(|| PathBuf::from("/etc/haproxy/haproxy.cfg"));
     if config.file_name().is_none() {
-        c.fail("haproxy.config", Problem::Expected("a file path"));
+        p.push("haproxy.config", ProblemKind::Expected("a file path"));
     }
     let binary = h
         .binary
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"));
-    let admin_socket = c.socket_path(
+    let admin_socket = socket_path(
+        &mut p,
         "haproxy.admin_socket",
         h.admin_socket,
         "/run/haproxy/admin.sock",
     );
     let master_socket = match h.master_socket {
-        Some(p) if p.as_os_str().is_empty() => None,
-        other => Some(c.socket_path("haproxy.master_socket", other, "/run/haproxy-master.sock")),
+        Some(path) if path.as_os_str().is_empty() => None,
+        other => Some(socket_path(
+            &mut p,
+            "haproxy.master_socket",
+            other,
+            "/run/haproxy-master.sock",
+        )),
     };
     let reload = match h.reload_command {
         None => {
             if master_socket.is_none() {
-                c.fail(
+                p.push(
                     "haproxy.reload_command",
-                    Problem::Conflict(
+                    ProblemKind::Conflict(
                         "needed when master_socket is disabled: nothing else can reload HAProxy",
                     ),
                 );
@@ -380,9 +250,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             ReloadMethod::MasterSocket
         }
         Some(argv) if argv.is_empty() || argv[0].is_empty() => {
-            c.fail(
+            p.push(
                 "haproxy.reload_command",
-                Problem::Expected("a non-empty command as an array of strings"),
+                ProblemKind::Expected("a non-empty command as an array of strings"),
             );
             ReloadMethod::MasterSocket
         }
@@ -396,9 +266,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     {
         Ok(ip) => ip,
         Err(_) => {
-            c.fail(
+            p.push(
                 "haproxy.bind_address",
-                Problem::Expected("an IPv4 or IPv6 address"),
+                ProblemKind::Expected("an IPv4 or IPv6 address"),
             );
             IpAddr::from([0, 0, 0, 0])
         }
@@ -408,43 +278,36 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             && user.len() <= 32
             && user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !ok {
-            c.fail(
+            p.push(
                 "haproxy.mysql_check_user",
-                Problem::Expected("a MySQL user name of [A-Za-z0-9_], at most 32 characters"),
+                ProblemKind::Expected("a MySQL user name of [A-Za-z0-9_], at most 32 characters"),
             );
         }
     }
-    let hard_stop_after = h.hard_stop_after.unwrap_or_else(|| "1h".to_owned());
-    if !matches!(parse_duration(&hard_stop_after), Some(d) if !d.is_zero()) {
-        c.fail(
-            "haproxy.hard_stop_after",
-            Problem::Expected("a non-zero duration like \"30m\" or \"1h\""),
-        );
-    }
-    let check_timeout = c.duration(
+    let hard_stop_after = p.duration(
+        "haproxy.hard_stop_after",
+        h.hard_stop_after.as_deref(),
+        Duration::from_secs(3600),
+        (SECOND, 30 * DAY),
+    );
+    let check_timeout = p.duration(
         "haproxy.check_timeout",
         h.check_timeout.as_deref(),
-        Duration::from_secs(10),
+        10 * SECOND,
+        (Duration::from_millis(1), DAY),
     );
-    let command_timeout = c.duration(
+    let command_timeout = p.duration(
         "haproxy.command_timeout",
         h.command_timeout.as_deref(),
-        Duration::from_secs(2),
+        2 * SECOND,
+        (Duration::from_millis(1), DAY),
     );
-    let reload_timeout = c.duration(
+    let reload_timeout = p.duration(
         "haproxy.reload_timeout",
         h.reload_timeout.as_deref(),
-        Duration::from_secs(15),
+        15 * SECOND,
+        (Duration::from_millis(1), DAY),
     );
-    for (key, d) in [
-        ("haproxy.check_timeout", check_timeout),
-        ("haproxy.command_timeout", command_timeout),
-        ("haproxy.reload_timeout", reload_timeout),
-    ] {
-        if d.is_zero() {
-            c.fail(key, Problem::Expected("a non-zero duration"));
-        }
-    }
 
     // [template]
     for (name, value) in &raw.template.vars {
@@ -456,73 +319,45 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
         if !name_ok {
-            c.fail(
-                &format!("template.vars.{name}"),
-                Problem::Expected("a name of [A-Za-z0-9_] not starting with a digit"),
+            p.push(
+                format!("template.vars.{name}"),
+                ProblemKind::Expected("a name of [A-Za-z0-9_] not starting with a digit"),
             );
         }
         if value.chars().any(char::is_control) {
-            c.fail(
-                &format!("template.vars.{name}"),
-                Problem::Expected("a single line (no control characters)"),
+            p.push(
+                format!("template.vars.{name}"),
+                ProblemKind::Expected("a single line (no control characters)"),
             );
         }
     }
 
-    // [metrics]
-    let metrics_listen = match raw.metrics.listen.as_deref() {
-        None | Some("") => None,
-        Some(s) => match s.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                c.fail(
-                    "metrics.listen",
-                    Problem::Expected("an address like \"127.0.0.1:9105\" or \"[::]:9105\""),
-                );
-                None
-            }
-        },
-    };
+    let metrics_listen = raw.metrics.validate(&mut p);
 
     // [watch]
-    let wait = c.duration(
+    let w = raw.watch;
+    // Consul caps blocking queries at 10 minutes.
+    let wait = p.duration(
         "watch.wait",
-        raw.watch.wait.as_deref(),
+        w.wait.as_deref(),
         Duration::from_secs(300),
+        (SECOND, Duration::from_secs(600)),
     );
-    if wait.is_zero() || wait > Duration::from_secs(600) {
-        // Consul caps blocking queries at 10 minutes.
-        c.fail("watch.wait", Problem::Expected("a duration from 1s to 10m"));
-    }
-    let min_interval = c.duration(
+    let min_interval = p.duration(
         "watch.min_interval",
-        raw.watch.min_interval.as_deref(),
+        w.min_interval.as_deref(),
         Duration::ZERO,
+        (Duration::ZERO, Duration::from_secs(600)),
     );
-    let retry_interval = c.duration(
+    let retry_interval = p.duration(
         "watch.retry_interval",
-        raw.watch.retry_interval.as_deref(),
-        Duration::from_secs(5),
+        w.retry_interval.as_deref(),
+        5 * SECOND,
+        (Duration::from_millis(1), Duration::from_secs(600)),
     );
-    if retry_interval.is_zero() {
-        c.fail(
-            "watch.retry_interval",
-            Problem::Expected("a non-zero duration"),
-        );
-    }
 
-    if !c.errors.is_empty() {
-        return Err(c.errors);
-    }
-    Ok(Config {
-        consul: ConsulOverrides {
-            address: raw.consul.address,
-            token_file: raw.consul.token_file,
-            ca_file: raw.consul.ca_file,
-            client_cert: raw.consul.client_cert,
-            client_key: raw.consul.client_key,
-            datacenter: raw.consul.datacenter,
-        },
+    p.finish(Config {
+        consul,
         keys,
         haproxy: HaproxyConfig {
             config,
@@ -531,7 +366,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 admin_socket: admin_socket.display().to_string(),
                 bind_address,
                 mysql_check_user: h.mysql_check_user,
-                hard_stop_after,
+                hard_stop_after: haproxy_duration(hard_stop_after),
             },
             admin_socket,
             master_socket,
@@ -551,39 +386,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     })
 }
 
-impl ConsulOverrides {
-    /// The environment (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN[_FILE]`, …)
-    /// with this file's settings on top. The token only ever comes from a
-    /// file or the environment, never from this config, so it cannot leak
-    /// through a config dump.
-    pub fn consul_config(&self) -> Result<ConsulConfig, ConsulError> {
-        let mut cfg = ConsulConfig::from_env()?;
-        if let Some(addr) = &self.address {
-            cfg.addr = addr.trim_end_matches('/').to_owned();
-        }
-        if let Some(path) = &self.token_file {
-            cfg.token = Some(Token::from_file(path)?);
-        }
-        if let Some(ca) = &self.ca_file {
-            cfg.tls.ca_file = Some(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            cfg.tls.client_cert = Some(cert.clone());
-            cfg.tls.client_key = Some(key.clone());
-        }
-        if let Some(dc) = &self.datacenter {
-            cfg.datacenter = Some(dc.clone());
-        }
-        Ok(cfg)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn from_toml(text: &str) -> Result<Config, Vec<ConfigError>> {
-        validate(toml::from_str(text).expect("valid TOML"))
+    fn from_toml(text: &str) -> Result<Config, Vec<Problem>> {
+        from_str(text, &|_| None)
     }
 
     #[test]
@@ -605,11 +413,14 @@ mod tests {
 
     #[test]
     fn full_file() {
-        let c = from_toml(
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0k\n").unwrap();
+        let c = from_toml(&format!(
             r#"
             [consul]
             address = "https://consul.example:8501"
-            token_file = "/etc/t"
+            token_file = "{}"
             [kv]
             prefix = "dc1/mysql"
             [haproxy]
@@ -621,14 +432,17 @@ mod tests {
             mysql_check_user = "haproxy_check"
             [template]
             path = "/etc/t.j2"
-            vars = { env = "prod" }
+            vars = {{ env = "prod" }}
             [metrics]
             listen = "127.0.0.1:9105"
             [watch]
             min_interval = "250ms"
             "#,
-        )
+            token.display()
+        ))
         .unwrap();
+        assert_eq!(c.consul.addr, "https://consul.example:8501");
+        assert_eq!(c.consul.token.as_ref().unwrap().expose(), "t0k");
         assert_eq!(c.keys.prefix(), "dc1/mysql/");
         assert_eq!(c.haproxy.master_socket, None);
         assert_eq!(
@@ -646,7 +460,7 @@ mod tests {
         let errors = from_toml(
             r#"
             [consul]
-            address = "consul:8500"
+            address = "unix:///run/consul.sock"
             client_cert = "/c.pem"
             [kv]
             prefix = "/mysql"
@@ -656,7 +470,7 @@ mod tests {
             bind_address = "0.0.0.0:80"
             mysql_check_user = "bad user"
             hard_stop_after = "soon"
-            check_timeout = "10 s"
+            check_timeout = "ten seconds"
             [template]
             vars = { "1x" = "a\nb" }
             [metrics]
@@ -696,9 +510,43 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors() {
-        assert!(toml::from_str::<RawConfig>("[haproxy]\nconfg = \"/x\"\n").is_err());
-        assert!(toml::from_str::<RawConfig>("[hapxory]\n").is_err());
+    fn unknown_and_replaced_keys_are_errors() {
+        let errors =
+            from_toml("[hapxory]\n[haproxy]\nconfg = \"/x\"\n[consul]\naddr = \"c:8500\"\n")
+                .unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "`hapxory` is not a known key",
+                "`haproxy.confg` is not a known key",
+                "`consul.addr` was replaced by `consul.address = \"c:8500\"`",
+            ]
+        );
+    }
+
+    #[test]
+    fn consul_environment_applies_under_the_file() {
+        // The same section and rules as the agent's (common::config).
+        let env = |name: &str| match name {
+            "CONSUL_HTTP_ADDR" => Some("10.0.0.9:8501".to_owned()),
+            "CONSUL_HTTP_SSL" => Some("1".to_owned()),
+            "CONSUL_HTTP_TOKEN" => Some("t0k".to_owned()),
+            "CONSUL_DATACENTER" => Some("dc2".to_owned()),
+            _ => None,
+        };
+        let c = from_str("", &env).unwrap();
+        assert_eq!(c.consul.addr, "https://10.0.0.9:8501");
+        assert_eq!(c.consul.token.as_ref().unwrap().expose(), "t0k");
+        assert_eq!(c.consul.datacenter.as_deref(), Some("dc2"));
+        let c = from_str(
+            "[consul]\naddress = \"c:8500\"\ndatacenter = \"dc1\"\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.consul.addr, "https://c:8500");
+        assert_eq!(c.consul.datacenter.as_deref(), Some("dc1"));
+        assert_eq!(c.consul.token.as_ref().unwrap().expose(), "t0k");
     }
 
     #[test]
@@ -707,23 +555,42 @@ mod tests {
         let path = dir.path().join("render.toml");
         // A missing default file means defaults; a named one is an error.
         assert!(load(&path, false).is_ok());
-        assert!(matches!(load(&path, true), Err(LoadError::Read { .. })));
+        assert!(matches!(load(&path, true), Err(ConfigError::Read { .. })));
         std::fs::write(&path, "[watch]\nwait = \"x\"\nretry_interval = \"y\"\n").unwrap();
         let err = load(&path, true).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("2 error(s)"), "{text}");
+        assert!(text.contains("2 problems"), "{text}");
         assert!(text.contains("watch.wait") && text.contains("watch.retry_interval"));
     }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        for bad in ["", "s", "5", "5 s", "-5s", "5sec", "1.5s"] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        let c = from_toml(
+            r#"
+            [haproxy]
+            hard_stop_after = "90m"
+            check_timeout = "1.5s"
+            [watch]
+            wait = "2m 30s"
+            min_interval = "250ms"
+            retry_interval = "1s"
+            "#,
+        )
+        .unwrap();
+        // HAProxy's syntax has no "90m" problem, but no "1h 30m" either.
+        assert_eq!(c.haproxy.template.hard_stop_after, "90m");
+        assert_eq!(c.haproxy.check_timeout, Duration::from_millis(1500));
+        assert_eq!(c.watch.wait, Duration::from_secs(150));
+        assert_eq!(c.watch.min_interval, Duration::from_millis(250));
+        assert_eq!(c.watch.retry_interval, Duration::from_secs(1));
+        for (d, text) in [
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(5400), "90m"),
+            (Duration::from_secs(86_400), "1d"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(61), "61s"),
+        ] {
+            assert_eq!(haproxy_duration(d), text);
         }
     }
 }

@@ -4,7 +4,6 @@
 //! touched with a config that was written.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::error::Error;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,16 +25,7 @@ use crate::watch::{self, Snapshot, Update};
 use crate::write::{self, WriteError, WriteOutcome};
 
 /// `error: cause: cause`, for log lines.
-pub fn report(err: &dyn Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use successover_common::telemetry::report;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {

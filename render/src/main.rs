@@ -1,6 +1,6 @@
 //! successover-render: Consul KV → HAProxy on every proxy host.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use successover_common::consul::Consul;
 use successover_common::systemd;
+use successover_common::telemetry::init_logging;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -67,14 +68,7 @@ fn main() -> ExitCode {
     // later do not inherit them (see systemd::init).
     systemd::init();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging("info");
 
     let (path, explicit) = match &cli.config {
         Some(p) => (p.clone(), true),
@@ -87,13 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let mut consul_cfg = match cfg.consul.consul_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("successover-render: {}", report(&e));
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    let mut consul_cfg = cfg.consul.clone();
     if cli.check_config {
         let file = if path.exists() {
             path.display().to_string()

@@ -31,8 +31,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use successover_common::contract::{
-    self, ClusterName, ClusterSettings, Host, HostPort, KeyPath, Keys, NodeName, Quarantine,
-    ValueError,
+    self, ClusterName, ClusterSettings, HostPort, KeyPath, Keys, MasterKeys, MasterProblem,
+    NodeName, PublishedSource, Quarantine, ValueError,
 };
 
 /// Raw KV contents: key → value (`None` for a key without a value).
@@ -189,15 +189,6 @@ pub struct Built {
 }
 
 #[derive(Default)]
-struct MasterEntry<'a> {
-    first_key: Option<&'a str>,
-    value: Option<(&'a str, &'a [u8])>,
-    hostname: Option<(&'a str, &'a [u8])>,
-    port: Option<(&'a str, &'a [u8])>,
-    ipv4: Option<(&'a str, &'a [u8])>,
-    ipv6: Option<(&'a str, &'a [u8])>,
-    failed: bool,
-}
 
 struct QuarantineEntry {
     /// The node named in the key, if it is a valid name. An invalid one
@@ -223,10 +214,6 @@ impl QuarantineEntry {
     }
 }
 
-fn text(value: &[u8]) -> Result<&str, ValueError> {
-    std::str::from_utf8(value).map_err(|_| ValueError::NotUtf8)
-}
-
 /// Builds the model from a KV snapshot. `previous` is the last model that
 /// rendered successfully; it only supplies fallbacks for invalid values.
 pub fn build(keys: &Keys, tree: &Tree, previous: &Model) -> Built {
@@ -239,7 +226,7 @@ pub fn build(keys: &Keys, tree: &Tree, previous: &Model) -> Built {
         })
     };
 
-    let mut masters: BTreeMap<ClusterName, MasterEntry> = BTreeMap::new();
+    let mut masters: BTreeMap<ClusterName, MasterKeys> = BTreeMap::new();
     let mut settings: BTreeMap<ClusterName, (&str, &[u8])> = BTreeMap::new();
     let mut quarantines: BTreeMap<ClusterName, Vec<QuarantineEntry>> = BTreeMap::new();
     let mut bad_names: BTreeSet<&str> = BTreeSet::new();
@@ -268,22 +255,10 @@ pub fn build(keys: &Keys, tree: &Tree, previous: &Model) -> Built {
         };
         match path {
             KeyPath::Master { attr, .. } => {
-                let entry = masters.entry(cluster).or_default();
-                entry.first_key.get_or_insert(key.as_str());
-                let slot = match attr {
-                    None => &mut entry.value,
-                    Some(contract::ATTR_HOSTNAME) => &mut entry.hostname,
-                    Some(contract::ATTR_PORT) => &mut entry.port,
-                    Some(contract::ATTR_IPV4) => &mut entry.ipv4,
-                    Some(contract::ATTR_IPV6) => &mut entry.ipv6,
-                    Some(contract::ATTR_FAILED) => {
-                        entry.failed = true;
-                        continue;
-                    }
-                    // Orchestrator and future writers may add children.
-                    Some(_) => continue,
-                };
-                *slot = Some((key.as_str(), value));
+                masters
+                    .entry(cluster)
+                    .or_default()
+                    .add(key.as_str(), attr, value);
             }
             KeyPath::ClusterSettings { .. } => {
                 settings.insert(cluster, (key.as_str(), value));
@@ -382,93 +357,28 @@ pub fn build(keys: &Keys, tree: &Tree, previous: &Model) -> Built {
 
 type SourceError<'a> = (&'a str, Reason);
 
+/// The source of a `master` subtree, read as every other reader reads it
+/// ([`MasterKeys::source`]); problems that do not stop the choice are noted.
 fn choose_source<'a>(
-    entry: &MasterEntry<'a>,
+    entry: &MasterKeys<'a>,
     reject: &mut impl FnMut(&str, Reason, Outcome),
 ) -> Result<Source, SourceError<'a>> {
-    let children = split_children(entry);
-    let addr = match entry.value {
-        Some((key, value)) if !value.is_empty() => {
-            let addr = text(value)
-                .and_then(contract::parse_host_port)
-                .map_err(|e| (key, Reason::Invalid(e)))?;
-            if let Some(Ok(children)) = &children {
-                if children != &addr {
-                    reject(
-                        key,
-                        Reason::ChildrenDisagree {
-                            children: children.to_string(),
-                        },
-                        Outcome::Noted,
-                    );
-                }
-            }
-            addr
-        }
-        _ => match children {
-            Some(result) => result?,
-            None => {
-                let key = entry
-                    .value
-                    .map(|(k, _)| k)
-                    .or(entry.first_key)
-                    .unwrap_or_default();
-                return Err((key, Reason::NoSource));
-            }
-        },
-    };
-
-    let ip = match &addr.host {
-        Host::Ip(ip) => Some(*ip),
-        Host::Name(_) => children_ip(entry, &addr, reject),
-    };
-    Ok(Source { addr, ip })
-}
-
-/// The `/hostname` + `/port` children as one address: `None` when neither
-/// is present.
-fn split_children<'a>(entry: &MasterEntry<'a>) -> Option<Result<HostPort, SourceError<'a>>> {
-    match (entry.hostname, entry.port) {
-        (None, None) => None,
-        (Some((hkey, hval)), Some((pkey, pval))) => Some((|| {
-            let host = text(hval)
-                .and_then(contract::valid_host)
-                .map_err(|e| (hkey, Reason::Invalid(e)))?;
-            let port = text(pval)
-                .and_then(contract::parse_port)
-                .map_err(|e| (pkey, Reason::Invalid(e)))?;
-            Ok(HostPort { host, port })
-        })()),
-        (Some((key, _)), None) | (None, Some((key, _))) => Some(Err((key, Reason::NoSource))),
+    let chosen =
+        entry.source(&mut |key, problem| reject(key, Reason::from(problem), Outcome::Noted));
+    match chosen {
+        Ok(PublishedSource { addr, ip }) => Ok(Source { addr, ip }),
+        Err((key, problem)) => Err((key, Reason::from(problem))),
     }
 }
 
-fn children_ip(
-    entry: &MasterEntry<'_>,
-    addr: &HostPort,
-    reject: &mut impl FnMut(&str, Reason, Outcome),
-) -> Option<IpAddr> {
-    match split_children(entry) {
-        Some(Ok(children)) if children.host.same_as(&addr.host) && children.port == addr.port => {}
-        _ => return None,
-    }
-    for (slot, parse) in [
-        (
-            entry.ipv4,
-            contract::parse_ipv4 as fn(&str) -> Result<IpAddr, ValueError>,
-        ),
-        (entry.ipv6, contract::parse_ipv6),
-    ] {
-        let Some((key, value)) = slot else { continue };
-        if value.is_empty() {
-            continue;
-        }
-        match text(value).and_then(parse) {
-            Ok(ip) => return Some(ip),
-            Err(e) => reject(key, Reason::Invalid(e), Outcome::Noted),
+impl From<MasterProblem> for Reason {
+    fn from(p: MasterProblem) -> Reason {
+        match p {
+            MasterProblem::Invalid(e) => Reason::Invalid(e),
+            MasterProblem::NoSource => Reason::NoSource,
+            MasterProblem::ChildrenDisagree { children } => Reason::ChildrenDisagree { children },
         }
     }
-    None
 }
 
 fn resolve_port_collisions(

@@ -11,12 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use successover_render::config::{self, Config, RawConfig};
+use successover_render::config::{self, Config};
 use successover_render::engine::{CycleError, Engine};
 use successover_render::metrics::Metrics;
 use successover_render::model::Tree;
 use successover_render::template::Template;
 use successover_render::validate::{ValidateError, Validator};
+use successover_tests::haproxy::HaProxyPaths;
+use successover_tests::RenderConfig;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -41,24 +43,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn test_config(dir: &Path, bind: &str, extra_haproxy: &str) -> Config {
-    let text = format!(
-        r#"
-        [haproxy]
-        config = "{dir}/haproxy.cfg"
-        binary = "{bin}"
-        admin_socket = "{dir}/admin.sock"
-        master_socket = "{dir}/master.sock"
-        bind_address = "{bind}"
-        hard_stop_after = "1m"
-        reload_timeout = "10s"
-        {extra_haproxy}
-        "#,
-        dir = dir.display(),
-        bin = haproxy_binary().display(),
-    );
-    let raw: RawConfig = toml::from_str(&text).unwrap();
-    config::validate(raw).unwrap()
+fn test_config(dir: &Path, bind: &str, mysql_check_user: Option<&str>) -> Config {
+    let paths = HaProxyPaths {
+        dir: dir.to_owned(),
+        cfg: dir.join("haproxy.cfg"),
+        admin_socket: dir.join("admin.sock"),
+        master_socket: dir.join("master.sock"),
+        pid_file: dir.join("haproxy.pid"),
+    };
+    let mut c = RenderConfig::new(&paths, &haproxy_binary());
+    c.haproxy.bind_address = bind.to_owned();
+    c.haproxy.mysql_check_user = mysql_check_user.map(str::to_owned);
+    c.haproxy.hard_stop_after = Some(Duration::from_secs(60));
+    c.haproxy.reload_timeout = Some(Duration::from_secs(10));
+    config::from_str(&c.toml(), &|_| None).unwrap()
 }
 
 fn tree(entries: &[(&str, &str)]) -> Tree {
@@ -197,10 +195,7 @@ impl Drop for HaproxyProcess {
 #[tokio::test]
 async fn default_template_passes_haproxy_check() {
     let dir = tempfile::tempdir().unwrap();
-    for (bind, extra) in [
-        ("127.0.0.1", ""),
-        ("::", "mysql_check_user = \"haproxy_check\""),
-    ] {
+    for (bind, extra) in [("127.0.0.1", None), ("::", Some("haproxy_check"))] {
         let cfg = test_config(dir.path(), bind, extra);
         let text = successover_render::engine::check_template(&Template::builtin(), &cfg).unwrap();
         let v = Validator {
@@ -238,7 +233,7 @@ async fn haproxy_check_rejects_a_broken_config() {
 #[tokio::test]
 async fn a_config_haproxy_rejects_is_never_written() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Arc::new(test_config(dir.path(), "127.0.0.1", ""));
+    let cfg = Arc::new(test_config(dir.path(), "127.0.0.1", None));
     let live = dir.path().join("haproxy.cfg");
     std::fs::write(&live, "# last good\n").unwrap();
     let bad = Template::compile(
@@ -264,7 +259,7 @@ async fn a_config_haproxy_rejects_is_never_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switches_fences_and_reloads_a_running_haproxy() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Arc::new(test_config(dir.path(), "127.0.0.1", ""));
+    let cfg = Arc::new(test_config(dir.path(), "127.0.0.1", None));
     let metrics = Arc::new(Metrics::default());
     let mut engine = Engine::new(cfg.clone(), Template::builtin(), metrics.clone());
 

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::mariadb::{MariaDb, REPL_PASSWORD, REPL_USER, ROOT_PASSWORD, ROOT_USER};
 use crate::process::{Proc, Scratch};
@@ -13,13 +14,33 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    // SUCCESSOVER_PROFILE=release: the benchmarks measure the release
+    // build, as users run it.
+    let profile = std::env::var("SUCCESSOVER_PROFILE").unwrap_or_else(|_| "debug".into());
+    let path = target.join(&profile).join(name);
+    let build = if profile == "release" {
+        "cargo build --release --workspace --bins"
+    } else {
+        "cargo build --workspace --bins"
+    };
     assert!(
         path.exists(),
-        "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
+        "{} not found: run `{build}` first (scripts/test.sh does the debug build){}",
+        path.display(),
+        crate::bins::package_of(name)
+            .map(|p| format!("; it comes from package {p}"))
+            .unwrap_or_default()
     );
     path
+}
+
+/// SUCCESSOVER_AGENT_TIMING=defaults: agents run with no `[timing]`
+/// section and no MySQL timeouts, i.e. the daemon's defaults, which are
+/// what the Ansible role ships (tick 1 s, probe 250 ms, session TTL 10 s,
+/// lock delay 1 s, connect 2 s, query 5 s, read 2 s). For benchmarks; the
+/// tests keep their faster timing.
+pub fn shipped_timing() -> bool {
+    std::env::var("SUCCESSOVER_AGENT_TIMING").is_ok_and(|v| v == "defaults")
 }
 
 #[derive(Debug, Clone)]
@@ -27,14 +48,16 @@ pub struct AgentOptions {
     pub cluster: String,
     pub node: String,
     pub consul_addr: String,
-    pub tick_ms: u64,
-    pub session_ttl_s: u64,
-    pub lock_delay_ms: u64,
+    pub tick: Duration,
+    pub session_ttl: Duration,
+    pub lock_delay: Duration,
     pub prefix: String,
     /// Run the agent inside this network namespace (see
     /// [`crate::NetHost::ns_name`]); `consul_addr` must then be one Consul
     /// listens on and the namespace can reach (its `host_side_addr`).
     pub netns: Option<String>,
+    /// The MySQL account the agent uses, (user, password); default root.
+    pub account: Option<(String, String)>,
 }
 
 impl AgentOptions {
@@ -43,11 +66,12 @@ impl AgentOptions {
             cluster: cluster.to_owned(),
             node: node.to_owned(),
             consul_addr: consul_addr.to_owned(),
-            tick_ms: 300,
-            session_ttl_s: 10,
-            lock_delay_ms: 500,
+            tick: Duration::from_millis(300),
+            session_ttl: Duration::from_secs(10),
+            lock_delay: Duration::from_millis(500),
             prefix: "mysql/".to_owned(),
             netns: None,
+            account: None,
         }
     }
 }
@@ -64,7 +88,11 @@ impl AgentProc {
         let dir = Scratch::new(&format!("agent-{}", opts.node));
         let pw = dir.path().join("mysql.pw");
         let repl_pw = dir.path().join("repl.pw");
-        std::fs::write(&pw, format!("{ROOT_PASSWORD}\n")).expect("write password file");
+        let (user, password) = opts
+            .account
+            .clone()
+            .unwrap_or_else(|| (ROOT_USER.to_owned(), ROOT_PASSWORD.to_owned()));
+        std::fs::write(&pw, format!("{password}\n")).expect("write password file");
         std::fs::write(&repl_pw, format!("{REPL_PASSWORD}\n")).expect("write password file");
         let config = dir.path().join("agent.toml");
         std::fs::write(
@@ -72,29 +100,23 @@ impl AgentProc {
             format!(
                 r#"cluster = "{cluster}"
 node = "{node}"
+
+[kv]
 prefix = "{prefix}"
 
 [mysql]
 host = "{host}"
 port = {port}
 advertise_host = "{host}"
-user = "{ROOT_USER}"
+user = "{user}"
 password_file = "{pw}"
 replication_user = "{REPL_USER}"
 replication_password_file = "{repl_pw}"
-connect_timeout_ms = 1000
-query_timeout_ms = 3000
-read_timeout_ms = 1000
-
+{tls}{timeouts}
 [consul]
-addr = "{consul}"
+address = "{consul}"
 
-[timing]
-tick_ms = {tick}
-session_ttl_s = {ttl}
-lock_delay_ms = {delay}
-report_heartbeat_s = 30
-"#,
+{timing}"#,
                 cluster = opts.cluster,
                 node = opts.node,
                 prefix = opts.prefix,
@@ -102,10 +124,34 @@ report_heartbeat_s = 30
                 port = db.port(),
                 pw = pw.display(),
                 repl_pw = repl_pw.display(),
+                // The harness runs MariaDB 11.4 without TLS (see
+                // `MariaDb::args`), and 11.4 replicas ask for it by default.
+                tls = if db.flavour() == crate::Flavour::MariaDb114 {
+                    "replication_tls = false\n"
+                } else {
+                    ""
+                },
                 consul = opts.consul_addr,
-                tick = opts.tick_ms,
-                ttl = opts.session_ttl_s,
-                delay = opts.lock_delay_ms,
+                timeouts = if shipped_timing() {
+                    String::new()
+                } else {
+                    "connect_timeout = \"1s\"\nquery_timeout = \"3s\"\nread_timeout = \"1s\"\n"
+                        .to_owned()
+                },
+                timing = if shipped_timing() {
+                    String::new()
+                } else {
+                    format!(
+                        // A loaded test machine stretches every round trip:
+                        // a switch's limits get room so a test sees a switch,
+                        // not the machine's load.
+                        "[timing]\ntick = \"{}\"\nsession_ttl = \"{}\"\nlock_delay = \"{}\"\nreport_heartbeat = \"30s\"\n\
+                         [switchover]\nconverge_lag = \"500ms\"\ncatch_up_timeout = \"5s\"\n",
+                        humantime::format_duration(opts.tick),
+                        humantime::format_duration(opts.session_ttl),
+                        humantime::format_duration(opts.lock_delay),
+                    )
+                },
             ),
         )
         .expect("write agent config");
@@ -120,6 +166,12 @@ report_heartbeat_s = 30
         };
         cmd.arg("--config").arg(&config);
         cmd.env("RUST_LOG", "info,successover_agent=debug");
+        // The node's instance lock lives in the runtime directory (/tmp
+        // without one). Test processes reuse cluster names, so two test
+        // runs at once (two checkouts on one machine) would refuse each
+        // other's agents; each test process gets its own directory, shared
+        // by its agents so a second agent for a node still meets the lock.
+        cmd.env("RUNTIME_DIRECTORY", runtime_dir());
         let log = dir.path().join("agent.log");
         let proc = Proc::spawn(format!("agent {}", opts.node), cmd, &log)
             .await
@@ -157,4 +209,15 @@ report_heartbeat_s = 30
     pub fn is_running(&mut self) -> bool {
         self.proc.is_running()
     }
+}
+
+/// `RUNTIME_DIRECTORY` of the agents this test process starts: where their
+/// instance locks are.
+pub fn runtime_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("successover-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the agents' runtime directory");
+        dir
+    })
 }

@@ -116,61 +116,101 @@ pub fn socat() -> &'static Path {
 pub fn successover_render() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        const NAME: &str = "successover-render";
-        const BUILD: &str = "run `cargo build -p successover-render` (scripts/test.sh does)";
-        if let Some(explicit) = std::env::var_os("SUCCESSOVER_RENDER") {
-            let path = PathBuf::from(explicit);
-            assert!(
-                is_executable(&path),
-                "SUCCESSOVER_RENDER={} is not an executable file; unset it or {BUILD}",
-                path.display()
-            );
-            return path;
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the tests crate lives in the workspace")
-            .to_path_buf();
-        let mut candidates = Vec::new();
-        if let Ok(exe) = std::env::current_exe() {
-            // target/<profile>/deps/<test> or target/<profile>/<bin>.
-            for dir in exe.ancestors().skip(1).take(2) {
-                candidates.push(dir.join(NAME));
-            }
-        }
-        candidates.push(workspace.join("target/debug").join(NAME));
-        let Some(found) = candidates.iter().find(|p| is_executable(p)) else {
-            panic!(
-                "`{NAME}` was not found (looked at {}): {BUILD}",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        };
-        if let Some(newer) = newer_source(found, &workspace) {
-            panic!(
-                "{} is older than {}: {BUILD}",
-                found.display(),
-                newer.display()
-            );
-        }
-        found.clone()
+        workspace_binary(
+            "successover-render",
+            "SUCCESSOVER_RENDER",
+            &[
+                "render/src",
+                "render/Cargo.toml",
+                "common/src",
+                "common/Cargo.toml",
+                "templates",
+            ],
+        )
     })
 }
 
-/// A source file of the renderer (or of what it links or embeds) modified
-/// after `binary` was built.
-fn newer_source(binary: &Path, workspace: &Path) -> Option<PathBuf> {
+/// `successover`, the operator CLI (package `successover-ctl`), found and
+/// checked for staleness like [`successover_render`]: `$SUCCESSOVER_CLI`,
+/// else next to the running executable, else `target/debug/`.
+pub fn successover() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        workspace_binary(
+            "successover",
+            "SUCCESSOVER_CLI",
+            &[
+                "ctl/src",
+                "ctl/Cargo.toml",
+                "common/src",
+                "common/Cargo.toml",
+            ],
+        )
+    })
+}
+
+/// The package of this workspace that builds binary `name`, for build
+/// hints: the binary and its package are not always named alike.
+pub fn package_of(name: &str) -> Option<&'static str> {
+    match name {
+        "successover" => Some("successover-ctl"),
+        "successover-agent" => Some("successover-agent"),
+        "successover-render" => Some("successover-render"),
+        n if n.starts_with("successover-") => Some("successover-tests"),
+        _ => None,
+    }
+}
+
+/// A binary built from this workspace, not older than any of `roots` (the
+/// sources it is built from, relative to the workspace).
+fn workspace_binary(name: &str, env_var: &str, roots: &[&str]) -> PathBuf {
+    let package = package_of(name).expect("a binary of this workspace");
+    let build = format!("run `cargo build -p {package}` (scripts/test.sh does)");
+    if let Some(explicit) = std::env::var_os(env_var) {
+        let path = PathBuf::from(explicit);
+        assert!(
+            is_executable(&path),
+            "{env_var}={} is not an executable file; unset it or {build}",
+            path.display()
+        );
+        return path;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf();
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/deps/<test> or target/<profile>/<bin>.
+        for dir in exe.ancestors().skip(1).take(2) {
+            candidates.push(dir.join(name));
+        }
+    }
+    candidates.push(workspace.join("target/debug").join(name));
+    let Some(found) = candidates.iter().find(|p| is_executable(p)) else {
+        panic!(
+            "`{name}` was not found (looked at {}): {build}",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    if let Some(newer) = newer_source(found, &workspace, roots) {
+        panic!(
+            "{} is older than {}: {build}",
+            found.display(),
+            newer.display()
+        );
+    }
+    found.clone()
+}
+
+/// A file under `roots` (what a binary is built from, links or embeds)
+/// modified after `binary` was built.
+fn newer_source(binary: &Path, workspace: &Path, roots: &[&str]) -> Option<PathBuf> {
     let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
-    let roots = [
-        "render/src",
-        "render/Cargo.toml",
-        "common/src",
-        "common/Cargo.toml",
-        "templates",
-    ];
     let mut stack: Vec<PathBuf> = roots.iter().map(|r| workspace.join(r)).collect();
     while let Some(path) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&path) else {

@@ -206,6 +206,32 @@ async fn kv_put_works(client: &reqwest::Client, http_addr: &str, key: &str) -> b
     }
 }
 
+/// Whether a session can be created: a server that has a leader and takes
+/// KV writes may not have registered its own node yet, and sessions need
+/// it ("Missing node registration").
+async fn sessions_work(client: &reqwest::Client, http_addr: &str) -> bool {
+    let create = client
+        .put(format!("{http_addr}/v1/session/create"))
+        .body(r#"{"TTL": "10s", "Name": "successover-harness-ready"}"#)
+        .send()
+        .await;
+    let Ok(resp) = create else { return false };
+    if !resp.status().is_success() {
+        return false;
+    }
+    let Ok(body) = resp.json::<serde_json::Value>().await else {
+        return false;
+    };
+    let Some(id) = body["ID"].as_str() else {
+        return false;
+    };
+    let _ = client
+        .put(format!("{http_addr}/v1/session/destroy/{id}"))
+        .send()
+        .await;
+    true
+}
+
 /// A single `consul agent -dev` (in-memory server, elects itself).
 #[derive(Debug)]
 pub struct ConsulDev {
@@ -272,10 +298,13 @@ impl ConsulDev {
                 }
                 match leader_of(client, addr).await {
                     Ok(leader) if !leader.is_empty() => {
-                        if kv_put_works(client, addr, "ready").await {
+                        if !kv_put_works(client, addr, "ready").await {
+                            *last_error.lock().unwrap() = "KV put did not succeed".into();
+                        } else if !sessions_work(client, addr).await {
+                            *last_error.lock().unwrap() = "no session could be created".into();
+                        } else {
                             return Some(Ok(()));
                         }
-                        *last_error.lock().unwrap() = "KV put did not succeed".into();
                     }
                     Ok(_) => *last_error.lock().unwrap() = "no leader yet".into(),
                     Err(e) => *last_error.lock().unwrap() = format!("{e:#}"),

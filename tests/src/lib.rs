@@ -11,6 +11,8 @@
 //! Environment knobs:
 //! - `SUCCESSOVER_CONSUL`, `SUCCESSOVER_MARIADBD`, `SUCCESSOVER_MARIADB_INSTALL_DB`,
 //!   `SUCCESSOVER_HAPROXY`, `SUCCESSOVER_IP`: explicit binary paths.
+//! - `SUCCESSOVER_FLAVOUR`: the database servers' flavour, `mariadb-10.11`
+//!   (default), `mariadb-11.4` or `mysql-9.7` (see [`flavour`]).
 //! - `SUCCESSOVER_KEEP_DIRS=1`: keep scratch directories (logs, configs,
 //!   datadirs) after the test, for debugging.
 //! - `RUST_LOG`: filter for [`init_tracing`].
@@ -19,22 +21,26 @@ pub mod agent;
 pub mod bins;
 pub mod chaos;
 pub mod consul;
+pub mod flavour;
 pub mod haproxy;
 pub mod mariadb;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod render_config;
 pub mod scenario;
 pub mod stack;
 mod wait;
 pub mod writer;
 
 pub use consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
+pub use flavour::Flavour;
 pub use haproxy::HaProxy;
 pub use mariadb::{global_var, status_var, MariaDb, MariaDbOptions, Topology};
 pub use netns::NetHost;
 pub use ports::{reserve_port, PortLease};
 pub use process::{Proc, Scratch};
+pub use render_config::RenderConfig;
 pub use wait::{wait_for, wait_until, TimedOut};
 
 /// Installs a `tracing` subscriber that writes through the test harness's

@@ -1,9 +1,11 @@
-//! MariaDB servers, alone or as a source with semi-sync and async replicas.
+//! Database servers of any [`Flavour`] (MariaDB 10.11 and 11.4, MySQL 9.7),
+//! alone or as a source with semi-sync and async replicas. The type keeps
+//! its first flavour's name.
 //!
-//! `mariadb-install-db` takes seconds, so it runs once per machine and
-//! MariaDB version: the result (with the test users already created) is kept
-//! as a template datadir in the cache directory, and every server starts from
-//! a copy of it.
+//! `mariadb-install-db` (`mysqld --initialize-insecure`) takes seconds, so
+//! it runs once per machine and server version: the result (with the test
+//! users already created) is kept as a template datadir in the cache
+//! directory, and every server starts from a copy of it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -18,6 +20,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::OnceCell;
 use tokio::time::{timeout, Instant};
 
+use crate::flavour::Flavour;
 use crate::ports::{reserve_port, PortLease};
 use crate::process::{dump_on_panic, log_tail, Proc, Scratch};
 use crate::{bins, wait_for, wait_until};
@@ -34,6 +37,10 @@ pub const REPL_PASSWORD: &str = "repl";
 /// real application's.
 pub const APP_USER: &str = "app";
 pub const APP_PASSWORD: &str = "app";
+/// An application account as many sites have one: `ALL PRIVILEGES`, which
+/// on MariaDB includes `READ_ONLY ADMIN` (writes through `read_only=1`).
+pub const ADMIN_APP_USER: &str = "appadmin";
+pub const ADMIN_APP_PASSWORD: &str = "appadmin";
 
 /// Long enough for a server starting next to others on two busy cores.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,13 +51,18 @@ pub const SEMI_SYNC_MASTER_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Bump when the template's content changes, so caches built by an older
 /// harness are not reused.
-const TEMPLATE_REV: &str = "2";
+const TEMPLATE_REV: &str = "3";
 
 /// Flags the template is created with and every server starts with; InnoDB
 /// sizes kept small because a test starts several servers.
 const INNODB_ARGS: &[&str] = &[
     "--innodb-buffer-pool-size=32M",
     "--innodb-log-file-size=16M",
+];
+/// MySQL 8.0.30+ sizes its redo log with one variable instead.
+const MYSQL_INNODB_ARGS: &[&str] = &[
+    "--innodb-buffer-pool-size=32M",
+    "--innodb-redo-log-capacity=16M",
 ];
 
 const USERS_SQL: &str = "
@@ -65,6 +77,24 @@ CREATE USER 'repl'@'%' IDENTIFIED BY 'repl';
 GRANT REPLICATION SLAVE, REPLICATION SLAVE ADMIN, BINLOG MONITOR ON *.* TO 'repl'@'%';
 CREATE USER 'app'@'%' IDENTIFIED BY 'app';
 GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'app'@'%';
+CREATE USER 'appadmin'@'%' IDENTIFIED BY 'appadmin';
+GRANT ALL PRIVILEGES ON *.* TO 'appadmin'@'%';
+";
+
+/// The same accounts on MySQL, run by `--initialize-insecure --init-file`
+/// (binary logging is off while initialising, so they are no GTIDs). The
+/// default caching_sha2_password: 9.x has no mysql_native_password unless
+/// loaded; replicas fetch the source's RSA key (`GET_SOURCE_PUBLIC_KEY`).
+/// `REPLICATION CLIENT` stands for MariaDB's BINLOG MONITOR.
+const MYSQL_USERS_SQL: &str = "
+CREATE USER 'root'@'%' IDENTIFIED BY 'successover';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
+CREATE USER 'repl'@'%' IDENTIFIED BY 'repl';
+GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'repl'@'%';
+CREATE USER 'app'@'%' IDENTIFIED BY 'app';
+GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'app'@'%';
+CREATE USER 'appadmin'@'%' IDENTIFIED BY 'appadmin';
+GRANT ALL PRIVILEGES ON *.* TO 'appadmin'@'%';
 ";
 
 /// How to start one server.
@@ -79,6 +109,8 @@ pub struct MariaDbOptions {
     /// then `bind_address` should be that host's address.
     pub netns: Option<String>,
     pub bind_address: IpAddr,
+    /// Default: `SUCCESSOVER_FLAVOUR` ([`Flavour::from_env`]).
+    pub flavour: Flavour,
 }
 
 impl Default for MariaDbOptions {
@@ -89,6 +121,7 @@ impl Default for MariaDbOptions {
             extra_args: Vec::new(),
             netns: None,
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            flavour: Flavour::from_env(),
         }
     }
 }
@@ -106,12 +139,18 @@ impl MariaDbOptions {
         self.extra_args.push(arg.into());
         self
     }
+
+    pub fn flavour(mut self, flavour: Flavour) -> Self {
+        self.flavour = flavour;
+        self
+    }
 }
 
-/// One `mariadbd` with its own port, datadir and log. Binary logging with
-/// GTIDs, `log_slave_updates`, row format, strict GTID mode, semi-sync
-/// AFTER_SYNC with a timeout of hours but both semi-sync flags off: that is
-/// for the topology (or the test) to decide.
+/// One `mariadbd` (or `mysqld`) with its own port, datadir and log. Binary
+/// logging with GTIDs, `log_slave_updates`, row format, strict GTID mode
+/// (MySQL: `gtid_mode=ON`, `enforce_gtid_consistency`), semi-sync AFTER_SYNC
+/// with a timeout of hours but both semi-sync flags off: that is for the
+/// topology (or the test) to decide.
 #[derive(Debug)]
 pub struct MariaDb {
     opts: MariaDbOptions,
@@ -128,7 +167,7 @@ impl MariaDb {
     /// Starts a server from a copy of the template datadir and waits until
     /// `root` can run a query over TCP. Panics with the log tail on failure.
     pub async fn start(opts: MariaDbOptions) -> MariaDb {
-        let template = template_datadir().await;
+        let template = template_datadir(opts.flavour).await;
         let dir = Scratch::new(&opts.name);
         let datadir = dir.path().join("data");
         let tmp = dir.path().join("tmp");
@@ -160,6 +199,9 @@ impl MariaDb {
     }
 
     fn args(&self) -> Vec<String> {
+        if self.opts.flavour.is_mysql() {
+            return self.mysql_args();
+        }
         let d = self.dir.path();
         let mut args = vec![
             // Must come first; keeps /etc/mysql out of the tests.
@@ -196,20 +238,88 @@ impl MariaDb {
             // connection on the source; against a hung source that waits
             // this long (default 5 s) and holds up a failover.
             "--rpl-semi-sync-slave-kill-conn-timeout=1".into(),
+            // Parallel appliers, as the Ansible role sets them: one applier
+            // thread falls behind a few writers on the source, and a switch
+            // waits for what is left to apply. Optimistic mode keeps the
+            // commit order (gtid_slave_pos only advances in order).
+            "--slave-parallel-threads=4".into(),
+            "--slave-parallel-mode=optimistic".into(),
         ];
+        if self.opts.flavour == Flavour::MariaDb114 {
+            // Otherwise 11.4 generates a 4096-bit RSA key at every start
+            // (seconds of CPU per server). Replicas then need MASTER_SSL=0,
+            // as 11.4 asks for TLS to the source by default.
+            args.push("--skip-ssl".into());
+        }
+        args.extend(self.opts.flavour.location_args(&d.join("tmp")));
         args.extend(INNODB_ARGS.iter().map(|s| s.to_string()));
         args.extend(self.opts.extra_args.iter().cloned());
         args
     }
 
+    /// The same settings in MySQL 8.4+'s words.
+    fn mysql_args(&self) -> Vec<String> {
+        let d = self.dir.path();
+        let mut args = vec![
+            "--no-defaults".to_string(),
+            format!("--datadir={}", self.datadir.display()),
+            format!("--socket={}", self.socket.display()),
+            format!("--pid-file={}", d.join("mysqld.pid").display()),
+            format!("--tmpdir={}", d.join("tmp").display()),
+            format!("--port={}", self.port.port()),
+            format!("--bind-address={}", self.opts.bind_address),
+            format!("--report-host={}", self.opts.bind_address),
+            format!("--report-port={}", self.port.port()),
+            "--user=root".into(),
+            format!("--server-id={}", self.opts.server_id),
+            "--log-bin=mysql-bin".into(),
+            "--relay-log=relay-bin".into(),
+            "--log-replica-updates".into(),
+            "--binlog-format=ROW".into(),
+            "--gtid-mode=ON".into(),
+            "--enforce-gtid-consistency=ON".into(),
+            "--sync-binlog=1".into(),
+            "--innodb-flush-log-at-trx-commit=1".into(),
+            "--skip-name-resolve".into(),
+            // The agent reads the replica's heartbeats there.
+            "--performance-schema=ON".into(),
+            "--max-connections=500".into(),
+            // The X protocol would listen on 33060 in every server.
+            "--mysqlx=OFF".into(),
+            "--plugin-load-add=semisync_source.so".into(),
+            "--plugin-load-add=semisync_replica.so".into(),
+            "--rpl-semi-sync-source-enabled=0".into(),
+            "--rpl-semi-sync-replica-enabled=0".into(),
+            "--rpl-semi-sync-source-wait-point=AFTER_SYNC".into(),
+            format!("--rpl-semi-sync-source-timeout={SEMI_SYNC_MASTER_TIMEOUT_MS}"),
+            "--replica-net-timeout=5".into(),
+            // MySQL's defaults since 8.0.27, stated: parallel appliers that
+            // commit in the source's order.
+            "--replica-parallel-workers=4".into(),
+            "--replica-preserve-commit-order=ON".into(),
+        ];
+        args.extend(self.opts.flavour.location_args(&d.join("tmp")));
+        args.extend(MYSQL_INNODB_ARGS.iter().map(|s| s.to_string()));
+        args.extend(self.opts.extra_args.iter().cloned());
+        args
+    }
+
+    pub fn flavour(&self) -> Flavour {
+        self.opts.flavour
+    }
+
     async fn start_process(&mut self) {
+        let flavour = self.opts.flavour;
         let mut cmd = match &self.opts.netns {
             Some(ns) => {
                 let mut c = std::process::Command::new(bins::ip());
-                c.args(["netns", "exec", ns]).arg(bins::mariadbd());
+                c.args(["netns", "exec", ns]).arg(flavour.loader());
+                if flavour.is_mysql() {
+                    c.args(flavour.loader_args()).arg(flavour.server());
+                }
                 c
             }
-            None => std::process::Command::new(bins::mariadbd()),
+            None => flavour.command(&flavour.server()),
         };
         cmd.args(self.args());
         append_marker(&self.log, &format!("starting {}", self.opts.name));
@@ -304,10 +414,12 @@ impl MariaDb {
         Pool::new(self.opts())
     }
 
-    /// Runs statements (one or several, `;`-separated) on a new connection.
+    /// Runs statements (one or several, `;`-separated) on a new connection;
+    /// written in MariaDB's words, run in the server's ([`Flavour::sql`]).
     pub async fn exec(&self, sql: &str) -> anyhow::Result<()> {
+        let sql = self.opts.flavour.sql(sql);
         let mut conn = self.conn().await?;
-        conn.query_drop(sql)
+        conn.query_drop(&sql)
             .await
             .with_context(|| format!("{}: {sql}", self.name()))?;
         conn.disconnect().await.ok();
@@ -385,7 +497,7 @@ impl MariaDb {
     pub async fn rebuild(&mut self, server_id: u32) {
         self.kill9().await;
         self.opts.server_id = server_id;
-        let template = template_datadir().await;
+        let template = template_datadir(self.opts.flavour).await;
         let (from, to) = (template.to_path_buf(), self.datadir.clone());
         let tmp = self.dir.path().join("tmp");
         let name = self.opts.name.clone();
@@ -425,18 +537,40 @@ impl MariaDb {
     /// as asked, and starts replication.
     pub async fn replicate_from(&self, source: &MariaDb, semi_sync: bool) -> anyhow::Result<()> {
         let mut conn = self.conn().await?;
-        let sql = format!(
-            "SET GLOBAL read_only = 1; \
-             SET GLOBAL rpl_semi_sync_slave_enabled = {}; \
-             CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, \
-               MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{REPL_PASSWORD}', \
-               MASTER_USE_GTID = slave_pos, MASTER_HEARTBEAT_PERIOD = 1, \
-               MASTER_CONNECT_RETRY = 1; \
-             START SLAVE",
-            u8::from(semi_sync),
-            source.host(),
-            source.port(),
-        );
+        let sql = match self.opts.flavour {
+            // super_read_only: root (like any SUPER account) writes through
+            // plain read_only on MySQL.
+            Flavour::MySql97 => format!(
+                "SET GLOBAL super_read_only = 1; \
+                 SET GLOBAL rpl_semi_sync_replica_enabled = {}; \
+                 CHANGE REPLICATION SOURCE TO SOURCE_HOST = '{}', SOURCE_PORT = {}, \
+                   SOURCE_USER = '{REPL_USER}', SOURCE_PASSWORD = '{REPL_PASSWORD}', \
+                   SOURCE_AUTO_POSITION = 1, SOURCE_HEARTBEAT_PERIOD = 1, \
+                   SOURCE_CONNECT_RETRY = 1, GET_SOURCE_PUBLIC_KEY = 1; \
+                 START REPLICA",
+                u8::from(semi_sync),
+                source.host(),
+                source.port(),
+            ),
+            flavour => format!(
+                "SET GLOBAL read_only = 1; \
+                 SET GLOBAL rpl_semi_sync_slave_enabled = {}; \
+                 CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, \
+                   MASTER_USER = '{REPL_USER}', MASTER_PASSWORD = '{REPL_PASSWORD}', \
+                   MASTER_USE_GTID = slave_pos, MASTER_HEARTBEAT_PERIOD = 1, \
+                   MASTER_CONNECT_RETRY = 1{}; \
+                 START SLAVE",
+                u8::from(semi_sync),
+                source.host(),
+                source.port(),
+                // The sources run with --skip-ssl (see `args`).
+                if flavour == Flavour::MariaDb114 {
+                    ", MASTER_SSL = 0"
+                } else {
+                    ""
+                },
+            ),
+        };
         conn.query_drop(&sql).await.with_context(|| {
             format!(
                 "{}: setting up replication from {}",
@@ -448,9 +582,24 @@ impl MariaDb {
         Ok(())
     }
 
+    /// Makes the server read-only or writable the way the agent does:
+    /// MariaDB's `read_only`; on MySQL `super_read_only` as well, which
+    /// also stops accounts with SUPER (setting `read_only` alone would
+    /// leave them writing).
+    pub async fn set_read_only(&self, on: bool) -> anyhow::Result<()> {
+        let sql = match (self.opts.flavour.is_mysql(), on) {
+            (false, on) => format!("SET GLOBAL read_only = {}", u8::from(on)),
+            // super_read_only = 1 sets read_only too.
+            (true, true) => "SET GLOBAL super_read_only = 1".to_owned(),
+            (true, false) => "SET GLOBAL super_read_only = 0; SET GLOBAL read_only = 0".to_owned(),
+        };
+        self.exec(&sql).await
+    }
+
     /// Turns the semi-sync replica flag on or off on a running replica. The
     /// IO thread only reads the flag when it connects, hence the restart.
     pub async fn set_semi_sync_replica(&self, on: bool) -> anyhow::Result<()> {
+        // `exec` puts it in the flavour's words.
         self.exec(&format!(
             "SET GLOBAL rpl_semi_sync_slave_enabled = {}; STOP SLAVE IO_THREAD; START SLAVE IO_THREAD",
             u8::from(on)
@@ -476,8 +625,31 @@ fn append_marker(log: &Path, what: &str) {
     }
 }
 
-/// A global status variable (`Rpl_semi_sync_master_clients`, …).
+/// The flavour at the other end of `conn`, as far as the helpers below
+/// care: MySQL's versions are below 10, MariaDB's 10 and above.
+pub fn conn_is_mysql(conn: &Conn) -> bool {
+    conn.server_version().0 < 10
+}
+
+/// A global status variable (`Rpl_semi_sync_master_clients`, …), named in
+/// MariaDB's words and read under the server's name for it.
 pub async fn status_var(conn: &mut Conn, name: &str) -> anyhow::Result<String> {
+    if conn_is_mysql(conn) {
+        let name = Flavour::MySql97.var(name);
+        ensure!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "not a variable name: {name:?}"
+        );
+        // information_schema.GLOBAL_STATUS is gone from MySQL; SHOW works
+        // on both, and its LIKE ignores case.
+        let row: Option<(String, String)> = conn
+            .query_first(format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .await
+            .with_context(|| format!("reading status variable {name}"))?;
+        return row
+            .map(|(_, v)| v)
+            .with_context(|| format!("no status variable {name}"));
+    }
     let value: Option<String> = conn
         .exec_first(
             "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = UPPER(?)",
@@ -488,8 +660,17 @@ pub async fn status_var(conn: &mut Conn, name: &str) -> anyhow::Result<String> {
     value.with_context(|| format!("no status variable {name}"))
 }
 
-/// A global system variable as text (`read_only` is `"1"` or `"0"`).
+/// A global system variable as text (`read_only` is `"1"` or `"0"`), named
+/// in MariaDB's words and read under the server's name for it. The GTID
+/// positions all become MySQL's `gtid_executed`, a set of another form:
+/// compare those with [`gtids_contain`].
 pub async fn global_var(conn: &mut Conn, name: &str) -> anyhow::Result<String> {
+    let name = if conn_is_mysql(conn) {
+        Flavour::MySql97.var(name)
+    } else {
+        name.to_owned()
+    };
+    let name = name.as_str();
     ensure!(
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
         "not a variable name: {name:?}"
@@ -517,23 +698,145 @@ fn value_text(value: &Value) -> String {
 }
 
 /// `SHOW SLAVE STATUS` as column → text, or `None` on a server that is not
-/// a replica.
+/// a replica. On MySQL (`SHOW REPLICA STATUS`) each `Replica_*` and
+/// `Source_*` column is also there under its MariaDB name (`Slave_*`,
+/// `Master_*`), so callers ask for `Slave_IO_Running` on every flavour.
 pub async fn replica_status(conn: &mut Conn) -> anyhow::Result<Option<HashMap<String, String>>> {
-    let row: Option<Row> = conn
-        .query_first("SHOW SLAVE STATUS")
-        .await
-        .context("SHOW SLAVE STATUS")?;
+    let mysql = conn_is_mysql(conn);
+    let sql = if mysql {
+        "SHOW REPLICA STATUS"
+    } else {
+        "SHOW SLAVE STATUS"
+    };
+    let row: Option<Row> = conn.query_first(sql).await.context(sql)?;
     Ok(row.map(|row| {
         let columns = row.columns();
-        columns
+        let mut status: HashMap<String, String> = columns
             .iter()
             .enumerate()
             .map(|(i, col)| {
                 let text = row.as_ref(i).map(value_text).unwrap_or_default();
                 (col.name_str().into_owned(), text)
             })
-            .collect()
+            .collect();
+        if mysql {
+            let aliases: Vec<(String, String)> = status
+                .iter()
+                .filter_map(|(k, v)| {
+                    let alias = k.replace("Replica", "Slave").replace("Source", "Master");
+                    (alias != *k).then(|| (alias, v.clone()))
+                })
+                .collect();
+            status.extend(aliases);
+        }
+        status
     }))
+}
+
+/// Whether GTID position or set `have` holds everything in `want`: the
+/// server compares (MariaDB positions per domain, MySQL's `GTID_SUBSET`).
+pub async fn gtids_contain(conn: &mut Conn, have: &str, want: &str) -> anyhow::Result<bool> {
+    if conn_is_mysql(conn) {
+        let subset: Option<i64> = conn
+            .exec_first("SELECT GTID_SUBSET(?, ?)", (want, have))
+            .await
+            .context("GTID_SUBSET")?;
+        return Ok(subset == Some(1));
+    }
+    let have = parse_positions(have)?;
+    let want = parse_positions(want)?;
+    Ok(want
+        .iter()
+        .all(|(domain, seq)| have.get(domain).is_some_and(|h| h >= seq)))
+}
+
+/// The GTIDs of MySQL set `set` that `minus` lacks (`GTID_SUBTRACT`,
+/// computed by the server behind `conn`); empty when `minus` holds them
+/// all. MariaDB positions have no such function: compare those in Rust.
+pub async fn gtid_subtract(conn: &mut Conn, set: &str, minus: &str) -> anyhow::Result<String> {
+    ensure!(
+        conn_is_mysql(conn),
+        "GTID_SUBTRACT needs a MySQL server, not MariaDB"
+    );
+    let rest: Option<String> = conn
+        .exec_first("SELECT GTID_SUBTRACT(?, ?)", (set, minus))
+        .await
+        .with_context(|| format!("GTID_SUBTRACT('{set}', '{minus}')"))?;
+    Ok(rest.unwrap_or_default().replace('\n', ""))
+}
+
+/// What a replica has received from its source, from its
+/// [`replica_status`]: MariaDB's `Gtid_IO_Pos`; on MySQL
+/// `Retrieved_Gtid_Set` together with `Executed_Gtid_Set`, because the
+/// retrieved set starts empty at every `CHANGE REPLICATION SOURCE TO` (the
+/// agent reads it the same way).
+pub fn received_gtids(mysql: bool, status: &HashMap<String, String>) -> String {
+    let get = |k: &str| status.get(k).map_or("", |v| v.trim());
+    if !mysql {
+        return get("Gtid_IO_Pos").to_owned();
+    }
+    // A GTID set may name a source twice; the server merges the parts.
+    [get("Retrieved_Gtid_Set"), get("Executed_Gtid_Set")]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+        .replace('\n', "")
+}
+
+/// Where the server's binlog ends: (file, position), as a replica's
+/// `Master_Log_File` and `Read_Master_Log_Pos` name what it has received.
+pub async fn binlog_coordinates(conn: &mut Conn) -> anyhow::Result<(String, u64)> {
+    // MySQL 8.4 removed SHOW MASTER STATUS.
+    let sql = if conn_is_mysql(conn) {
+        "SHOW BINARY LOG STATUS"
+    } else {
+        "SHOW MASTER STATUS"
+    };
+    let row: Row = conn
+        .query_first(sql)
+        .await
+        .context(sql)?
+        .with_context(|| format!("{sql}: binary logging is off"))?;
+    let file: String = row.get("File").context("no File column")?;
+    let position: u64 = row.get("Position").context("no Position column")?;
+    Ok((file, position))
+}
+
+/// `domain-server-seq,…` as domain → seq.
+fn parse_positions(pos: &str) -> anyhow::Result<HashMap<u32, u64>> {
+    let mut out = HashMap::new();
+    for gtid in pos.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let mut parts = gtid.split('-');
+        let (Some(d), Some(_), Some(seq), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            bail!("not a MariaDB GTID position: {pos:?}");
+        };
+        out.insert(d.parse()?, seq.parse()?);
+    }
+    Ok(out)
+}
+
+/// Waits up to `limit` until the server behind `conn` has applied `gtids`
+/// (MariaDB `MASTER_GTID_WAIT`, MySQL `WAIT_FOR_EXECUTED_GTID_SET`); true
+/// when it has.
+pub async fn wait_for_gtids(conn: &mut Conn, gtids: &str, limit: Duration) -> anyhow::Result<bool> {
+    let waited: Option<i64> = if conn_is_mysql(conn) {
+        // Whole seconds; 0 would mean no limit.
+        let secs = limit.as_secs().max(1);
+        conn.exec_first("SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)", (gtids, secs))
+            .await
+            .with_context(|| format!("WAIT_FOR_EXECUTED_GTID_SET('{gtids}')"))?
+    } else {
+        conn.exec_first(
+            "SELECT MASTER_GTID_WAIT(?, ?)",
+            (gtids, limit.as_secs_f64()),
+        )
+        .await
+        .with_context(|| format!("MASTER_GTID_WAIT('{gtids}')"))?
+    };
+    Ok(waited == Some(0))
 }
 
 /// A source with replicas on 127.0.0.1: `db1` is the source (writable,
@@ -591,8 +894,15 @@ impl Topology {
 
     async fn set_up(&self) -> anyhow::Result<()> {
         let source = self.source();
+        let off = if source.flavour().is_mysql() {
+            "SET GLOBAL super_read_only = 0; "
+        } else {
+            ""
+        };
         source
-            .exec("SET GLOBAL read_only = 0; SET GLOBAL rpl_semi_sync_master_enabled = 1")
+            .exec(&format!(
+                "{off}SET GLOBAL read_only = 0; SET GLOBAL rpl_semi_sync_master_enabled = 1"
+            ))
             .await?;
         for (i, replica) in self.servers.iter().enumerate().skip(1) {
             replica.replicate_from(source, i == 1).await?;
@@ -660,25 +970,21 @@ impl Topology {
         for replica in self.replicas() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut conn = replica.conn().await?;
-            let waited: Option<i64> = conn
-                .exec_first(
-                    "SELECT MASTER_GTID_WAIT(?, ?)",
-                    (pos.as_str(), remaining.as_secs_f64()),
-                )
+            let reached = wait_for_gtids(&mut conn, &pos, remaining)
                 .await
-                .with_context(|| format!("{}: MASTER_GTID_WAIT('{pos}')", replica.name()))?;
-            if waited != Some(0) {
+                .with_context(|| replica.name().to_owned())?;
+            if !reached {
                 let status = replica_status(&mut conn)
                     .await
                     .ok()
                     .flatten()
                     .unwrap_or_default();
                 bail!(
-                    "{} did not reach {}'s position {pos} within {limit:?}: gtid_slave_pos {}, \
+                    "{} did not reach {}'s position {pos} within {limit:?}: executed {}, \
                      IO {} ({}), SQL {} ({})",
                     replica.name(),
                     source.name(),
-                    global_var(&mut conn, "gtid_slave_pos")
+                    global_var(&mut conn, "gtid_current_pos")
                         .await
                         .unwrap_or_default(),
                     status.get("Slave_IO_Running").map_or("?", String::as_str),
@@ -722,29 +1028,50 @@ async fn wait_replica_running(replica: &MariaDb) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The template datadir for this machine's MariaDB version, built on first
-/// use in this process (or by an earlier test run).
-async fn template_datadir() -> &'static Path {
-    static TEMPLATE: OnceCell<PathBuf> = OnceCell::const_new();
-    TEMPLATE
+/// The template datadir for this machine's server of `flavour`, built on
+/// first use in this process (or by an earlier test run).
+async fn template_datadir(flavour: Flavour) -> &'static Path {
+    static TEMPLATES: [OnceCell<PathBuf>; 3] = [
+        OnceCell::const_new(),
+        OnceCell::const_new(),
+        OnceCell::const_new(),
+    ];
+    let i = Flavour::ALL
+        .iter()
+        .position(|f| *f == flavour)
+        .expect("every flavour is in ALL");
+    TEMPLATES[i]
         .get_or_init(|| async {
-            build_template()
-                .await
-                .unwrap_or_else(|e| panic!("creating the MariaDB datadir template: {e:#}"))
+            build_template(flavour).await.unwrap_or_else(|e| {
+                panic!("creating the {} datadir template: {e:#}", flavour.name())
+            })
         })
         .await
 }
 
-async fn build_template() -> anyhow::Result<PathBuf> {
-    let version = tokio::process::Command::new(bins::mariadbd())
+async fn build_template(flavour: Flavour) -> anyhow::Result<PathBuf> {
+    let server = flavour.server();
+    let out = tokio::process::Command::from(flavour.command(&server))
         .arg("--version")
         .output()
         .await
-        .with_context(|| format!("running {} --version", bins::mariadbd().display()))?;
-    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    let key = fnv1a(&format!(
-        "{TEMPLATE_REV}\n{version}\n{INNODB_ARGS:?}\n{USERS_SQL}"
-    ));
+        .with_context(|| format!("running {} --version", server.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        !version.is_empty(),
+        "{} --version printed nothing: {}",
+        server.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = if flavour.is_mysql() {
+        fnv1a(&format!(
+            "{TEMPLATE_REV}\n{version}\n{MYSQL_INNODB_ARGS:?}\n{MYSQL_USERS_SQL}"
+        ))
+    } else {
+        fnv1a(&format!(
+            "{TEMPLATE_REV}\n{version}\n{INNODB_ARGS:?}\n{USERS_SQL}"
+        ))
+    };
     let cache = bins::cache_dir();
     let done = cache.join(format!("mariadb-template-{key:016x}"));
     let datadir = done.join("data");
@@ -761,7 +1088,11 @@ async fn build_template() -> anyhow::Result<PathBuf> {
         rand::random::<u32>()
     ));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let result = populate_template(&work).await;
+    let result = if flavour.is_mysql() {
+        populate_mysql_template(flavour, &work).await
+    } else {
+        populate_template(flavour, &work).await
+    };
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&work);
         return Err(e);
@@ -779,12 +1110,24 @@ async fn build_template() -> anyhow::Result<PathBuf> {
     Ok(datadir)
 }
 
-async fn populate_template(work: &Path) -> anyhow::Result<()> {
+async fn populate_template(flavour: Flavour, work: &Path) -> anyhow::Result<()> {
     let datadir = work.join("data");
     let log = work.join("install.log");
-    let mut install = std::process::Command::new(bins::mariadb_install_db());
+    let mut install = match flavour {
+        Flavour::MariaDb1011 => std::process::Command::new(bins::mariadb_install_db()),
+        _ => {
+            let root = flavour.root();
+            let mut c = std::process::Command::new(root.join("scripts/mariadb-install-db"));
+            // Finds its mariadbd and SQL files under basedir.
+            c.arg("--no-defaults")
+                .arg(format!("--basedir={}", root.display()));
+            c
+        }
+    };
+    if flavour == Flavour::MariaDb1011 {
+        install.arg("--no-defaults");
+    }
     install
-        .arg("--no-defaults")
         .arg(format!("--datadir={}", datadir.display()))
         .args([
             "--auth-root-authentication-method=normal",
@@ -798,11 +1141,12 @@ async fn populate_template(work: &Path) -> anyhow::Result<()> {
     // break strict-mode replication between servers copied from here.
     let sql_path = work.join("users.sql");
     std::fs::write(&sql_path, USERS_SQL)?;
-    let mut bootstrap = std::process::Command::new(bins::mariadbd());
+    let mut bootstrap = std::process::Command::new(flavour.server());
     bootstrap
         .arg("--no-defaults")
         .arg(format!("--datadir={}", datadir.display()))
         .args(["--bootstrap", "--user=root", "--skip-log-bin"])
+        .args(flavour.location_args(work))
         .args(INNODB_ARGS)
         .stdin(Stdio::from(std::fs::File::open(&sql_path)?));
     let log = work.join("bootstrap.log");
@@ -815,6 +1159,34 @@ async fn populate_template(work: &Path) -> anyhow::Result<()> {
         "mariadbd --bootstrap reported an error; last lines of {}:\n{tail}",
         log.display()
     );
+    Ok(())
+}
+
+async fn populate_mysql_template(flavour: Flavour, work: &Path) -> anyhow::Result<()> {
+    let datadir = work.join("data");
+    let sql_path = work.join("users.sql");
+    std::fs::write(&sql_path, MYSQL_USERS_SQL)?;
+    let files = work.join("files");
+    std::fs::create_dir_all(&files)?;
+    let mut init = flavour.command(&flavour.server());
+    init.arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .args(["--initialize-insecure", "--user=root"])
+        .arg(format!("--init-file={}", sql_path.display()))
+        .args(flavour.location_args(&files))
+        .args(MYSQL_INNODB_ARGS);
+    let log = work.join("initialize.log");
+    run_to_completion("mysqld --initialize-insecure", init, &log).await?;
+    let tail = log_tail(&log, 20);
+    ensure!(
+        !tail.contains("[ERROR]"),
+        "mysqld --initialize-insecure reported an error; last lines of {}:\n{tail}",
+        log.display()
+    );
+    // auto.cnf holds the server_uuid, which names every GTID a server
+    // writes: each copy must make its own at first start.
+    let _ = std::fs::remove_file(datadir.join("auto.cnf"));
+    let _ = std::fs::remove_dir_all(&files);
     Ok(())
 }
 
@@ -878,4 +1250,49 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_gtids_per_flavour() {
+        let status = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let b = "4e11fa47-71ca-11e1-9e33-c80aa9429562";
+        assert_eq!(
+            received_gtids(
+                false,
+                &status(&[("Gtid_IO_Pos", "0-1-5"), ("Gtid_Slave_Pos", "0-1-4")])
+            ),
+            "0-1-5"
+        );
+        // Repointed: nothing retrieved from the new source yet.
+        assert_eq!(
+            received_gtids(
+                true,
+                &status(&[
+                    ("Retrieved_Gtid_Set", ""),
+                    ("Executed_Gtid_Set", &format!("{a}:1-9,\n{b}:1-3")),
+                ])
+            ),
+            format!("{a}:1-9,{b}:1-3")
+        );
+        assert_eq!(
+            received_gtids(
+                true,
+                &status(&[
+                    ("Retrieved_Gtid_Set", &format!("{b}:3-7")),
+                    ("Executed_Gtid_Set", &format!("{a}:1-9,\n{b}:1-3")),
+                ])
+            ),
+            format!("{b}:3-7,{a}:1-9,{b}:1-3")
+        );
+    }
 }

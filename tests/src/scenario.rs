@@ -90,6 +90,20 @@ pub async fn wait_routed_to(stack: &Stack, node: &str, limit: Duration) {
     .unwrap_or_else(|_| panic!("HAProxy never routed to {node}\n{}", stack.logs()));
 }
 
+/// Waits until writes of writer `writer` (a [`writer::WriterProc`] through
+/// HAProxy, or a [`DirectClient`]) land on `node` and are acknowledged
+/// (see [`writer::wait_writes_land`]).
+pub async fn writes_land(stack: &Stack, node: &str, writer: u32) {
+    writer::wait_writes_land(&stack.node(node).url(), writer, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "writes of writer {writer} never landed on {node}\n{}",
+                stack.logs()
+            )
+        });
+}
+
 /// Polls through HAProxy and records (wall ms, server id) of every
 /// connection that got an answer.
 pub struct RouteMonitor {
@@ -295,6 +309,7 @@ impl DirectLog {
                 .iter()
                 .map(|w| (w.id, Duration::from_millis(w.acked_ms)))
                 .collect(),
+            sent: Vec::new(),
             failed: self.failed,
             elapsed: Duration::ZERO,
             start_unix_ms: 0,

@@ -14,7 +14,7 @@ use crate::agent::{AgentOptions, AgentProc};
 use crate::haproxy::{defaults_section, global_section, HaProxy};
 use crate::mariadb::{MariaDb, MariaDbOptions, Topology, APP_PASSWORD, APP_USER};
 use crate::process::{Proc, Scratch};
-use crate::{bins, reserve_port, wait_until, PortLease};
+use crate::{bins, reserve_port, wait_until, PortLease, RenderConfig};
 
 pub struct Stack {
     pub cluster: String,
@@ -130,9 +130,10 @@ impl Stack {
         .await;
         let dir = Scratch::new(&format!("stack-{cluster}"));
         let render_consul = opts.render_consul_addr.as_deref().unwrap_or(consul_addr);
-        let config = render_config(render_consul, &haproxy);
         let config_path = dir.path().join("render.toml");
-        std::fs::write(&config_path, config).expect("write render config");
+        RenderConfig::for_harness(render_consul, &haproxy)
+            .test_timing()
+            .write(&config_path);
         let mut cmd = Command::new(bins::successover_render());
         cmd.arg("-c").arg(&config_path).env("RUST_LOG", "info");
         let renderer = Proc::spawn("successover-render", cmd, dir.path().join("render.log"))
@@ -267,30 +268,4 @@ impl Stack {
     pub fn render_log_path(&self) -> PathBuf {
         self.renderer.log_path().to_path_buf()
     }
-}
-
-fn render_config(consul_addr: &str, haproxy: &HaProxy) -> String {
-    let h = haproxy.paths();
-    format!(
-        r#"[consul]
-address = "{consul_addr}"
-
-[haproxy]
-config = "{cfg}"
-binary = "{binary}"
-admin_socket = "{admin}"
-master_socket = "{master}"
-bind_address = "127.0.0.1"
-hard_stop_after = "1m"
-reload_timeout = "20s"
-
-[watch]
-wait = "5m"
-retry_interval = "1s"
-"#,
-        cfg = h.cfg.display(),
-        binary = bins::haproxy().display(),
-        admin = h.admin_socket.display(),
-        master = h.master_socket.display(),
-    )
 }

@@ -9,6 +9,8 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use tokio_util::sync::CancellationToken;
 
+use crate::{wait_for, wait_until, TimedOut};
+
 pub const SCHEMA: &str = "successover_check";
 
 /// The acknowledged writes of one run.
@@ -16,6 +18,10 @@ pub const SCHEMA: &str = "successover_check";
 pub struct WriterLog {
     /// (id, when the commit was acknowledged, relative to the start).
     pub acked: Vec<(u64, Duration)>,
+    /// When each acknowledged write was sent (parallel to `acked`): a
+    /// write in flight at a crash is acknowledged after it, but was sent
+    /// before.
+    pub sent: Vec<Duration>,
     /// Attempts that failed (connect or commit).
     pub failed: u64,
     pub elapsed: Duration,
@@ -96,6 +102,7 @@ pub async fn run(
     while !cancel.is_cancelled() {
         next_id += 1;
         let id = next_id;
+        let sent = start.elapsed();
         let attempt = async {
             if conn.is_none() {
                 conn = Some(Conn::new(opts.clone()).await.context("connect")?);
@@ -114,7 +121,10 @@ pub async fn run(
             _ = cancel.cancelled() => break,
         };
         match result {
-            Ok(Ok(())) => log.acked.push((id, start.elapsed())),
+            Ok(Ok(())) => {
+                log.acked.push((id, start.elapsed()));
+                log.sent.push(sent);
+            }
             _ => {
                 log.failed += 1;
                 conn = None;
@@ -128,6 +138,41 @@ pub async fn run(
     }
     log.elapsed = start.elapsed();
     log
+}
+
+/// How many rows of writer `writer` the server holds.
+pub async fn rows_of(server_url: &str, writer: u32) -> anyhow::Result<u64> {
+    let mut conn = Conn::new(Opts::from_url(server_url)?).await?;
+    let n: Option<u64> = conn
+        .exec_first(
+            format!("SELECT COUNT(*) FROM {SCHEMA}.writes WHERE writer = ?"),
+            (writer,),
+        )
+        .await?;
+    conn.disconnect().await?;
+    Ok(n.unwrap_or(0))
+}
+
+/// Waits until the server holds two more rows of writer `writer` than when
+/// called: the writer's writes are landing there. A writer sends its next
+/// write only once the previous one was answered, so the first of the two
+/// was acknowledged after the call. Tests wait on this where a guessed
+/// pause used to "let the writer get going" or "let writes resume".
+pub async fn wait_writes_land(
+    server_url: &str,
+    writer: u32,
+    limit: Duration,
+) -> Result<(), TimedOut> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let base = wait_for(limit, || async { rows_of(server_url, writer).await.ok() }).await?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    wait_until(left, || async {
+        rows_of(server_url, writer)
+            .await
+            .is_ok_and(|n| n >= base + 2)
+    })
+    .await
+    .map_err(|_| TimedOut(limit))
 }
 
 /// The acknowledged ids missing from a server: each one a lost write.
@@ -155,6 +200,17 @@ pub struct WriterProc {
 
 impl WriterProc {
     pub async fn start(port: u16, writer_id: u32) -> WriterProc {
+        Self::start_as(
+            port,
+            writer_id,
+            crate::mariadb::APP_USER,
+            crate::mariadb::APP_PASSWORD,
+        )
+        .await
+    }
+
+    /// A writer logging in as `user` (e.g. an account with `ALL`).
+    pub async fn start_as(port: u16, writer_id: u32, user: &str, password: &str) -> WriterProc {
         let dir = crate::process::Scratch::new("writer");
         let out = dir.path().join("writer.json");
         let mut cmd = std::process::Command::new(crate::agent::workspace_bin("successover-writer"));
@@ -163,6 +219,10 @@ impl WriterProc {
             &port.to_string(),
             "--writer-id",
             &writer_id.to_string(),
+            "--user",
+            user,
+            "--password",
+            password,
         ])
         .arg("--out")
         .arg(&out);
@@ -197,8 +257,17 @@ impl WriterProc {
             .iter()
             .filter_map(|p| Some((p[0].as_u64()?, Duration::from_millis(p[1].as_u64()?))))
             .collect();
+        let sent = json["sent"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(Duration::from_millis))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(WriterLog {
             acked,
+            sent,
             failed: json["failed"].as_u64().unwrap_or(0),
             elapsed: Duration::from_millis(json["elapsed_ms"].as_u64().unwrap_or(0)),
             start_unix_ms: json["start_unix_ms"].as_u64().unwrap_or(0),
@@ -215,6 +284,7 @@ mod tests {
         let ms = Duration::from_millis;
         let log = WriterLog {
             acked: vec![(1, ms(0)), (2, ms(10)), (3, ms(700)), (4, ms(710))],
+            sent: Vec::new(),
             failed: 3,
             elapsed: ms(720),
             start_unix_ms: 0,

@@ -2,6 +2,7 @@
 //! coordinator restores the cluster's invariants, survives the loss of its
 //! own agent, and moves the semi-sync flag off a dead replica.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
@@ -73,6 +74,17 @@ async fn invariants_hold(topo: &Topology) -> bool {
         && source_flags == 1
         && flags[0].0
         && status(topo.source(), "Rpl_semi_sync_master_clients").await == "1"
+}
+
+/// Agents on every server of `topo`, once the invariants hold.
+async fn healthy_agents(cluster: &str, topo: &Topology) -> Vec<AgentProc> {
+    let agents = start_agents(cluster, topo).await;
+    wait_until(Duration::from_secs(40), || async {
+        invariants_hold(topo).await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("cluster never healthy\n{}", dump_logs(&agents)));
+    agents
 }
 
 fn dump_logs(agents: &[AgentProc]) -> String {
@@ -161,12 +173,7 @@ async fn agents_restore_exactly_one_semi_sync_replica_and_publish_the_source() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_made_writable_by_hand_is_set_back_to_read_only() {
     let topo = Topology::source_with_replicas(2).await;
-    let agents = start_agents("c-ro", &topo).await;
-    wait_until(Duration::from_secs(40), || async {
-        invariants_hold(&topo).await
-    })
-    .await
-    .unwrap_or_else(|_| panic!("cluster never healthy\n{}", dump_logs(&agents)));
+    let agents = healthy_agents("c-ro", &topo).await;
     let c = client().await;
     wait_until(Duration::from_secs(10), || async {
         c.kv_get("mysql/master/c-ro").await.ok().flatten().is_some()
@@ -175,8 +182,9 @@ async fn a_replica_made_writable_by_hand_is_set_back_to_read_only() {
     .unwrap();
 
     let db3 = topo.server(2);
-    db3.exec("SET GLOBAL read_only = 0").await.unwrap();
-    // An application connected directly to db3 while it was writable.
+    // An application connected directly to db3 while it was writable. It
+    // connects first: connected after the agent's fix, it would rightly
+    // survive and prove nothing.
     let mut app = mysql_async::Conn::new(
         mysql_async::OptsBuilder::default()
             .ip_or_hostname(db3.host().to_string())
@@ -187,9 +195,15 @@ async fn a_replica_made_writable_by_hand_is_set_back_to_read_only() {
     )
     .await
     .unwrap();
+    db3.exec("SET GLOBAL read_only = 0").await.unwrap();
     let started = Instant::now();
+    // The agent's kill loop may cut a poll's own connection (seen on
+    // MariaDB 10.11): a failed look, not a failed test.
     let fixed = wait_until(Duration::from_secs(10), || async {
-        var(db3, "read_only").await == "1"
+        let Ok(mut c) = db3.conn().await else {
+            return false;
+        };
+        global_var(&mut c, "read_only").await.ok().as_deref() == Some("1")
     })
     .await;
     assert!(fixed.is_ok(), "db3 stayed writable\n{}", dump_logs(&agents));
@@ -209,67 +223,103 @@ async fn writes_resume_after_the_semi_sync_replica_dies() {
         .exec("CREATE DATABASE IF NOT EXISTS successover_check; CREATE TABLE successover_check.t2 (id BIGINT PRIMARY KEY)")
         .await
         .unwrap();
-    let agents = start_agents("c-dead", &topo).await;
-    wait_until(Duration::from_secs(40), || async {
-        invariants_hold(&topo).await
-    })
-    .await
-    .unwrap_or_else(|_| panic!("cluster never healthy\n{}", dump_logs(&agents)));
+    let agents = healthy_agents("c-dead", &topo).await;
     let flags = semi_flags(&topo).await;
     let semi = (1..3).find(|&i| flags[i].1).expect("one semi-sync replica");
     let other = if semi == 1 { 2 } else { 1 };
 
-    // A writer on the source; its commits wait once the ACKing replica dies
-    // and must be released when the flag moves to the other replica.
-    let source_url = topo.source().url();
+    // A writer on the source, as the application account: its commits wait
+    // once the ACKing replica dies and must be released when the flag moves
+    // to the other replica (by an ACK, or, when that replica had already
+    // received them, by killing the connection: an error, never an OK).
+    let source_url = format!(
+        "mysql://{APP_USER}:{APP_PASSWORD}@{}/",
+        topo.source().addr()
+    );
     let stop = tokio_util::sync::CancellationToken::new();
+    let acked: Arc<Mutex<Vec<(u64, Instant, Duration)>>> = Arc::default();
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let stop = stop.clone();
+        let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
         tokio::spawn(async move {
-            let mut conn =
-                mysql_async::Conn::new(mysql_async::Opts::from_url(&source_url).unwrap())
-                    .await
-                    .unwrap();
-            let mut acked: Vec<(u64, Instant, Duration)> = Vec::new();
-            let mut id = 0;
+            let opts = mysql_async::Opts::from_url(&source_url).unwrap();
+            let mut conn = None;
+            let mut id = 0u64;
             while !stop.is_cancelled() {
+                // A connection the agent's kill loop cut while it was
+                // still authenticating fails to open: try again.
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match mysql_async::Conn::new(opts.clone()).await {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
                 let t = Instant::now();
-                conn.query_drop(format!("INSERT INTO successover_check.t2 VALUES ({id})"))
+                match c
+                    .query_drop(format!("INSERT INTO successover_check.t2 VALUES ({id})"))
                     .await
-                    .unwrap();
-                acked.push((id, t, t.elapsed()));
+                {
+                    Ok(()) => acked.lock().unwrap().push((id, t, t.elapsed())),
+                    // A commit stalled on an ACK that cannot come is
+                    // released by killing its connection: an error, never
+                    // an OK. The writer reconnects and goes on.
+                    Err(_) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        conn = None;
+                    }
+                }
                 id += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            acked
         })
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until(Duration::from_secs(10), || async {
+        !acked.lock().unwrap().is_empty()
+    })
+    .await
+    .expect("the writer commits on the source");
     let no_tx_before = status(topo.source(), "Rpl_semi_sync_master_no_tx").await;
     let killed_at = Instant::now();
     topo.server_mut(semi).kill9().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Commits resume once the flag has moved to the other replica: the
+    // assertion below wants more than ten started after the kill, and the
+    // test gives them 5 s.
+    let _ = wait_until(Duration::from_secs(5), || async {
+        let acked = acked.lock().unwrap();
+        acked.iter().filter(|(_, t, _)| *t > killed_at).count() > 10
+    })
+    .await;
     stop.cancel();
-    let acked = match tokio::time::timeout(Duration::from_secs(60), writer).await {
-        Ok(r) => r.unwrap(),
-        Err(_) => {
-            let mut c = topo.source().conn().await.unwrap();
-            let semi: Vec<(String, String)> = c
-                .query("SHOW GLOBAL STATUS LIKE 'Rpl_semi%'")
-                .await
-                .unwrap();
-            panic!(
-                "a commit on the source never returned\nsemi-sync: {semi:?}\nflags: {:?}\n{}",
-                semi_flags(&topo).await,
-                dump_logs(&agents)
-            )
-        }
-    };
+    if let Ok(joined) = tokio::time::timeout(Duration::from_secs(60), writer).await {
+        joined.unwrap();
+    } else {
+        let mut c = topo.source().conn().await.unwrap();
+        let semi: Vec<(String, String)> = c
+            .query("SHOW GLOBAL STATUS LIKE 'Rpl_semi%'")
+            .await
+            .unwrap();
+        panic!(
+            "a commit on the source never returned\nsemi-sync: {semi:?}\nflags: {:?}\n{}",
+            semi_flags(&topo).await,
+            dump_logs(&agents)
+        )
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
     // Rule 1: no commit may have been acknowledged without a replica's ACK.
-    assert_eq!(
-        status(topo.source(), "Rpl_semi_sync_master_no_tx").await,
-        no_tx_before,
-        "commits went asynchronous"
+    // A released commit counts in no_tx too, but its client got an error.
+    let no_tx_after: u64 = status(topo.source(), "Rpl_semi_sync_master_no_tx")
+        .await
+        .parse()
+        .unwrap();
+    let no_tx_before: u64 = no_tx_before.parse().unwrap();
+    let errors = errors.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        no_tx_after - no_tx_before <= errors,
+        "commits went asynchronous: no_tx {no_tx_before} -> {no_tx_after}, {errors} released with an error"
     );
     let after: Vec<_> = acked.iter().filter(|(_, t, _)| *t > killed_at).collect();
     assert!(
@@ -290,15 +340,15 @@ async fn writes_resume_after_the_semi_sync_replica_dies() {
     // The flag moved to the surviving replica, and it holds every write.
     let flags = semi_flags(&topo).await;
     assert!(flags[other].1 && flags[other].2, "{flags:?}");
-    let last_id = acked.last().unwrap().0;
     let survivor = topo.server(other);
     wait_until(Duration::from_secs(10), || async {
         let mut c = survivor.conn().await.unwrap();
-        let n: Option<u64> = c
-            .query_first("SELECT COUNT(*) FROM successover_check.t2")
+        let ids: Vec<u64> = c
+            .query("SELECT id FROM successover_check.t2")
             .await
             .unwrap();
-        n == Some(last_id + 1)
+        let ids: std::collections::HashSet<u64> = ids.into_iter().collect();
+        acked.iter().all(|(id, _, _)| ids.contains(id))
     })
     .await
     .expect("the surviving replica has every acknowledged write");
@@ -307,12 +357,7 @@ async fn writes_resume_after_the_semi_sync_replica_dies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn another_agent_takes_over_when_the_coordinator_dies() {
     let topo = Topology::source_with_replicas(2).await;
-    let mut agents = start_agents("c-lock", &topo).await;
-    wait_until(Duration::from_secs(40), || async {
-        invariants_hold(&topo).await
-    })
-    .await
-    .unwrap_or_else(|_| panic!("cluster never healthy\n{}", dump_logs(&agents)));
+    let mut agents = healthy_agents("c-lock", &topo).await;
     let c = client().await;
     // The coordinator is not the source's agent when others are alive.
     let holder = wait_for(Duration::from_secs(20), || async {
@@ -364,4 +409,450 @@ async fn another_agent_takes_over_when_the_coordinator_dies() {
             dump_logs(&agents)
         )
     });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restarted_at_once_ends_its_dead_predecessors_session() {
+    let topo = Topology::source_with_replicas(2).await;
+    let mut agents = healthy_agents("c-restart", &topo).await;
+    let c = client().await;
+    // Holder and session from one read: the lock may move between two
+    // (the source's agent hands it on). The session is the agent
+    // process's own, whoever holds the lock later.
+    let (holder, old_session) = wait_for(Duration::from_secs(20), || async {
+        let kv = c.kv_get("mysql/lock/c-restart").await.ok()??;
+        let session = kv.session.clone()?;
+        Some((kv.value_str()?.to_owned(), session))
+    })
+    .await
+    .unwrap();
+    let dead = holder.trim_start_matches("c-restart/").to_owned();
+    let idx: usize = dead.trim_start_matches("db").parse::<usize>().unwrap() - 1;
+
+    // Killed and restarted well within the 3 s liveness TTL, as systemd's
+    // Restart= would: the new process passes the same liveness check.
+    let killed_at = Instant::now();
+    agents[idx].kill9().await;
+    let opts = agents[idx].opts.clone();
+    agents[idx] = AgentProc::start(opts, topo.server(idx)).await;
+
+    // The dead process's session ends within seconds, not the session TTL.
+    wait_until(Duration::from_secs(8), || async {
+        c.session_info(&old_session).await.ok().flatten().is_none()
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the dead process's session lived on\n{}",
+            dump_logs(&agents)
+        )
+    });
+    let report = wait_for(Duration::from_secs(10), || async {
+        c.kv_get(&format!("mysql/agent/c-restart/{dead}"))
+            .await
+            .ok()?
+    })
+    .await
+    .expect("the restarted agent reports again");
+    assert_ne!(report.session.as_deref(), Some(old_session.as_str()));
+    eprintln!(
+        "restarted agent took over from its predecessor after {:?}",
+        killed_at.elapsed()
+    );
+}
+
+/// Two agents for one node would each take the other's session for a dead
+/// predecessor's and end it: the second stops at start instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_agent_for_the_same_node_refuses_to_start() {
+    let topo = Topology::source_with_replicas(1).await;
+    let agents = start_agents("c-twice", &topo).await;
+    // The first one runs (and so holds its lock) once it reports.
+    let c = client().await;
+    wait_for(Duration::from_secs(20), || async {
+        c.kv_get("mysql/agent/c-twice/db1").await.ok()?
+    })
+    .await
+    .unwrap_or_else(|_| panic!("db1's agent never reported\n{}", dump_logs(&agents)));
+    let out =
+        tokio::process::Command::new(successover_tests::agent::workspace_bin("successover-agent"))
+            .arg("--config")
+            .arg(agents[0].config_path())
+            .env("RUNTIME_DIRECTORY", successover_tests::agent::runtime_dir())
+            .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("the second agent stopped at once")
+        .expect("run successover-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another successover-agent for c-twice/db1 is running"),
+        "{stderr}"
+    );
+}
+
+/// Rule 1's settings were reported as drift and never set: with
+/// `wait_no_slave=OFF` stopping the last ACKer turns the source
+/// asynchronous, and a short timeout does the same after a blip.
+#[tokio::test(flavor = "multi_thread")]
+async fn drifted_semi_sync_settings_are_set_back() {
+    let topo = Topology::source_with_replicas(2).await;
+    let agents = healthy_agents("c-rule1", &topo).await;
+    topo.source()
+        .exec(
+            "SET GLOBAL rpl_semi_sync_master_wait_no_slave = OFF, \
+             rpl_semi_sync_master_timeout = 1000, \
+             rpl_semi_sync_master_wait_point = AFTER_COMMIT",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let settings = || async {
+        (
+            var(topo.source(), "rpl_semi_sync_master_wait_no_slave").await,
+            var(topo.source(), "rpl_semi_sync_master_timeout").await,
+            var(topo.source(), "rpl_semi_sync_master_wait_point").await,
+        )
+    };
+    wait_until(Duration::from_secs(20), || async {
+        let (no_slave, timeout, point) = settings().await;
+        matches!(no_slave.as_str(), "ON" | "1") && timeout == "4294967295" && point == "AFTER_SYNC"
+    })
+    .await
+    .unwrap_or_else(|_| panic!("rule 1 settings never set back\n{}", dump_logs(&agents)));
+    eprintln!("settings now {:?}", settings().await);
+    eprintln!("rule 1 settings set back after {:?}", started.elapsed());
+}
+
+/// The semi-sync replica hangs with a commit pending, the other replica
+/// receives that commit asynchronously, then the hung one dies: the new
+/// semi-sync replica reconnects past the pending commit and has nothing to
+/// acknowledge. The stall clears — by a later commit's ACK (an OK), or by
+/// the release that kills the waiting connection (an error, never an OK;
+/// only once the replica that now ACKs holds the commit) — writes resume,
+/// and no client gets an OK without an ACK.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_pending_on_a_dead_acker_clears_and_writes_resume() {
+    let mut topo = Topology::source_with_replicas(2).await;
+    topo.source()
+        .exec("CREATE DATABASE IF NOT EXISTS successover_check; CREATE TABLE successover_check.t3 (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let agents = healthy_agents("c-pending", &topo).await;
+    let flags = semi_flags(&topo).await;
+    let semi = (1..3).find(|&i| flags[i].1).expect("one semi-sync replica");
+    let other = if semi == 1 { 2 } else { 1 };
+    let no_tx_before = status(topo.source(), "Rpl_semi_sync_master_no_tx").await;
+
+    topo.server_mut(semi).sigstop().unwrap();
+    // An application account: the agent spares its own account's
+    // connections (it is the harness's root here).
+    let url = format!(
+        "mysql://{}:{}@{}",
+        successover_tests::mariadb::APP_USER,
+        successover_tests::mariadb::APP_PASSWORD,
+        topo.source().addr()
+    );
+    let pending = tokio::spawn(async move {
+        let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
+            .await
+            .unwrap();
+        c.query_drop("INSERT INTO successover_check.t3 VALUES (1)")
+            .await
+    });
+    // The other replica receives the pending commit.
+    wait_until(Duration::from_secs(20), || async {
+        let Ok(mut c) = topo.server(other).conn().await else {
+            return false;
+        };
+        c.query_first::<u64, _>("SELECT COUNT(*) FROM successover_check.t3")
+            .await
+            .ok()
+            .flatten()
+            == Some(1)
+    })
+    .await
+    .expect("the other replica receives the pending commit");
+    let killed_at = Instant::now();
+    topo.server_mut(semi).kill9().await;
+
+    let outcome = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .unwrap_or_else(|_| panic!("the pending commit never returned\n{}", dump_logs(&agents)))
+        .unwrap();
+    let returned = killed_at.elapsed();
+    // Writes resume on a new connection.
+    let mut c = topo.source().conn().await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        c.query_drop("INSERT INTO successover_check.t3 VALUES (2)"),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("writes never resumed\n{}", dump_logs(&agents)))
+    .unwrap();
+    let no_tx: u64 = status(topo.source(), "Rpl_semi_sync_master_no_tx")
+        .await
+        .parse()
+        .unwrap();
+    let no_tx_before: u64 = no_tx_before.parse().unwrap();
+    match &outcome {
+        // An OK came from an ACK: nothing went asynchronous.
+        Ok(()) => assert_eq!(
+            no_tx, no_tx_before,
+            "a commit was acknowledged without an ACK"
+        ),
+        // Released by killing its connection: the server counts that
+        // commit as not acknowledged (its client got an error, not an OK),
+        // and the replica that now ACKs holds it.
+        Err(_) => {
+            assert!(no_tx <= no_tx_before + 1, "no_tx {no_tx_before} -> {no_tx}");
+            let mut c = topo.server(other).conn().await.unwrap();
+            let n: Option<u64> = c
+                .query_first("SELECT COUNT(*) FROM successover_check.t3 WHERE id = 1")
+                .await
+                .unwrap();
+            assert_eq!(n, Some(1), "the released commit is on the ACKing replica");
+        }
+    }
+    eprintln!(
+        "pending commit returned {} {returned:?} after the ACKer died; writes resumed after {:?}",
+        if outcome.is_ok() { "OK" } else { "an error" },
+        killed_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_semi_sync_replica_whose_applier_stopped_keeps_the_ack_role() {
+    // A replica ACKs from its IO thread: a stopped applier (a long ALTER,
+    // a DBA's pause) is no reason to move the role, and moving it stalls
+    // commits while the new ACKer reconnects.
+    let topo = Topology::source_with_replicas(2).await;
+    topo.source()
+        .exec("CREATE DATABASE IF NOT EXISTS successover_check; CREATE TABLE successover_check.t3 (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let agents = healthy_agents("c-applier", &topo).await;
+    let flags = semi_flags(&topo).await;
+    let semi = (1..3).find(|&i| flags[i].1).expect("one semi-sync replica");
+    topo.server(semi)
+        .exec("STOP SLAVE SQL_THREAD")
+        .await
+        .unwrap();
+    let no_tx_before = status(topo.source(), "Rpl_semi_sync_master_no_tx").await;
+    // Commits for well over three of the agents' cycles (tick 300 ms).
+    let mut c = topo.source().conn().await.unwrap();
+    for id in 0..30 {
+        c.query_drop(format!("INSERT INTO successover_check.t3 VALUES ({id})"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = semi_flags(&topo).await;
+    assert!(
+        after[semi].1 && after[semi].2,
+        "the semi-sync flag left db{} whose IO thread still ACKs: {after:?}",
+        semi + 1
+    );
+    assert_eq!(
+        after.iter().skip(1).filter(|f| f.1).count(),
+        1,
+        "exactly one flagged replica: {after:?}"
+    );
+    assert_eq!(
+        status(topo.source(), "Rpl_semi_sync_master_no_tx").await,
+        no_tx_before,
+        "a commit went unacknowledged"
+    );
+    topo.server(semi)
+        .exec("START SLAVE SQL_THREAD")
+        .await
+        .unwrap();
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_of_the_semi_sync_replica_under_writers_loses_no_ack() {
+    // Patching the ACKing replica: its clean restart moves the role to the
+    // other replica, which already received the pending commits
+    // asynchronously; they are released (the new ACKer holds them), and
+    // no commit is ever acknowledged without a replica's ACK.
+    let mut topo = Topology::source_with_replicas(2).await;
+    topo.source()
+        .exec("CREATE DATABASE IF NOT EXISTS successover_check; CREATE TABLE successover_check.t4 (id BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let agents = healthy_agents("c-acker-restart", &topo).await;
+    let flags = semi_flags(&topo).await;
+    let semi = (1..3).find(|&i| flags[i].1).expect("one semi-sync replica");
+    let source_url = format!(
+        "mysql://{APP_USER}:{APP_PASSWORD}@{}/",
+        topo.source().addr()
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (stop, acked, url) = (stop.clone(), acked.clone(), source_url.clone());
+        writers.push(tokio::spawn(async move {
+            let opts = mysql_async::Opts::from_url(&url).unwrap();
+            let mut conn = None;
+            let mut id = w << 40;
+            while !stop.is_cancelled() {
+                id += 1;
+                if conn.is_none() {
+                    conn = mysql_async::Conn::new(opts.clone()).await.ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                match c
+                    .query_drop(format!("INSERT INTO successover_check.t4 VALUES ({id})"))
+                    .await
+                {
+                    Ok(()) => acked.lock().unwrap().push((id, Instant::now())),
+                    // A released commit: an error, never an OK.
+                    Err(_) => conn = None,
+                }
+            }
+        }));
+    }
+    wait_until(Duration::from_secs(10), || async {
+        acked.lock().unwrap().len() > 20
+    })
+    .await
+    .expect("the writers commit");
+    let restarted = Instant::now();
+    topo.server_mut(semi).restart().await;
+    let resumed = wait_until(Duration::from_secs(20), || async {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t)| *t > restarted)
+            .count()
+            > 100
+    })
+    .await;
+    stop.cancel();
+    for w in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(20), w).await;
+    }
+    assert!(
+        resumed.is_ok(),
+        "commits did not resume after the restart\n{}",
+        dump_logs(&agents)
+    );
+    // Every acknowledged commit is on every server once they caught up.
+    topo.wait_replicated(Duration::from_secs(30)).await.unwrap();
+    let acked_ids: Vec<u64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    for db in topo.servers() {
+        let mut c = db.conn().await.unwrap();
+        let present: Vec<u64> = c
+            .query("SELECT id FROM successover_check.t4")
+            .await
+            .unwrap();
+        let present: std::collections::HashSet<u64> = present.into_iter().collect();
+        let lost = acked_ids.iter().filter(|id| !present.contains(id)).count();
+        assert_eq!(lost, 0, "{} misses acknowledged commits", db.name());
+    }
+    let mut a: Vec<Instant> = acked.lock().unwrap().iter().map(|(_, t)| *t).collect();
+    a.sort();
+    let longest = a
+        .windows(2)
+        .filter(|w| w[1] > restarted)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!("longest commit gap across the ACKer's restart: {longest:?}");
+}
+
+/// The agent's account with exactly the privileges the Ansible role grants
+/// (`ansible/roles/successover_database/templates/users.sql.j2`; keep the two
+/// alike): every read and every repair the agent makes works with no more.
+const AGENT_USER: &str = "successover";
+const AGENT_PASSWORD: &str = "agent-pw";
+const MARIADB_AGENT_GRANTS: &str = "GRANT READ_ONLY ADMIN, REPLICATION MASTER ADMIN, \
+    REPLICATION SLAVE ADMIN, SLAVE MONITOR, BINLOG MONITOR, CONNECTION ADMIN, PROCESS, RELOAD \
+    ON *.* TO 'successover'@'%'";
+const MYSQL_AGENT_GRANTS: &str = "GRANT SYSTEM_VARIABLES_ADMIN, REPLICATION_SLAVE_ADMIN, \
+    REPLICATION CLIENT, CONNECTION_ADMIN, PROCESS, RELOAD ON *.* TO 'successover'@'%'; \
+    GRANT SELECT ON performance_schema.replication_connection_status TO 'successover'@'%'";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_with_the_ansible_roles_grants_repairs_the_cluster() {
+    let topo = Topology::source_with_replicas(2).await;
+    let mysql = topo.source().flavour().is_mysql();
+    for db in topo.servers() {
+        // Not through the binlog: a replica must not hold a GTID the source
+        // never had. super_read_only also stops root on MySQL replicas.
+        let (open, close) = match (mysql, db.name() == topo.source().name()) {
+            (true, false) => (
+                "SET GLOBAL super_read_only = 0; ",
+                "; SET GLOBAL super_read_only = 1",
+            ),
+            _ => ("", ""),
+        };
+        db.exec(&format!(
+            "{open}SET SESSION sql_log_bin = 0; \
+             CREATE USER '{AGENT_USER}'@'%' IDENTIFIED BY '{AGENT_PASSWORD}'; {}; \
+             GRANT CREATE, INSERT, DELETE ON `successover`.* TO '{AGENT_USER}'@'%'{close}",
+            if mysql {
+                MYSQL_AGENT_GRANTS
+            } else {
+                MARIADB_AGENT_GRANTS
+            }
+        ))
+        .await
+        .unwrap();
+        // Broken as in the first test: every server carries the source flag.
+        db.exec("SET GLOBAL rpl_semi_sync_master_enabled = 1")
+            .await
+            .unwrap();
+    }
+    let addr = consul().await.http_addr();
+    let mut agents = Vec::new();
+    for (i, db) in topo.servers().iter().enumerate() {
+        let mut opts = AgentOptions::new("c-grants", &format!("db{}", i + 1), &addr);
+        opts.account = Some((AGENT_USER.to_owned(), AGENT_PASSWORD.to_owned()));
+        agents.push(AgentProc::start(opts, db).await);
+    }
+    let restored = wait_until(Duration::from_secs(40), || async {
+        invariants_hold(&topo).await
+    })
+    .await;
+    assert!(
+        restored.is_ok(),
+        "invariants not restored: {:?}\n{}",
+        semi_flags(&topo).await,
+        dump_logs(&agents)
+    );
+    // A replica made writable by hand is set back (read_only, and on MySQL
+    // super_read_only).
+    let db3 = topo.server(2);
+    db3.exec("SET GLOBAL read_only = 0").await.unwrap();
+    let fixed = wait_until(Duration::from_secs(10), || async {
+        let Ok(mut c) = db3.conn().await else {
+            return false;
+        };
+        let ro = global_var(&mut c, "read_only").await.ok();
+        let sro = if mysql {
+            global_var(&mut c, "super_read_only").await.ok()
+        } else {
+            Some("1".to_owned())
+        };
+        ro.as_deref() == Some("1") && sro.as_deref() == Some("1")
+    })
+    .await;
+    assert!(fixed.is_ok(), "db3 stayed writable\n{}", dump_logs(&agents));
+    // Nothing the agents logged says a privilege was missing.
+    for a in &agents {
+        let log = a.log_tail(400);
+        assert!(
+            !log.contains("denied"),
+            "{}: a privilege is missing\n{log}",
+            a.opts.node
+        );
+    }
 }

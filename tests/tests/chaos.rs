@@ -1,6 +1,7 @@
 //! A short chaos run (docs/chaos.md): random faults against the whole
 //! system for about a minute and a half with a fixed seed, every
-//! invariant checked after each one. The long run is
+//! invariant checked after each one, on the servers `SUCCESSOVER_FLAVOUR`
+//! picks (`scripts/test.sh` runs it on all three). The long run is
 //! `cargo run -p successover-tests --bin successover-chaos -- --minutes 30 --seed 1`.
 
 use std::time::Duration;

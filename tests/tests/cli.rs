@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use successover_common::consul::{Consul, ConsulConfig, SessionRequest};
 use successover_common::procedure::SwitchoverRequest;
-use successover_tests::agent::workspace_bin;
+use successover_tests::bins;
 use successover_tests::consul::ConsulDev;
 use successover_tests::wait_for;
 use tokio::process::Command;
@@ -33,7 +33,7 @@ async fn client() -> Consul {
 /// The CLI with `--consul-addr` and `--prefix` set and the environment's
 /// Consul settings removed, so an operator's shell cannot leak in.
 async fn command(prefix: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(workspace_bin("successover"));
+    let mut cmd = Command::new(bins::successover());
     cmd.arg("--consul-addr")
         .arg(consul().await.http_addr())
         .arg("--prefix")
@@ -100,7 +100,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A health report as `agent/src/report.rs` writes it.
+/// A health report as the agent writes it (`successover_common::contract::HealthReport`).
 fn report(node: &str, source: bool, semi_sync_replica: bool) -> Value {
     json!({
         "format": 1, "cluster": "c1", "node": node, "addr": format!("{node}:3306"),
@@ -347,6 +347,8 @@ async fn coordinate(prefix: &str, steps: &[(&str, u64)], outcome: &str) -> Strin
     .await
     .expect("the CLI wrote a request");
     let id = req.id.expect("request id");
+    // Not a wait for anything: a coordinator takes a moment, so the CLI is
+    // already following the history when the entry appears.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = now_ms();
     let entry_key = format!("{prefix}history/c1/{started:015}-switchover");
@@ -365,6 +367,8 @@ async fn coordinate(prefix: &str, steps: &[(&str, u64)], outcome: &str) -> Strin
         for n in 1..=steps.len() {
             let e = entry(&id, "running", &steps[..n], started);
             c.kv_put(&entry_key, e.to_string()).await.unwrap();
+            // Paced so the CLI sees each version of the rewritten entry
+            // (and must print each step once).
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         c.kv_put(&entry_key, entry(&id, outcome, steps, started).to_string())
@@ -480,7 +484,7 @@ async fn fence_and_unfence() {
     let c = client().await;
     let key = format!("{p}master/c1/failed");
 
-    let before = now_ms() / 1000;
+    let before = now_ms();
     let run = cli(p, &["fence", "c1", "--reason", "patching the racks"]).await;
     assert_eq!(run.code, 0, "{run}");
     assert!(
@@ -492,7 +496,7 @@ async fn fence_and_unfence() {
     let v: Value = serde_json::from_slice(stored.value.as_deref().unwrap()).unwrap();
     assert_eq!(v["reason"], "patching the racks");
     assert_eq!(v["by"], "cli");
-    assert!(v["at"].as_u64().unwrap() >= before, "{v}");
+    assert!(v["at_ms"].as_u64().unwrap() >= before, "{v}");
 
     // Fencing again keeps the first fence and its reason.
     let again = cli(p, &["fence", "c1", "--json"]).await;

@@ -8,6 +8,7 @@ use successover_common::consul::{
     TxnOutcome, Watch,
 };
 use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
+use successover_tests::wait_until;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -132,17 +133,11 @@ async fn an_expired_session_frees_its_lock() {
         let (b, sb, cancel) = (b.clone(), sb.clone(), cancel.clone());
         tokio::spawn(async move { keep_alive(&b, &sb, Duration::from_secs(10), &cancel).await })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
-    loop {
-        if b.kv_acquire(key, "b", &sb).await.unwrap() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a's session never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until(Duration::from_secs(45), || async {
+        b.kv_acquire(key, "b", &sb).await.unwrap()
+    })
+    .await
+    .expect("a's session never expired");
     assert!(matches!(
         a.session_renew(&sa).await,
         Err(ConsulError::SessionGone { .. })
@@ -183,6 +178,9 @@ async fn a_blocking_query_wakes_on_a_key_and_on_a_prefix_change() {
 
     let writer = {
         let c = c.clone();
+        // Not a wait for anything: the changes come while both watches are
+        // blocked, which is what this test is about (a change made before
+        // the call would return at once, on the index alone).
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             c.kv_put("t-watch/c1", "db2:3306").await.unwrap();

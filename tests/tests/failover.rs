@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use successover_common::procedure::{HistoryEntry, Outcome};
 use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
-use successover_tests::mariadb::global_var;
+use successover_tests::mariadb::{global_var, gtids_contain};
 use successover_tests::netns::NetHost;
 use successover_tests::scenario::{
-    check, finished_failover, in_progress, phases, wait_routed_to, DirectClient, RouteMonitor,
+    check, finished_failover, in_progress, phases, wait_routed_to, writes_land, DirectClient,
+    RouteMonitor,
 };
 use successover_tests::stack::{NodeOptions, Stack, StackOptions};
 use successover_tests::writer::{self, unix_ms, WriterProc};
@@ -37,7 +38,7 @@ async fn prepared(cluster: &str) -> (Stack, WriterProc) {
         .await
         .unwrap();
     let w = WriterProc::start(stack.proxy_port.port(), 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    writes_land(&stack, "db1", 1).await;
     (stack, w)
 }
 
@@ -48,7 +49,7 @@ async fn kill_9_of_the_source_fails_over_without_losing_a_write() {
     let crash_ms = unix_ms();
     stack.topo.server_mut(0).kill9().await;
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
     let c = check(&stack, &entry, &log, &routes, crash_ms).await;
@@ -66,6 +67,43 @@ async fn kill_9_of_the_source_fails_over_without_losing_a_write() {
     );
     eprintln!(
         "kill -9: crash -> first acknowledged write on {} after {} ms; {}",
+        entry.to.as_deref().unwrap(),
+        c.crash_to_first_write_ms,
+        phases(&entry, crash_ms)
+    );
+}
+
+/// A failover after a planned switch: the replicas were repointed, so
+/// what MySQL reports as received (`Retrieved_Gtid_Set`) holds only what
+/// came from the new source, not what they held before.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_after_a_switchover_fails_over_without_losing_a_write() {
+    let (mut stack, w) = prepared("c-f-after-sw").await;
+    let key = format!("mysql/switchover/{}", stack.cluster);
+    stack.consul.kv_put(&key, "db2").await.unwrap();
+    wait_until(Duration::from_secs(60), || async {
+        stack.published_node().await.as_deref() == Some("db2") && stack.semi_sync_healthy().await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the switch to db2 never settled\n{}", stack.logs()));
+    writes_land(&stack, "db2", 1).await;
+    let routes = RouteMonitor::start(&stack);
+    let crash_ms = unix_ms();
+    stack.topo.server_mut(1).kill9().await;
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    assert_eq!(
+        entry.outcome,
+        Outcome::Done,
+        "{}\n{}",
+        entry.reason,
+        stack.logs()
+    );
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
+    let log = w.finish().await.unwrap();
+    let routes = routes.finish().await;
+    let c = check(&stack, &entry, &log, &routes, crash_ms).await;
+    eprintln!(
+        "kill -9 after a switchover: crash -> first acknowledged write on {} after {} ms; {}",
         entry.to.as_deref().unwrap(),
         c.crash_to_first_write_ms,
         phases(&entry, crash_ms)
@@ -90,6 +128,8 @@ async fn a_frozen_source_is_failed_over_and_stays_fenced_when_it_wakes() {
     })
     .await
     .unwrap_or_else(|_| panic!("woken old source stayed writable\n{}", stack.logs()));
+    // Not a wait for something to happen: the route monitor watches for
+    // 2 s whether the woken source gets traffic, which it must not.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
@@ -102,12 +142,13 @@ async fn a_frozen_source_is_failed_over_and_stays_fenced_when_it_wakes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn no_safe_candidate_is_a_written_refusal_and_nothing_is_promoted() {
-    let (mut stack, w) = prepared("c-f-none").await;
-    // The semi-sync replica dies first; before its flag can move, the
-    // source dies too. Stop the coordinator from moving the flag by
-    // killing both at once.
+/// The semi-sync replica dies first; before its flag can move, the source
+/// dies too, while the other replica had stopped replicating and lacks
+/// what the source committed since: no replica provably holds every
+/// acknowledged write. Returns the semi-sync replica's and the other
+/// replica's index.
+async fn kill_the_only_acker_and_the_source(stack: &mut Stack) -> (usize, usize) {
+    // Stop the coordinator from moving the flag by killing both at once.
     let flags = {
         let mut v = Vec::new();
         for db in stack.topo.servers() {
@@ -123,11 +164,41 @@ async fn no_safe_candidate_is_a_written_refusal_and_nothing_is_promoted() {
     };
     let semi = flags.iter().position(|f| *f).expect("a semi-sync replica");
     let other = if semi == 1 { 2 } else { 1 };
-    // The other replica falls behind: its SQL thread and IO thread stop.
+    // The other replica falls behind: its SQL thread and IO thread stop,
+    // and the source commits what it will never receive.
     stack.topo.server(other).exec("STOP SLAVE").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other_pos = {
+        let mut c = stack.topo.server(other).conn().await.unwrap();
+        global_var(&mut c, "gtid_current_pos").await.unwrap()
+    };
+    wait_until(Duration::from_secs(10), || async {
+        let Ok(mut c) = stack.topo.server(0).conn().await else {
+            return false;
+        };
+        let Ok(pos) = global_var(&mut c, "gtid_binlog_pos").await else {
+            return false;
+        };
+        gtids_contain(&mut c, &other_pos, &pos)
+            .await
+            .is_ok_and(|has_all| !has_all)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the source wrote nothing past db{}\n{}",
+            other + 1,
+            stack.logs()
+        )
+    });
     stack.topo.server_mut(semi).kill9().await;
     stack.topo.server_mut(0).kill9().await;
+    (semi, other)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_safe_candidate_is_a_written_refusal_and_nothing_is_promoted() {
+    let (mut stack, w) = prepared("c-f-none").await;
+    let (_, other) = kill_the_only_acker_and_the_source(&mut stack).await;
     let _ = w.finish().await;
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     assert_eq!(
@@ -149,6 +220,57 @@ async fn no_safe_candidate_is_a_written_refusal_and_nothing_is_promoted() {
         .unwrap()
         .is_some());
     eprintln!("no safe candidate: {}", entry.reason);
+}
+
+/// A refused failover used to leave the cluster fenced until an operator
+/// acted, even once the failed source was back with every acknowledged
+/// write: now the failover is taken up again, aborts (nothing was
+/// promoted), lifts its fence, and the old source takes writes again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_failover_ends_when_the_source_returns() {
+    let (mut stack, w) = prepared("c-f-back").await;
+    let (semi, _) = kill_the_only_acker_and_the_source(&mut stack).await;
+    let refused = finished_failover(&stack, Duration::from_secs(60)).await;
+    assert_eq!(
+        refused.outcome,
+        Outcome::Refused,
+        "{refused:?}\n{}",
+        stack.logs()
+    );
+
+    let back = std::time::Instant::now();
+    stack.topo.server_mut(semi).start_again().await;
+    stack.topo.server_mut(0).start_again().await;
+    let aborted = wait_for(Duration::from_secs(60), || async {
+        successover_tests::scenario::history(&stack)
+            .await
+            .into_iter()
+            .find(|e| e.id == refused.id && e.outcome == Outcome::Aborted)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the refused failover was never taken up\n{}", stack.logs()));
+    assert!(
+        aborted.reason.contains("answers again"),
+        "{}",
+        aborted.reason
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    writes_land(&stack, "db1", 1).await;
+    eprintln!(
+        "refused failover aborted and db1 took writes again {:?} after both servers were back",
+        back.elapsed()
+    );
+    let log = w.finish().await.unwrap();
+    let lost = writer::missing(&stack.node("db1").url(), &log)
+        .await
+        .unwrap();
+    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+    assert!(stack
+        .consul
+        .kv_get(&format!("mysql/master/{}/failed", stack.cluster))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -179,7 +301,7 @@ async fn the_coordinators_agent_killed_during_the_failover() {
         stack.agents[idx].kill9().await;
     }
     let entry = finished_failover(&stack, Duration::from_secs(90)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
     let c = check(&stack, &entry, &log, &routes, crash_ms).await;
@@ -216,7 +338,7 @@ async fn stack_on_consul_cluster(
         .await
         .unwrap();
     let w = WriterProc::start(stack.proxy_port.port(), 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    writes_land(&stack, "db1", 1).await;
     let routes = RouteMonitor::start(&stack);
     (consul, leader, stack, w, routes)
 }
@@ -246,7 +368,11 @@ async fn consul_leader_stopped_at_the_crash() {
     let crash_ms = unix_ms();
     let stopped = consul.stop_leader().await;
     let stopped_ms = unix_ms();
-    assert_eq!(stopped, leader, "the leader changed before the crash");
+    // Under load the Consul servers may elect another leader before the
+    // crash; the fault is "the leader stops", whichever server leads.
+    if stopped != leader {
+        eprintln!("the Consul leader moved from {leader} to {stopped} before the crash");
+    }
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let new_leader = consul.wait_for_leader().await;
     wait_routed_to(
@@ -255,7 +381,7 @@ async fn consul_leader_stopped_at_the_crash() {
         Duration::from_secs(30),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
     let c = check(&stack, &entry, &log, &routes, crash_ms).await;
@@ -285,7 +411,11 @@ async fn consul_leader_stopped_as_the_failover_starts() {
     assert!(started.is_ok(), "no failover started\n{}", stack.logs());
     let stopped = consul.stop_leader().await;
     let stopped_ms = unix_ms();
-    assert_eq!(stopped, leader, "the leader changed before the crash");
+    // Under load the Consul servers may elect another leader before the
+    // crash; the fault is "the leader stops", whichever server leads.
+    if stopped != leader {
+        eprintln!("the Consul leader moved from {leader} to {stopped} before the crash");
+    }
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let new_leader = consul.wait_for_leader().await;
     wait_routed_to(
@@ -294,7 +424,7 @@ async fn consul_leader_stopped_as_the_failover_starts() {
         Duration::from_secs(30),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
     let c = check(&stack, &entry, &log, &routes, crash_ms).await;
@@ -341,7 +471,8 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     let w = WriterProc::start(stack.proxy_port.port(), 1).await;
     // An application that bypasses the proxy.
     let direct = DirectClient::start(db1.host().to_string(), db1.port(), 2);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    writes_land(&stack, "db1", 1).await;
+    writes_land(&stack, "db1", 2).await;
     let routes = RouteMonitor::start(&stack);
 
     let cut_ms = unix_ms();
@@ -357,7 +488,7 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
         Duration::from_secs(30),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
 
     // The host comes back: its agent must fence its server at once.
     let heal_ms = unix_ms();

@@ -7,7 +7,9 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use successover_tests::haproxy::{self, tcp_listen};
-use successover_tests::mariadb::replica_status;
+use successover_tests::mariadb::{
+    binlog_coordinates, gtid_subtract, gtids_contain, received_gtids, replica_status,
+};
 use successover_tests::{
     bins, global_var, init_tracing, reserve_port, status_var, wait_until, ConsulCluster, ConsulDev,
     ConsulDevOptions, HaProxy, MariaDb, MariaDbOptions, NetHost, Topology,
@@ -171,10 +173,52 @@ async fn mariadb_replication_and_semi_sync() {
             replica.name()
         );
         let status = replica_status(&mut rc).await.unwrap().unwrap();
-        assert_eq!(status["Using_Gtid"], "Slave_Pos");
+        let applied = if replica.flavour().is_mysql() {
+            assert_eq!(status["Auto_Position"], "1");
+            "gtid_executed"
+        } else {
+            assert_eq!(status["Using_Gtid"], "Slave_Pos");
+            "gtid_slave_pos"
+        };
+        let source_pos = global_var(&mut conn, "gtid_binlog_pos").await.unwrap();
+        assert_eq!(global_var(&mut rc, applied).await.unwrap(), source_pos);
+        // What the chaos checks rely on: a replica that received and
+        // applied everything holds the source's GTIDs; on MySQL nothing of
+        // them is missing from its executed set.
+        let (file, end) = binlog_coordinates(&mut conn).await.unwrap();
+        assert_eq!(status["Master_Log_File"], file, "{}", replica.name());
         assert_eq!(
-            global_var(&mut rc, "gtid_slave_pos").await.unwrap(),
-            global_var(&mut conn, "gtid_binlog_pos").await.unwrap()
+            status["Read_Master_Log_Pos"],
+            end.to_string(),
+            "{}",
+            replica.name()
+        );
+        let mysql = replica.flavour().is_mysql();
+        let received = received_gtids(mysql, &status);
+        assert!(
+            gtids_contain(&mut rc, &received, &source_pos)
+                .await
+                .unwrap(),
+            "{}: received {received:?}, source at {source_pos:?}",
+            replica.name()
+        );
+        if mysql {
+            let executed = global_var(&mut rc, "gtid_executed").await.unwrap();
+            assert_eq!(
+                gtid_subtract(&mut rc, &source_pos, &executed)
+                    .await
+                    .unwrap(),
+                ""
+            );
+        }
+    }
+    if source.flavour().is_mysql() {
+        let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        assert_eq!(
+            gtid_subtract(&mut conn, &format!("{uuid}:1-10"), &format!("{uuid}:1-4"))
+                .await
+                .unwrap(),
+            format!("{uuid}:5-10")
         );
     }
 }

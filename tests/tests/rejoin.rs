@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
-use successover_tests::agent::workspace_bin;
+use successover_tests::bins;
 use successover_tests::consul::ConsulDev;
 use successover_tests::mariadb::global_var;
 use successover_tests::stack::Stack;
@@ -27,7 +27,7 @@ async fn failed_over(stack: &Stack) -> HistoryEntry {
 }
 
 fn rejoin(stack: &Stack, node: &str) -> (i32, String) {
-    let out = Command::new(workspace_bin("successover"))
+    let out = Command::new(bins::successover())
         .args([
             "--consul-addr",
             &stack.consul_addr,

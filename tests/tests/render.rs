@@ -26,8 +26,8 @@ use successover_tests::haproxy::{defaults_section, global_section};
 use successover_tests::mariadb::{ROOT_PASSWORD, ROOT_USER};
 use successover_tests::process::log_tail;
 use successover_tests::{
-    bins, init_tracing, reserve_port, wait_until, ConsulDev, HaProxy, PortLease, Proc, Scratch,
-    Topology,
+    bins, init_tracing, reserve_port, wait_until, ConsulDev, HaProxy, PortLease, Proc,
+    RenderConfig, Scratch, Topology,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -255,63 +255,6 @@ impl Drop for Renderer {
     }
 }
 
-/// What goes into one renderer config file.
-#[derive(Clone)]
-struct RenderConfig {
-    consul: String,
-    prefix: String,
-    haproxy: successover_tests::haproxy::HaProxyPaths,
-    metrics_port: Option<u16>,
-    template: Option<PathBuf>,
-    rev: String,
-    wait: &'static str,
-}
-
-impl RenderConfig {
-    fn toml(&self) -> String {
-        let h = &self.haproxy;
-        let mut out = format!(
-            r#"[consul]
-address = "{consul}"
-
-[kv]
-prefix = "{prefix}"
-
-[haproxy]
-config = "{cfg}"
-binary = "{binary}"
-admin_socket = "{admin}"
-master_socket = "{master}"
-bind_address = "127.0.0.1"
-hard_stop_after = "1m"
-reload_timeout = "20s"
-
-[watch]
-wait = "{wait}"
-retry_interval = "1s"
-
-[template]
-vars = {{ rev = "{rev}" }}
-"#,
-            consul = self.consul,
-            prefix = self.prefix,
-            cfg = h.cfg.display(),
-            binary = bins::haproxy().display(),
-            admin = h.admin_socket.display(),
-            master = h.master_socket.display(),
-            wait = self.wait,
-            rev = self.rev,
-        );
-        if let Some(t) = &self.template {
-            out.push_str(&format!("path = \"{}\"\n", t.display()));
-        }
-        if let Some(port) = self.metrics_port {
-            out.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
-        }
-        out
-    }
-}
-
 // ---------------------------------------------------------------------------
 // One test's setup: c1 -> db1 and c2 -> db3 behind a HAProxy of its own,
 // driven by a renderer of its own.
@@ -338,7 +281,7 @@ struct RigOptions {
     kv_addr: String,
     prefix: String,
     template: Option<String>,
-    wait: &'static str,
+    wait: Duration,
 }
 
 impl RigOptions {
@@ -349,7 +292,7 @@ impl RigOptions {
             kv_addr: addr,
             prefix: format!("{prefix}/mysql/"),
             template: None,
-            wait: "5m",
+            wait: Duration::from_secs(300),
         }
     }
 }
@@ -374,15 +317,13 @@ impl Rig {
             path
         });
         let metrics = reserve_port();
-        let config = RenderConfig {
-            consul: opts.consul_addr,
-            prefix: opts.prefix.clone(),
-            haproxy: haproxy.paths().clone(),
-            metrics_port: Some(metrics.port()),
-            template,
-            rev: "1".into(),
-            wait: opts.wait,
-        };
+        let mut config = RenderConfig::for_harness(&opts.consul_addr, &haproxy)
+            .prefix(&opts.prefix)
+            .metrics(SocketAddr::from(([127, 0, 0, 1], metrics.port())))
+            .test_timing();
+        config.watch.wait = Some(opts.wait);
+        config.template.path = template;
+        config.template.vars.insert("rev".into(), "1".into());
         let config_path = dir.path().join("render.toml");
         std::fs::write(&config_path, config.toml()).unwrap();
 
@@ -730,7 +671,7 @@ async fn broken_templates_and_configs_leave_the_running_config_serving() {
     let mut opts = RigOptions::shared("template").await;
     opts.template = Some(operator_template());
     let mut rig = Rig::start(opts).await;
-    let template_path = rig.config.template.clone().unwrap();
+    let template_path = rig.config.template.path.clone().unwrap();
     let good = rig.rendered();
     assert!(good.starts_with("# rev 1\n"), "{good}");
     let c2 = Monitor::start(rig.c2.port(), 3).await;
@@ -786,7 +727,7 @@ async fn broken_templates_and_configs_leave_the_running_config_serving() {
     assert!(rig
         .renderer
         .log()
-        .contains("unknown field `hard_stop_aftr`"));
+        .contains("`haproxy.hard_stop_aftr` is not a known key"));
 
     // `--once` with the broken templates, same files: exit 2 for a template
     // that does not render, 1 for one HAProxy rejects; the file stays.
@@ -795,8 +736,8 @@ async fn broken_templates_and_configs_leave_the_running_config_serving() {
         let path = rig.dir.path().join(format!("once-{i}.j2"));
         std::fs::write(&path, text).unwrap();
         let mut config = rig.config.clone();
-        config.template = Some(path);
-        config.metrics_port = None;
+        config.template.path = Some(path);
+        config.metrics.listen = None;
         let config_path = rig.dir.path().join(format!("once-{i}.toml"));
         std::fs::write(&config_path, config.toml()).unwrap();
         let mut cmd = render_command(&config_path);
@@ -830,7 +771,7 @@ async fn broken_templates_and_configs_leave_the_running_config_serving() {
     // so that it serves what the file says.
     let workers = rig.workers().await;
     std::fs::write(&template_path, operator_template()).unwrap();
-    rig.config.rev = "2".into();
+    rig.config.template.vars.insert("rev".into(), "2".into());
     rig.rewrite_config(&rig.config);
     rig.renderer.proc.signal(Signal::SIGHUP).unwrap();
     rig.renderer.wait_metric_at_least(applied, 1.0).await;
@@ -937,7 +878,7 @@ async fn consul_outage_keeps_the_last_good_config_serving() {
         template: None,
         // Short, so a query blocking on an index the new agent has not
         // reached yet returns soon.
-        wait: "2s",
+        wait: Duration::from_secs(2),
     };
     let mut rig = Rig::start(opts).await;
     let mut open = connect(rig.c1.port()).await.unwrap();

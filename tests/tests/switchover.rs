@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::*;
 use successover_common::procedure::{HistoryEntry, Outcome};
 use successover_tests::consul::ConsulDev;
-use successover_tests::mariadb::{global_var, MariaDb};
-use successover_tests::scenario::history;
+use successover_tests::mariadb::{global_var, MariaDb, ADMIN_APP_PASSWORD, ADMIN_APP_USER};
+use successover_tests::scenario::{history, writes_land};
 use successover_tests::stack::Stack;
 use successover_tests::writer::{self, WriterProc};
 use successover_tests::{wait_for, wait_until};
@@ -51,6 +51,14 @@ async fn writable(db: &MariaDb) -> bool {
     global_var(&mut c, "read_only").await.unwrap() == "0"
 }
 
+/// For polls: a connection still authenticating shows as "unauthenticated
+/// user", so the kill loops and self-fencing may cut the poll's own
+/// connection. That is a failed look, not a failed test.
+async fn looks_writable(db: &MariaDb) -> Option<bool> {
+    let mut c = db.conn().await.ok()?;
+    Some(global_var(&mut c, "read_only").await.ok()? == "0")
+}
+
 async fn replicating(db: &MariaDb) -> bool {
     let Ok(mut c) = db.conn().await else {
         return false;
@@ -82,14 +90,157 @@ async fn settled(stack: &Stack) -> bool {
 }
 
 async fn wait_settled(stack: &Stack) {
-    wait_until(Duration::from_secs(30), || async { settled(stack).await })
+    if wait_until(Duration::from_secs(30), || async { settled(stack).await })
         .await
-        .unwrap_or_else(|_| panic!("cluster did not settle\n{}", stack.logs()));
+        .is_err()
+    {
+        let mut state = String::new();
+        for db in stack.topo.servers() {
+            let Ok(mut c) = db.conn().await else {
+                state.push_str(&format!("{}: unreachable\n", db.name()));
+                continue;
+            };
+            let status = successover_tests::mariadb::replica_status(&mut c)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let get = |k: &str| status.get(k).cloned().unwrap_or_default();
+            state.push_str(&format!(
+                "{}: read_only {:?}, source flag {:?}, clients {:?}, IO {} ({}), SQL {} ({})\n",
+                db.name(),
+                global_var(&mut c, "read_only").await.ok(),
+                global_var(&mut c, "rpl_semi_sync_master_enabled")
+                    .await
+                    .ok(),
+                successover_tests::mariadb::status_var(&mut c, "Rpl_semi_sync_master_clients")
+                    .await
+                    .ok(),
+                get("Slave_IO_Running"),
+                get("Last_IO_Error"),
+                get("Slave_SQL_Running"),
+                get("Last_SQL_Error"),
+            ));
+        }
+        panic!(
+            "cluster did not settle (published {:?})\n{state}{}",
+            stack.published_node().await,
+            stack.logs()
+        );
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Every acknowledged write of every log is on every node, exactly one node
+/// (the published one) is writable, every other node replicates, and no
+/// node has a GTID the others lack.
+async fn assert_lossless(stack: &Stack, logs: &[writer::WriterLog]) {
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|_| panic!("replicas never caught up\n{}", stack.logs()));
+    let source = stack.published_node().await.unwrap();
+    for (i, db) in stack.topo.servers().iter().enumerate() {
+        for log in logs {
+            let lost = writer::missing(&db.url(), log).await.unwrap();
+            assert!(
+                lost.is_empty(),
+                "db{} misses {} of {} acknowledged writes",
+                i + 1,
+                lost.len(),
+                log.acked.len()
+            );
+        }
+    }
+    let mut positions = Vec::new();
+    for (i, db) in stack.topo.servers().iter().enumerate() {
+        let name = format!("db{}", i + 1);
+        assert_eq!(writable(db).await, name == source, "{name} writable state");
+        let mut c = db.conn().await.unwrap();
+        positions.push(global_var(&mut c, "gtid_current_pos").await.unwrap());
+        if name != source {
+            assert!(replicating(db).await, "{name} must replicate at the end");
+        }
+    }
+    assert!(
+        positions.windows(2).all(|w| w[0] == w[1]),
+        "diverging GTIDs: {positions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_with_all_privileges_lose_nothing_through_switches() {
+    // `ALL` includes READ_ONLY ADMIN on MariaDB: these writers' commits go
+    // through read_only=1, so read_only alone does not end the old source's
+    // writes. Writers as fast as they go, two of them with `ALL`.
+    let stack = Stack::start("c-admin", &consul_addr().await).await;
+    writer::prepare(&stack.node("db1").url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let port = stack.proxy_port.port();
+    let writers = vec![
+        WriterProc::start(port, 1).await,
+        WriterProc::start_as(port, 2, ADMIN_APP_USER, ADMIN_APP_PASSWORD).await,
+        WriterProc::start_as(port, 3, ADMIN_APP_USER, ADMIN_APP_PASSWORD).await,
+    ];
+    writes_land(&stack, "db1", 2).await;
+    // The source's health report names the account (its connection count
+    // is refreshed with the report's heartbeat, not on every change).
+    let key = format!("mysql/agent/{}/db1", stack.cluster);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report: serde_json::Value = match stack.consul.kv_get(&key).await {
+            Ok(Some(v)) => {
+                serde_json::from_slice(v.value.as_deref().unwrap_or_default()).unwrap_or_default()
+            }
+            _ => serde_json::Value::Null,
+        };
+        let writers = &report["read_only_writers"];
+        // MySQL's super_read_only holds every account: none is listed.
+        if stack.node("db1").flavour().is_mysql() && report["up"] == true {
+            assert!(writers.is_null(), "{writers}");
+            break;
+        }
+        if writers.get(ADMIN_APP_USER).is_some() {
+            assert!(writers.get("app").is_none(), "{writers}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "db1's report never named {ADMIN_APP_USER}: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..10 {
+        let target = if i % 2 == 0 { "db2" } else { "db1" };
+        let entry = request(&stack, target).await;
+        assert_eq!(
+            entry.outcome,
+            Outcome::Done,
+            "switch {i} to {target}: {}\n{}",
+            entry.reason,
+            stack.logs()
+        );
+        writes_land(&stack, target, 3).await;
+        wait_settled(&stack).await;
+    }
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.finish().await.unwrap());
+    }
+    assert!(
+        logs.iter().all(|l| l.acked.len() > 50),
+        "writers barely wrote"
+    );
+    assert_lossless(&stack, &logs).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,7 +253,7 @@ async fn twenty_successovers_under_writes_lose_nothing() {
         .await
         .unwrap();
     let w = WriterProc::start(stack.proxy_port.port(), 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writes_land(&stack, "db1", 1).await;
 
     let mut unavailable = Vec::new();
     for i in 0..20 {
@@ -119,7 +270,7 @@ async fn twenty_successovers_under_writes_lose_nothing() {
         unavailable.push(entry.write_unavailable_ms.unwrap());
         wait_settled(&stack).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writes_land(&stack, &stack.published_node().await.unwrap(), 1).await;
     let log = w.finish().await.unwrap();
     assert!(
         log.acked.len() > 100,
@@ -127,38 +278,7 @@ async fn twenty_successovers_under_writes_lose_nothing() {
         log.acked.len()
     );
 
-    // Every acknowledged write is on the final source and every replica.
-    stack
-        .topo
-        .wait_replicated(Duration::from_secs(30))
-        .await
-        .unwrap();
-    let source = stack.published_node().await.unwrap();
-    for (i, db) in stack.topo.servers().iter().enumerate() {
-        let lost = writer::missing(&db.url(), &log).await.unwrap();
-        assert!(
-            lost.is_empty(),
-            "db{} misses {} acknowledged writes",
-            i + 1,
-            lost.len()
-        );
-    }
-    // Exactly one writable node, the published one; no errant GTIDs: every
-    // node's executed set is the source's.
-    let mut positions = Vec::new();
-    for (i, db) in stack.topo.servers().iter().enumerate() {
-        let name = format!("db{}", i + 1);
-        assert_eq!(writable(db).await, name == source, "{name} writable state");
-        let mut c = db.conn().await.unwrap();
-        positions.push(global_var(&mut c, "gtid_current_pos").await.unwrap());
-        if name != source {
-            assert!(replicating(db).await, "{name} must replicate at the end");
-        }
-    }
-    assert!(
-        positions.windows(2).all(|w| w[0] == w[1]),
-        "diverging GTIDs: {positions:?}"
-    );
+    assert_lossless(&stack, std::slice::from_ref(&log)).await;
 
     let gaps: Vec<u64> = log
         .gaps(Duration::from_millis(50))
@@ -296,18 +416,10 @@ async fn a_long_open_transaction_is_killed_and_the_switch_completes() {
 /// read-only, cluster fenced, history entry running), then by a real
 /// kill -9 racing a real switch. Either way the next coordinator finishes
 /// or rolls back, and never two nodes are writable.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
-    let mut stack = Stack::start("c-crash", &consul_addr().await).await;
-    let cluster = stack.cluster.clone();
-
-    // 1. Interrupted after fencing: must roll back.
-    stack
-        .node("db1")
-        .exec("SET GLOBAL read_only = 1")
-        .await
-        .unwrap();
-    let id = "000000000000001-switchover";
+/// What a coordinator that died mid-switch db1 -> db2 leaves in KV: the
+/// switch's fence, its running history entry and the in-progress marker.
+async fn plant_interrupted_switch(stack: &Stack, id: &str) {
+    let cluster = &stack.cluster;
     let entry = serde_json::json!({
         "id": id, "kind": "switchover", "cluster": cluster, "outcome": "running",
         "reason": "switching db1 -> db2", "from": "db1", "to": "db2", "request": null,
@@ -326,15 +438,36 @@ async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
     c.kv_put(&format!("mysql/history/{cluster}/in-progress"), id)
         .await
         .unwrap();
-    let done = wait_for(Duration::from_secs(30), || async {
-        let e = history(&stack).await.into_iter().find(|e| e.id == id)?;
+}
+
+/// The planted switch's entry once the next coordinator finished it.
+async fn recovered(stack: &Stack, id: &str) -> HistoryEntry {
+    wait_for(Duration::from_secs(30), || async {
+        let e = history(stack).await.into_iter().find(|e| e.id == id)?;
         (e.outcome != Outcome::Running).then_some(e)
     })
     .await
-    .unwrap_or_else(|_| panic!("not recovered\n{}", stack.logs()));
+    .unwrap_or_else(|_| panic!("not recovered\n{}", stack.logs()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
+    let mut stack = Stack::start("c-crash", &consul_addr().await).await;
+    let cluster = stack.cluster.clone();
+
+    // 1. Interrupted after fencing: must roll back.
+    stack
+        .node("db1")
+        .exec("SET GLOBAL read_only = 1")
+        .await
+        .unwrap();
+    let id = "000000000000001-switchover";
+    plant_interrupted_switch(&stack, id).await;
+    let c = &stack.consul;
+    let done = recovered(&stack, id).await;
     assert_eq!(done.outcome, Outcome::Aborted, "{}", done.reason);
     wait_until(Duration::from_secs(10), || async {
-        writable(stack.node("db1")).await
+        looks_writable(stack.node("db1")).await == Some(true)
     })
     .await
     .expect("db1 writable again");
@@ -346,6 +479,22 @@ async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
         None
     );
     wait_settled(&stack).await;
+    // The rollback's reopening can cross db1's own agent still seeing the
+    // fence for a cycle (it self-fences, the coordinator reopens): a request
+    // in that moment is refused ("source db1 is read-only"). Wait until db1
+    // stays open across a few of the agents' cycles.
+    let open_since: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    wait_until(Duration::from_secs(20), || async {
+        let open = looks_writable(stack.node("db1")).await == Some(true);
+        let mut since = open_since.lock().unwrap();
+        if !open {
+            *since = None;
+            return false;
+        }
+        since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1)
+    })
+    .await
+    .expect("db1 did not stay writable");
 
     // 2. A real switch with its coordinator killed as soon as it starts.
     let coordinator = wait_for(Duration::from_secs(20), || async {
@@ -395,8 +544,10 @@ async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
         };
         let mut writable_nodes = Vec::new();
         for (i, db) in stack.topo.servers().iter().enumerate() {
-            if writable(db).await {
-                writable_nodes.push(format!("db{}", i + 1));
+            match looks_writable(db).await {
+                Some(true) => writable_nodes.push(format!("db{}", i + 1)),
+                Some(false) => {}
+                None => return false,
             }
         }
         in_progress.is_none() && writable_nodes == vec![source]
@@ -412,4 +563,145 @@ async fn the_next_coordinator_finishes_or_rolls_back_an_interrupted_switch() {
         matches!(last.outcome, Outcome::Done | Outcome::Aborted),
         "{last:?}"
     );
+}
+
+/// An in-progress marker whose entry cannot be read names nothing to
+/// finish or roll back; left in place it would hold every other rule back
+/// (no switchover, no failover) for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_progress_marker_naming_nothing_is_dropped() {
+    let stack = Stack::start("c-marker", &consul_addr().await).await;
+    let key = format!("mysql/history/{}/in-progress", stack.cluster);
+    stack
+        .consul
+        .kv_put(&key, "000000000000042-switchover")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        stack.consul.kv_get(&key).await.ok().flatten().is_none()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the marker stayed\n{}", stack.logs()));
+    // The cluster is still served by its source.
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+}
+
+/// A switch back to a node whose last writes were its own, with nothing
+/// written since: the old source's position is the target's own last GTID.
+/// On MariaDB the target's replica position never holds its own writes, so a
+/// wait on it alone never returned and the switch rolled back after the
+/// catch-up limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_back_with_no_write_in_between_completes() {
+    let stack = Stack::start("c-swback", &consul_addr().await).await;
+    let entry = request(&stack, "db2").await;
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    wait_settled(&stack).await;
+    // db2's own transaction, then no write anywhere.
+    stack
+        .node("db2")
+        .exec("CREATE DATABASE IF NOT EXISTS swback")
+        .await
+        .unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let entry = request(&stack, "db1").await;
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    wait_settled(&stack).await;
+    let entry = request(&stack, "db2").await;
+    assert_eq!(
+        entry.outcome,
+        Outcome::Done,
+        "{}\n{}",
+        entry.reason,
+        stack.logs()
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db2"));
+}
+
+/// A switch interrupted after the old source was repointed under the target
+/// (the semi-sync repoint) and rolled back by the next coordinator, whose
+/// plan is rebuilt from the history entry and does not say so: the old
+/// source reopened as a replica of the target without its semi-sync
+/// source flag, acknowledging commits no replica held (found by the
+/// simulator, seed 4682).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolled_back_switch_reopens_the_old_source_only_as_a_source() {
+    let stack = Stack::start("c-rbsrc", &consul_addr().await).await;
+    let cluster = stack.cluster.clone();
+    let (db1, db2) = (stack.node("db1"), stack.node("db2"));
+    // Maintenance holds the invariants while the servers are set up (an
+    // interrupted procedure is taken up all the same).
+    let config_key = format!("mysql/cluster/{cluster}");
+    let mut config: serde_json::Value = serde_json::from_slice(
+        stack
+            .consul
+            .kv_get(&config_key)
+            .await
+            .unwrap()
+            .and_then(|kv| kv.value)
+            .as_deref()
+            .unwrap_or(b"{}"),
+    )
+    .unwrap();
+    config["maintenance"] = true.into();
+    stack
+        .consul
+        .kv_put(&config_key, config.to_string())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        stack
+            .logs()
+            .lines()
+            .any(|l| l.contains("c-rbsrc") && l.contains("maintenance mode"))
+    })
+    .await
+    .expect("maintenance never seen");
+    // What the interrupted coordinator left: db1 read-only and a semi-sync
+    // replica of db2; db2 prepared (no longer a replica, source flag on).
+    db1.exec("SET GLOBAL read_only = 1").await.unwrap();
+    db2.exec("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled = 1")
+        .await
+        .unwrap();
+    db1.exec("SET GLOBAL rpl_semi_sync_master_enabled = 0")
+        .await
+        .unwrap();
+    db1.replicate_from(db2, true).await.unwrap();
+    let id = "000000000000002-switchover";
+    plant_interrupted_switch(&stack, id).await;
+    let done = recovered(&stack, id).await;
+    assert_eq!(done.outcome, Outcome::Aborted, "{}", done.reason);
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    wait_until(Duration::from_secs(10), || async {
+        looks_writable(db1).await == Some(true)
+    })
+    .await
+    .expect("db1 writable again");
+    // Open, and a source: not replicating, its source flag on.
+    let mut conn = db1.conn().await.unwrap();
+    assert!(
+        successover_tests::mariadb::replica_status(&mut conn)
+            .await
+            .unwrap()
+            .is_none(),
+        "db1 reopened as a replica\n{}",
+        stack.logs()
+    );
+    assert_eq!(
+        global_var(&mut conn, "rpl_semi_sync_master_enabled")
+            .await
+            .unwrap(),
+        "1"
+    );
+    config["maintenance"] = false.into();
+    stack
+        .consul
+        .kv_put(&config_key, config.to_string())
+        .await
+        .unwrap();
+    wait_settled(&stack).await;
 }

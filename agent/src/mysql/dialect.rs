@@ -39,6 +39,17 @@ pub const SERVER_INFO: &str =
 /// unlike `information_schema.PROCESSLIST` it is not deprecated on MySQL 8.4.
 pub const SHOW_PROCESSLIST: &str = "SHOW FULL PROCESSLIST";
 
+/// The accounts granted MariaDB's `READ_ONLY ADMIN` (part of `ALL`), whose
+/// commits go through `read_only=1`.
+pub const READ_ONLY_WRITERS: &str = "SELECT DISTINCT GRANTEE AS grantee FROM information_schema.USER_PRIVILEGES WHERE PRIVILEGE_TYPE = 'READ_ONLY ADMIN'";
+
+/// The user name of a `GRANTEE` value (`'app'@'%'`).
+pub fn grantee_user(grantee: &str) -> Option<String> {
+    let rest = grantee.strip_prefix('\'')?;
+    let end = rest.rfind("'@'")?;
+    Some(rest[..end].replace("''", "'"))
+}
+
 /// `LIKE` uses `_` as a wildcard, which here only ever matches the literal underscores.
 pub const SHOW_SEMI_SYNC_VARIABLES: &str = "SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync_%'";
 pub const SHOW_SEMI_SYNC_STATUS: &str = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_%'";
@@ -86,6 +97,31 @@ impl Dialect {
         }
     }
 
+    /// Statements that block every commit on the server for as long as
+    /// the session holds them, those of accounts that write through
+    /// `read_only` (MariaDB's `READ_ONLY ADMIN`, part of `ALL`) included.
+    /// MySQL needs none: `super_read_only` already stops those accounts.
+    pub fn block_commits(self) -> Option<&'static str> {
+        match self {
+            Dialect::MariaDb => Some("BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT"),
+            Dialect::MySql80 | Dialect::MySql84 => None,
+        }
+    }
+
+    pub fn release_commits(self) -> Option<&'static str> {
+        match self {
+            Dialect::MariaDb => Some("BACKUP STAGE END"),
+            Dialect::MySql80 | Dialect::MySql84 => None,
+        }
+    }
+
+    pub fn start_sql_thread(self) -> &'static str {
+        match self {
+            Dialect::MariaDb => "START SLAVE SQL_THREAD",
+            Dialect::MySql80 | Dialect::MySql84 => "START REPLICA SQL_THREAD",
+        }
+    }
+
     pub fn stop_io_thread(self) -> &'static str {
         match self {
             Dialect::MariaDb => "STOP SLAVE IO_THREAD",
@@ -122,15 +158,27 @@ impl Dialect {
             spec.heartbeat_period.subsec_millis()
         );
         let retry = connect_retry_secs(spec.connect_retry);
+        let ssl = |word: &str| match spec.tls {
+            Some(on) => format!(", {word}={}", u8::from(on)),
+            None => String::new(),
+        };
         Ok(match self {
             // slave_pos: the replica resumes from what its SQL thread applied. (current_pos
             // would also count local writes in the binlog, turning an errant transaction into
             // a replication error far from its cause.)
             Dialect::MariaDb => format!(
                 "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{}', \
-                 MASTER_PASSWORD={password}, MASTER_USE_GTID=slave_pos, \
-                 MASTER_HEARTBEAT_PERIOD={heartbeat}, MASTER_CONNECT_RETRY={retry}",
-                spec.host, spec.port, spec.user
+                 MASTER_PASSWORD={password}, MASTER_USE_GTID={}, \
+                 MASTER_HEARTBEAT_PERIOD={heartbeat}, MASTER_CONNECT_RETRY={retry}{}",
+                spec.host,
+                spec.port,
+                spec.user,
+                if spec.from_current_pos {
+                    "current_pos"
+                } else {
+                    "slave_pos"
+                },
+                ssl("MASTER_SSL")
             ),
             // GET_SOURCE_PUBLIC_KEY: MySQL 8's default caching_sha2_password refuses a replica
             // without TLS unless it may fetch the source's RSA key.
@@ -138,8 +186,11 @@ impl Dialect {
                 "CHANGE REPLICATION SOURCE TO SOURCE_HOST='{}', SOURCE_PORT={}, SOURCE_USER='{}', \
                  SOURCE_PASSWORD={password}, SOURCE_AUTO_POSITION=1, \
                  SOURCE_HEARTBEAT_PERIOD={heartbeat}, SOURCE_CONNECT_RETRY={retry}, \
-                 GET_SOURCE_PUBLIC_KEY=1",
-                spec.host, spec.port, spec.user
+                 GET_SOURCE_PUBLIC_KEY=1{}",
+                spec.host,
+                spec.port,
+                spec.user,
+                ssl("SOURCE_SSL")
             ),
         })
     }
@@ -192,7 +243,7 @@ impl Dialect {
     pub fn gtid_wait(self) -> &'static str {
         match self {
             // Waits on gtid_slave_pos only: on the server that wrote the transactions (a source)
-            // it never returns for its own writes.
+            // it never returns for its own writes (Node::wait_for_gtid leaves those out).
             Dialect::MariaDb => "SELECT MASTER_GTID_WAIT(?, ?)",
             Dialect::MySql80 | Dialect::MySql84 => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
         }
@@ -418,7 +469,27 @@ impl SemiSyncNaming {
     pub fn set_replica_enabled(self, on: bool) -> String {
         format!("SET GLOBAL {} = {}", self.replica_enabled(), on_off(on))
     }
+
+    /// Rule 1 on the source side: wait for the ACK after the binlog sync
+    /// (a crash then loses nothing acknowledged), keep waiting with no
+    /// semi-sync replica connected, and never fall back to asynchronous
+    /// replication within any span an operator would notice.
+    pub fn set_lossless(self) -> [String; 3] {
+        [
+            format!("SET GLOBAL {} = AFTER_SYNC", self.source_wait_point()),
+            format!("SET GLOBAL {} = ON", self.source_wait_no_replica()),
+            format!(
+                "SET GLOBAL {} = {LOSSLESS_TIMEOUT_MS}",
+                self.source_timeout()
+            ),
+        ]
+    }
 }
+
+/// The semi-sync timeout the agent sets: 2^32 - 1 ms (49.7 days), the
+/// largest value every supported server accepts (MySQL's maximum; MariaDB
+/// takes more).
+pub const LOSSLESS_TIMEOUT_MS: u64 = 4_294_967_295;
 
 /// Which semi-sync sides a server offers, and under which names; `None` = plugin not loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -495,6 +566,15 @@ pub struct SourceSpec {
     /// How long a disconnected IO thread waits before reconnecting. Short, so that replicas
     /// repointed by a successover reconnect within a second rather than MariaDB's default 60 s.
     pub connect_retry: Duration,
+    /// MariaDB: resume from `gtid_current_pos` (the server's own binlog
+    /// included) instead of `gtid_slave_pos`. For a server whose commits
+    /// are blocked, where setting `gtid_slave_pos` (a commit itself) would
+    /// wait for the block.
+    pub from_current_pos: bool,
+    /// `MASTER_SSL` / `SOURCE_SSL`; `None` leaves the server's default. It must be said when
+    /// the sources run without TLS: MariaDB 11.4 asks for TLS to the source by default, and a
+    /// replica that never replicated (a former source) gets that default on every repoint.
+    pub tls: Option<bool>,
 }
 
 impl SourceSpec {
@@ -511,6 +591,8 @@ impl SourceSpec {
             password: password.into(),
             heartbeat_period: Duration::from_secs(1),
             connect_retry: Duration::from_secs(1),
+            from_current_pos: false,
+            tls: None,
         }
     }
 
@@ -546,6 +628,7 @@ impl std::fmt::Debug for SourceSpec {
             .field("password", &"<redacted>")
             .field("heartbeat_period", &self.heartbeat_period)
             .field("connect_retry", &self.connect_retry)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -616,6 +699,22 @@ mod tests {
     use super::*;
 
     const ALL: [Dialect; 3] = [Dialect::MariaDb, Dialect::MySql80, Dialect::MySql84];
+
+    #[test]
+    fn lossless_semi_sync_settings_for_both_namings() {
+        assert_eq!(
+            SemiSyncNaming::MasterSlave.set_lossless(),
+            [
+                "SET GLOBAL rpl_semi_sync_master_wait_point = AFTER_SYNC".to_owned(),
+                "SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON".to_owned(),
+                "SET GLOBAL rpl_semi_sync_master_timeout = 4294967295".to_owned(),
+            ]
+        );
+        assert_eq!(
+            SemiSyncNaming::SourceReplica.set_lossless()[1],
+            "SET GLOBAL rpl_semi_sync_source_wait_no_replica = ON"
+        );
+    }
 
     #[test]
     fn dialect_from_flavor() {
@@ -726,6 +825,31 @@ mod tests {
              MASTER_USER='repl', MASTER_PASSWORD='s3cret', MASTER_USE_GTID=slave_pos, \
              MASTER_HEARTBEAT_PERIOD=1.500, MASTER_CONNECT_RETRY=2"
         );
+    }
+
+    #[test]
+    fn change_source_says_tls_only_when_configured() {
+        let mut spec = SourceSpec::new("db1", 3306, "repl", "pw");
+        for d in ALL {
+            let sql = d.change_source(&spec, true).unwrap();
+            assert!(!sql.contains("_SSL"), "{sql}");
+        }
+        spec.tls = Some(false);
+        let sql = Dialect::MariaDb.change_source(&spec, true).unwrap();
+        assert!(
+            sql.ends_with("MASTER_CONNECT_RETRY=1, MASTER_SSL=0"),
+            "{sql}"
+        );
+        for d in [Dialect::MySql80, Dialect::MySql84] {
+            let sql = d.change_source(&spec, true).unwrap();
+            assert!(
+                sql.ends_with("GET_SOURCE_PUBLIC_KEY=1, SOURCE_SSL=0"),
+                "{sql}"
+            );
+        }
+        spec.tls = Some(true);
+        let sql = Dialect::MariaDb.change_source(&spec, true).unwrap();
+        assert!(sql.ends_with(", MASTER_SSL=1"), "{sql}");
     }
 
     #[test]
@@ -1108,6 +1232,14 @@ mod tests {
         );
         // No plugin loaded.
         assert_eq!(SemiSyncPlugins::detect([]), SemiSyncPlugins::default());
+    }
+
+    #[test]
+    fn grantee_names_the_user() {
+        assert_eq!(grantee_user("'appadmin'@'%'").as_deref(), Some("appadmin"));
+        assert_eq!(grantee_user("'o''neil'@'10.%'").as_deref(), Some("o'neil"));
+        assert_eq!(grantee_user("'a@b'@'localhost'").as_deref(), Some("a@b"));
+        assert_eq!(grantee_user("appadmin"), None);
     }
 
     #[test]

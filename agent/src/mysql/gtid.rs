@@ -573,6 +573,34 @@ pub enum GtidState {
 }
 
 impl GtidState {
+    /// Parses either flavour's text: MySQL sets name server UUIDs with a
+    /// colon, MariaDB positions never contain one.
+    pub fn parse_any(s: &str) -> Result<GtidState, GtidParseError> {
+        if s.contains(':') {
+            GtidSet::parse(s).map(GtidState::MySql)
+        } else {
+            GtidPos::parse(s).map(GtidState::MariaDb)
+        }
+    }
+
+    /// Everything either holds: per domain the later position (MariaDB),
+    /// the union of the sets (MySQL).
+    pub fn union(&self, other: &GtidState) -> Result<GtidState, FlavourMismatch> {
+        match (self, other) {
+            (GtidState::MariaDb(a), GtidState::MariaDb(b)) => {
+                let mut p = a.clone();
+                for g in b.iter() {
+                    if p.get(g.domain).is_none_or(|x| x.seq < g.seq) {
+                        p.insert(g);
+                    }
+                }
+                Ok(GtidState::MariaDb(p))
+            }
+            (GtidState::MySql(a), GtidState::MySql(b)) => Ok(GtidState::MySql(a.union(b))),
+            _ => Err(FlavourMismatch),
+        }
+    }
+
     /// Whether `self` holds everything `other` holds.
     pub fn contains(&self, other: &GtidState) -> Result<bool, FlavourMismatch> {
         match (self, other) {

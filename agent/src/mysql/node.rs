@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Params, Row};
@@ -213,14 +214,20 @@ pub struct Node {
 /// connection closed before it writes anything, so when the bounded wait below gives up, the
 /// socket is simply closed.
 fn discard(conn: Conn) {
-    tokio::spawn(async move {
-        let _ = timeout(Duration::from_secs(1), conn.disconnect()).await;
-    });
+    tokio::spawn(
+        async move {
+            let _ = timeout(Duration::from_secs(1), conn.disconnect()).await;
+        }
+        .in_current_span(),
+    );
 }
 
 fn whole_secs_at_least_one(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
+
+/// The processlist's user of a connection still authenticating.
+const UNAUTHENTICATED: &str = "unauthenticated user";
 
 impl Node {
     /// No I/O happens until the first operation.
@@ -430,6 +437,19 @@ impl Node {
         }
     }
 
+    /// Sets rule 1's source-side settings (see [`dialect::SemiSyncNaming::set_lossless`]);
+    /// a server without the source plugin has nothing to set.
+    pub async fn set_semi_sync_lossless(&mut self) -> Result<()> {
+        const OP: &str = "set_semi_sync_lossless";
+        let Some(naming) = self.semi_sync_plugins(OP).await?.source else {
+            return Ok(());
+        };
+        for statement in naming.set_lossless() {
+            self.query_drop(OP, &statement).await?;
+        }
+        Ok(())
+    }
+
     /// Enables or disables the replica side, and restarts the IO thread when that is what it
     /// takes: the IO thread only negotiates semi-sync when it connects, so on both flavours a
     /// running replica keeps its old mode until restarted. A stopped IO thread stays stopped —
@@ -484,11 +504,49 @@ impl Node {
         }
     }
 
+    /// Blocks every commit on this server until [`Node::release_commits`]
+    /// or until this connection closes (so a coordinator that dies never
+    /// leaves a server blocked). `false` when the flavour needs no block
+    /// (see [`Dialect::block_commits`]). Waits for commits already under
+    /// way at most `wait`.
+    pub async fn block_commits(&mut self, wait: Duration) -> Result<bool> {
+        const OP: &str = "block_commits";
+        let d = self.dialect().await?;
+        let Some(sql) = d.block_commits() else {
+            return Ok(false);
+        };
+        let secs = wait.as_secs().max(1);
+        self.query_drop(OP, &format!("SET SESSION lock_wait_timeout = {secs}"))
+            .await?;
+        self.query_drop(OP, sql).await?;
+        Ok(true)
+    }
+
+    pub async fn release_commits(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        match d.release_commits() {
+            Some(sql) => self.query_drop("release_commits", sql).await,
+            None => Ok(()),
+        }
+    }
+
     /// Stops receiving from the source: once the only semi-sync replica has stopped its IO
     /// thread, the source can collect no more ACKs and so acknowledge no more commits.
     pub async fn stop_io_thread(&mut self) -> Result<()> {
         let d = self.dialect().await?;
         self.query_drop("stop_io_thread", d.stop_io_thread()).await
+    }
+
+    /// One round trip, bounded by the read timeout.
+    pub async fn ping(&mut self) -> Result<()> {
+        self.query_rows("ping", "SELECT 1").await.map(|_| ())
+    }
+
+    /// Starts the applier; a no-op (with a warning) when it runs.
+    pub async fn start_sql_thread(&mut self) -> Result<()> {
+        let d = self.dialect().await?;
+        self.query_drop("start_sql_thread", d.start_sql_thread())
+            .await
     }
 
     pub async fn start_io_thread(&mut self) -> Result<()> {
@@ -534,8 +592,8 @@ impl Node {
     }
 
     /// Waits until this server has applied `target`: `true` when it has, `false` when `wait`
-    /// ran out first. MariaDB's wait compares with `gtid_slave_pos`, so it is for replicas: on
-    /// the server that wrote the transactions it never succeeds.
+    /// ran out first. What the server already holds (its own writes included) counts as
+    /// applied without a wait.
     pub async fn wait_for_gtid(&mut self, target: &GtidState, wait: Duration) -> Result<bool> {
         const OP: &str = "wait_for_gtid";
         let info = self.server_info().await?;
@@ -548,10 +606,30 @@ impl Node {
                 flavor,
             });
         }
-        if target.is_empty() {
+        // MASTER_GTID_WAIT looks at gtid_slave_pos only, which never holds the server's own
+        // writes: a former source waiting for a position whose last GTID in a domain is its
+        // own (a switch back with nothing written since) would wait out the limit. What the
+        // server already holds is left out of the wait.
+        let remaining = match target {
+            GtidState::MariaDb(want) => {
+                let GtidState::MariaDb(held) = self.gtid_executed().await? else {
+                    return Err(NodeError::WrongGtidFlavour {
+                        op: OP,
+                        addr: self.addr.clone(),
+                        flavor,
+                    });
+                };
+                GtidState::MariaDb(want.not_in(&held))
+            }
+            GtidState::MySql(_) => target.clone(),
+        };
+        if remaining.is_empty() {
             return Ok(true);
         }
-        let params = Params::Positional(vec![target.to_string().into(), d.gtid_wait_timeout(wait)]);
+        let params = Params::Positional(vec![
+            remaining.to_string().into(),
+            d.gtid_wait_timeout(wait),
+        ]);
         // The server-side wait ends first (MySQL rounds up to a whole second); the client-side
         // limit only catches a server that stopped answering.
         let limit = wait + Duration::from_secs(1) + self.cfg.query_timeout;
@@ -581,16 +659,19 @@ impl Node {
         client_threads(&rows, own).map_err(|e| self.parse_error(OP, e))
     }
 
-    /// Kills every client connection except ours and those of `except_users` (peers' agents,
-    /// say), sparing replication threads. Returns the ids it killed; connections that ended on
-    /// their own meanwhile are skipped. A client that bypasses the proxy is exactly what this
-    /// is for, so it runs after `set_read_only(true)`, not instead of it.
-    pub async fn kill_client_connections(&mut self, except_users: &[&str]) -> Result<Vec<u64>> {
-        const OP: &str = "kill_client_connections";
+    /// Kills the client connections whose commit waits for a semi-sync ACK
+    /// (their clients get an error, never an OK), except `except_users`'.
+    /// Returns the ids it killed.
+    pub async fn kill_ack_waiters(&mut self, except_users: &[&str]) -> Result<Vec<u64>> {
+        const OP: &str = "kill_ack_waiters";
         let clients = self.processlist_clients().await?;
         let mut killed = Vec::new();
         for c in clients {
-            if except_users.contains(&c.user.as_str()) {
+            let waiting = c
+                .state
+                .as_deref()
+                .is_some_and(|s| s.to_ascii_lowercase().contains("semi-sync ack"));
+            if !waiting || except_users.contains(&c.user.as_str()) {
                 continue;
             }
             match self.query_drop(OP, &dialect::kill_connection(c.id)).await {
@@ -600,6 +681,48 @@ impl Node {
             }
         }
         Ok(killed)
+    }
+
+    /// Kills every client connection except ours and those of `except_users` (peers' agents,
+    /// say), sparing replication threads. Returns the ids it killed; connections that ended on
+    /// their own meanwhile are skipped. A client that bypasses the proxy is exactly what this
+    /// is for, so it runs after `set_read_only(true)`, not instead of it.
+    pub async fn kill_client_connections(&mut self, except_users: &[&str]) -> Result<Vec<u64>> {
+        const OP: &str = "kill_client_connections";
+        let clients = self.processlist_clients().await?;
+        let mut killed = Vec::new();
+        for c in clients {
+            // Still authenticating, it cannot commit yet, and it may be an
+            // agent's own connection (the commit block's, say) that would
+            // never get through; the next pass sees its user.
+            if except_users.contains(&c.user.as_str()) || c.user == UNAUTHENTICATED {
+                continue;
+            }
+            match self.query_drop(OP, &dialect::kill_connection(c.id)).await {
+                Ok(()) => killed.push(c.id),
+                Err(e) if e.server_error_code() == Some(dialect::ER_NO_SUCH_THREAD) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(killed)
+    }
+
+    /// The accounts whose commits go through `read_only`: MariaDB's
+    /// `READ_ONLY ADMIN` granted directly (a grant through a role is not
+    /// seen). None on MySQL, whose `super_read_only` holds every account.
+    pub async fn read_only_writers(&mut self) -> Result<Vec<String>> {
+        const OP: &str = "read_only_writers";
+        if !self.dialect().await?.is_mariadb() {
+            return Ok(Vec::new());
+        }
+        let rows = self.query_rows(OP, dialect::READ_ONLY_WRITERS).await?;
+        let mut users: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.get("grantee").flatten().and_then(dialect::grantee_user))
+            .collect();
+        users.sort();
+        users.dedup();
+        Ok(users)
     }
 
     /// Closes the connection politely, waiting at most `connect_timeout`.
@@ -826,14 +949,32 @@ impl Node {
 
 /// A server error about `CHANGE … TO` may quote the statement, password included (a syntax
 /// error quotes the text near the problem); errors get logged and written to KV.
+/// Every form of the password the statement carried is replaced (as given,
+/// and as quoted with and without backslash escapes); a syntax error, which
+/// quotes the statement from the point it stopped reading, possibly cut
+/// inside the password, keeps only its code and a note.
 fn redact(e: NodeError, password: &str) -> NodeError {
+    const ER_PARSE_ERROR: u16 = 1064;
     match e {
         NodeError::Query {
             op,
             addr,
             source: mysql_async::Error::Server(mut se),
-        } if !password.is_empty() && se.message.contains(password) => {
-            se.message = se.message.replace(password, "<redacted>");
+        } if !password.is_empty() => {
+            if se.code == ER_PARSE_ERROR {
+                se.message = "syntax error (the server's message is withheld: it quotes the statement, password included)".into();
+            } else {
+                let mut forms = vec![password.to_owned()];
+                for backslash in [true, false] {
+                    if let Ok(q) = dialect::quote_string(password, backslash) {
+                        forms.push(q[1..q.len() - 1].to_owned());
+                    }
+                }
+                forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+                for form in forms.iter().filter(|f| !f.is_empty()) {
+                    se.message = se.message.replace(form.as_str(), "<redacted>");
+                }
+            }
             NodeError::Query {
                 op,
                 addr,
@@ -882,11 +1023,31 @@ mod tests {
         let e = redact(e, "s3cret");
         let text = format!("{:?}", e);
         assert!(
-            !text.contains("s3cret") && text.contains("<redacted>"),
+            !text.contains("s3cret") && text.contains("withheld"),
             "{text}"
         );
         assert_eq!(e.server_error_code(), Some(1064));
         assert_eq!(e.op(), "change_source");
+
+        // Other errors keep their text, every form of the password cut out:
+        // as given, and as quoted (a quote doubled, a backslash escaped).
+        let pw = r"it's\x";
+        for shown in [r"it's\x", r"it''s\\x", r"it''s\x"] {
+            let e = NodeError::Query {
+                op: "change_source",
+                addr: "db1:3306".into(),
+                source: mysql_async::Error::Server(mysql_async::ServerError {
+                    code: 1045,
+                    message: format!("Access denied, password '{shown}'"),
+                    state: "28000".into(),
+                }),
+            };
+            let text = successover_common::telemetry::report(&redact(e, pw));
+            assert!(
+                !text.contains("it's") && !text.contains("it''s") && text.contains("Access denied"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -916,12 +1077,15 @@ mod tests {
         // Accepts TCP but never sends the handshake, like a SIGSTOPped mysqld.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let hold = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, _)) = listener.accept().await {
-                held.push(s);
+        let hold = tokio::spawn(
+            async move {
+                let mut held = Vec::new();
+                while let Ok((s, _)) = listener.accept().await {
+                    held.push(s);
+                }
             }
-        });
+            .in_current_span(),
+        );
         let mut cfg = NodeConfig::new("127.0.0.1", port, "agent", "x");
         cfg.connect_timeout = Duration::from_millis(200);
         let mut node = Node::new(cfg);

@@ -343,12 +343,20 @@ impl ReplicaStatus {
         }))
     }
 
-    /// What the replica has received from its source: the target of rule 4's wait before the
-    /// replica may become writable (`Gtid_IO_Pos` / `Retrieved_Gtid_Set`).
+    /// What the replica holds, applied or waiting in its relay log: the target of rule 4's wait
+    /// before the replica may become writable, and what failover candidates are compared by.
+    /// MariaDB: `Gtid_IO_Pos`. MySQL: `Retrieved_Gtid_Set` with `Executed_Gtid_Set`, because
+    /// the retrieved set starts empty at every `CHANGE REPLICATION SOURCE TO`: after a
+    /// switchover it held only what came from the new source, and a failover refused the
+    /// replica that had everything (MySQL 9.7, kill_9_after_a_switchover_...).
     pub fn received(&self) -> GtidState {
         match &self.gtid {
             ReplicaGtid::MariaDb { io_pos, .. } => GtidState::MariaDb(io_pos.clone()),
-            ReplicaGtid::MySql { retrieved, .. } => GtidState::MySql(retrieved.clone()),
+            ReplicaGtid::MySql {
+                retrieved,
+                executed,
+                ..
+            } => GtidState::MySql(retrieved.union(executed)),
         }
     }
 
@@ -943,8 +951,28 @@ mod tests {
             assert_eq!(executed.count(), 9);
             assert!(executed.contains(retrieved));
             assert_eq!(source_uuid.unwrap().to_string(), SRC_UUID);
-            assert_eq!(st.received(), GtidState::MySql(retrieved.clone()));
+            assert_eq!(st.received(), GtidState::MySql(executed.clone()));
         }
+    }
+
+    /// Repointed: the retrieved set holds only the new source's GTIDs, while the replica
+    /// applied the old source's long before.
+    #[test]
+    fn a_repointed_mysql_replica_has_received_what_it_executed() {
+        const OLD: &str = "c1f5e3a4-5c1e-11ee-9a3d-0242ac120003";
+        let mut r = mysql_replica_row("Yes", "Yes", "");
+        set_col(
+            &mut r,
+            "Retrieved_Gtid_Set",
+            Some(&format!("{SRC_UUID}:5-9")),
+        );
+        let executed = format!("{OLD}:1-100,\n{SRC_UUID}:1-7");
+        set_col(&mut r, "Executed_Gtid_Set", Some(&executed));
+        let st = ReplicaStatus::parse(Dialect::MySql84, &[r])
+            .unwrap()
+            .unwrap();
+        let want = GtidSet::parse(&format!("{OLD}:1-100,{SRC_UUID}:1-9")).unwrap();
+        assert_eq!(st.received(), GtidState::MySql(want));
     }
 
     #[test]
@@ -969,7 +997,11 @@ mod tests {
                 ..
             }
         ));
-        assert!(st.received().is_empty());
+        // Nothing came from the source: what it holds is what it executed.
+        let ReplicaGtid::MySql { executed, .. } = &st.gtid else {
+            unreachable!()
+        };
+        assert_eq!(st.received(), GtidState::MySql(executed.clone()));
     }
 
     #[test]

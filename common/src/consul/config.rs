@@ -2,6 +2,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::config::{Problems, RawConsul};
 use crate::consul::ConsulError;
 
 /// An ACL token. It never appears in `Debug` or `Display` output, so a config
@@ -52,7 +53,7 @@ pub struct TlsFiles {
 
 /// How to reach Consul. Built from the environment variables Consul's own
 /// CLI reads, so an operator's existing shell setup works unchanged.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsulConfig {
     /// Base address, e.g. `http://127.0.0.1:8500`.
     pub addr: String,
@@ -92,40 +93,30 @@ impl ConsulConfig {
     /// `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
     /// `CONSUL_CLIENT_KEY`, `CONSUL_DATACENTER`.
     pub fn from_env() -> Result<Self, ConsulError> {
-        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        Self::from_lookup(crate::config::process_env)
     }
 
     /// Same as [`ConsulConfig::from_env`] over any lookup function, so the
-    /// rules are testable without touching the process environment.
+    /// rules are testable without touching the process environment. They
+    /// are the rules of a daemon config's `[consul]` section left empty
+    /// ([`crate::config::RawConsul`]).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConsulError> {
-        let mut cfg = ConsulConfig::default();
-        let ssl = lookup("CONSUL_HTTP_SSL")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
-            .unwrap_or(false);
-        if let Some(addr) = lookup("CONSUL_HTTP_ADDR") {
-            cfg.addr = normalize_addr(&addr, ssl);
-        } else if ssl {
-            cfg.addr = "https://127.0.0.1:8501".to_owned();
-        }
-        cfg.token = match (
-            lookup("CONSUL_HTTP_TOKEN"),
-            lookup("CONSUL_HTTP_TOKEN_FILE"),
-        ) {
-            (Some(t), _) => Some(Token::new(t.trim())),
-            (None, Some(path)) => Some(Token::from_file(Path::new(&path))?),
-            (None, None) => None,
-        };
-        cfg.tls.ca_file = lookup("CONSUL_CACERT").map(PathBuf::from);
-        cfg.tls.client_cert = lookup("CONSUL_CLIENT_CERT").map(PathBuf::from);
-        cfg.tls.client_key = lookup("CONSUL_CLIENT_KEY").map(PathBuf::from);
-        cfg.datacenter = lookup("CONSUL_DATACENTER");
-        Ok(cfg)
+        let mut problems = Problems::new();
+        let cfg = RawConsul::default().validate(&lookup, &mut problems);
+        problems.finish(cfg).map_err(|found| {
+            let what = found
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            ConsulError::config(what)
+        })
     }
 }
 
 /// Consul accepts `host:port` without a scheme; `unix://` is not supported
 /// by this client.
-fn normalize_addr(addr: &str, ssl: bool) -> String {
+pub(crate) fn normalize_addr(addr: &str, ssl: bool) -> String {
     let addr = addr.trim().trim_end_matches('/');
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_owned()

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 
+pub(crate) use config::normalize_addr;
 pub use config::{ConsulConfig, TlsFiles, Token};
 pub use error::ConsulError;
 pub use kv::KvPair;

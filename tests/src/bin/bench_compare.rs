@@ -31,6 +31,7 @@
 //! cargo run -p successover-tests --bin successover-bench-compare -- --switches 30
 //! ```
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,8 +43,8 @@ use successover_tests::agent::{AgentOptions, AgentProc};
 use successover_tests::haproxy::{defaults_section, global_section};
 use successover_tests::mariadb::{global_var, status_var, ROOT_PASSWORD, ROOT_USER};
 use successover_tests::{
-    bins, reserve_port, wait_until, ConsulDev, HaProxy, MariaDb, MariaDbOptions, Proc, Scratch,
-    Topology,
+    bins, reserve_port, wait_until, ConsulDev, HaProxy, MariaDb, MariaDbOptions, Proc,
+    RenderConfig, Scratch, Topology,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -56,9 +57,9 @@ const SURVIVAL_CHECK_AFTER: Duration = Duration::from_secs(1);
 const PAUSE: Duration = Duration::from_millis(200);
 /// The agent's production timing (agent/src/config.rs defaults), not the
 /// harness's faster test timing.
-const AGENT_TICK_MS: u64 = 1000;
-const AGENT_SESSION_TTL_S: u64 = 10;
-const AGENT_LOCK_DELAY_MS: u64 = 1000;
+const AGENT_TICK: Duration = Duration::from_secs(1);
+const AGENT_SESSION_TTL: Duration = Duration::from_secs(10);
+const AGENT_LOCK_DELAY: Duration = Duration::from_secs(1);
 const IDLE_SETTLE: Duration = Duration::from_secs(10);
 
 const KEY_A_PREFIX: &str = "cmp-a/mysql/";
@@ -486,31 +487,10 @@ async fn main() -> anyhow::Result<()> {
     let key_a = format!("{KEY_A_PREFIX}master/c1");
     consul.kv_put(&key_a, db1.addr()).await?;
     let render_config = dir.path().join("render.toml");
-    let pa = haproxy_a.paths();
-    std::fs::write(
-        &render_config,
-        format!(
-            r#"[consul]
-address = "{consul}"
-[kv]
-prefix = "{KEY_A_PREFIX}"
-[haproxy]
-config = "{cfg}"
-binary = "{binary}"
-admin_socket = "{admin}"
-master_socket = "{master}"
-bind_address = "127.0.0.1"
-[metrics]
-listen = "127.0.0.1:{metrics}"
-"#,
-            consul = consul_agent.http_addr(),
-            cfg = pa.cfg.display(),
-            binary = bins::haproxy().display(),
-            admin = pa.admin_socket.display(),
-            master = pa.master_socket.display(),
-            metrics = metrics_port.port(),
-        ),
-    )?;
+    RenderConfig::for_harness(&consul_agent.http_addr(), &haproxy_a)
+        .prefix(KEY_A_PREFIX)
+        .metrics(SocketAddr::from(([127, 0, 0, 1], metrics_port.port())))
+        .write(&render_config);
     let mut cmd = std::process::Command::new(render_bin);
     cmd.arg("-c").arg(&render_config).env("RUST_LOG", "warn");
     without_consul_env(&mut cmd);
@@ -751,9 +731,9 @@ async fn idle(
     for (i, db) in topo.servers().iter().enumerate() {
         let mut opts =
             AgentOptions::new(CLUSTER, &format!("db{}", i + 1), &consul_agent.http_addr());
-        opts.tick_ms = AGENT_TICK_MS;
-        opts.session_ttl_s = AGENT_SESSION_TTL_S;
-        opts.lock_delay_ms = AGENT_LOCK_DELAY_MS;
+        opts.tick = AGENT_TICK;
+        opts.session_ttl = AGENT_SESSION_TTL;
+        opts.lock_delay = AGENT_LOCK_DELAY;
         agents.push(AgentProc::start(opts, db).await);
     }
     let logs = |agents: &[AgentProc]| {
@@ -841,8 +821,10 @@ async fn idle(
 
     println!();
     println!(
-        "Idle: {seconds} s, 3 agents (tick {AGENT_TICK_MS} ms, session TTL {AGENT_SESSION_TTL_S} s), \
+        "Idle: {seconds} s, 3 agents (tick {}, session TTL {}), \
          cluster {CLUSTER:?}, load average (1 min) {}",
+        humantime::format_duration(AGENT_TICK),
+        humantime::format_duration(AGENT_SESSION_TTL),
         load_average()
     );
     println!(

@@ -1,4 +1,5 @@
-//! `successover-bench-failover [--failovers N]`: time from `kill -9` of the
+//! `successover-bench-failover [--failovers N] [--fault kill9|sigstop]`:
+//! time from `kill -9` (or SIGSTOP: a hung host) of the
 //! source's mysqld to the first write acknowledged through HAProxy by the
 //! new source, over N automatic failovers (default 10), with where the time
 //! went: detection (crash → failover started, from the history entry), each
@@ -6,6 +7,12 @@
 //! acknowledged write; it overlaps the `writable` step). A writer in its
 //! own process goes through HAProxy during each failover; every write it
 //! was told was committed must be on the new source (asserted).
+//!
+//! With `--fault sigstop` the hung source is woken (SIGCONT) once the
+//! failover is done, and the time until it reads back `read_only=1` is
+//! measured too: a woken old source has commits waiting for an ACK that
+//! will never come, and `read_only=1` waits behind them unless its clients
+//! are killed first.
 //!
 //! Between failovers the cluster is made whole again the way an operator
 //! would: the dead server is rebuilt from an empty datadir and replicates
@@ -17,7 +24,7 @@ use std::time::Duration;
 
 use successover_common::procedure::Outcome;
 use successover_tests::consul::ConsulDev;
-use successover_tests::mariadb::{global_var, replica_status};
+use successover_tests::mariadb::{global_var, replica_status, wait_for_gtids};
 use successover_tests::scenario::{
     failovers, finished_failover_after, phase_split, wait_routed_to,
 };
@@ -68,6 +75,17 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(10);
     anyhow::ensure!(rounds > 0, "--failovers must be at least 1");
+    let hang = match args
+        .iter()
+        .position(|a| a == "--fault")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None | Some("kill9") => false,
+        Some("sigstop") => true,
+        Some(other) => anyhow::bail!("--fault {other:?}: kill9 or sigstop"),
+    };
+    let mut woken_read_only: Vec<u64> = Vec::new();
     let consul = ConsulDev::start().await;
     // The anti-flap cooldown would refuse the second failover: a cluster
     // failing over every few seconds is the point of the benchmark.
@@ -90,9 +108,13 @@ async fn main() -> anyhow::Result<()> {
         let w = WriterProc::start(stack.proxy_port.port(), round as u32 + 1).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        stack.topo.server_mut(idx).kill9().await;
-        // After the process is gone: nothing it acknowledges can count as
-        // the new source's first write.
+        if hang {
+            stack.topo.server_mut(idx).sigstop()?;
+        } else {
+            stack.topo.server_mut(idx).kill9().await;
+        }
+        // After the process is gone or stopped: nothing it acknowledges can
+        // count as the new source's first write.
         let crash_ms = unix_ms();
         let entry = finished_failover_after(&stack, before, Duration::from_secs(60)).await;
         anyhow::ensure!(
@@ -103,6 +125,20 @@ async fn main() -> anyhow::Result<()> {
             stack.logs()
         );
         let to = entry.to.clone().unwrap_or_default();
+        if hang {
+            stack.topo.server_mut(idx).sigcont()?;
+            let woke = std::time::Instant::now();
+            let old = stack.topo.server(idx);
+            wait_until(Duration::from_secs(30), || async {
+                let Ok(mut c) = old.conn().await else {
+                    return false;
+                };
+                global_var(&mut c, "read_only").await.ok().as_deref() == Some("1")
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("round {round}: the woken old source stayed writable"))?;
+            woken_read_only.push(woke.elapsed().as_millis() as u64);
+        }
         wait_routed_to(&stack, &to, Duration::from_secs(30)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let log = w.finish().await?;
@@ -154,7 +190,9 @@ async fn main() -> anyhow::Result<()> {
     let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
 
     println!(
-        "\nfailover benchmark: {rounds} failovers (kill -9 of the source's mysqld), writer through HAProxy (own process)\n"
+        "\nfailover benchmark: {rounds} failovers ({} of the source's mysqld) on {}, writer through HAProxy (own process)\n",
+        if hang { "SIGSTOP" } else { "kill -9" },
+        successover_tests::Flavour::from_env().name()
     );
     println!(
         "| {:<44} | {:>6} | {:>6} | {:>6} | {:>6} |",
@@ -168,6 +206,14 @@ async fn main() -> anyhow::Result<()> {
             .filter_map(|p| p.iter().find(|(n, _)| n == phase).map(|(_, ms)| *ms))
             .collect();
         row(&format!("  {phase}"), values);
+    }
+    if hang {
+        let within = woken_read_only.iter().filter(|ms| **ms <= 1000).count();
+        row("woken old source -> read_only=1", woken_read_only.clone());
+        println!(
+            "\nwoken old source read-only within 1 s: {within} of {}",
+            woken_read_only.len()
+        );
     }
     println!(
         "\nacknowledged writes {acked}, lost acknowledged writes {lost_total} (all rounds, checked on the final source {source})"
@@ -204,13 +250,7 @@ async fn rejoin_rebuilt(
     // Caught up with the new source.
     let pos = global_var(&mut new_source.conn().await?, "gtid_binlog_pos").await?;
     let mut c = rebuilt.conn().await?;
-    let waited: Option<i64> = mysql_async::prelude::Queryable::exec_first(
-        &mut c,
-        "SELECT MASTER_GTID_WAIT(?, 60)",
-        (pos.as_str(),),
-    )
-    .await?;
-    if waited != Some(0) {
+    if !wait_for_gtids(&mut c, &pos, Duration::from_secs(60)).await? {
         let status = replica_status(&mut c)
             .await
             .ok()
@@ -218,8 +258,10 @@ async fn rejoin_rebuilt(
             .unwrap_or_default();
         let get = |k: &str| status.get(k).cloned().unwrap_or_default();
         anyhow::bail!(
-            "{name} did not catch up with {source} ({pos}): gtid_slave_pos {}, IO {} ({}), SQL {} ({})",
-            global_var(&mut c, "gtid_slave_pos").await.unwrap_or_default(),
+            "{name} did not catch up with {source} ({pos}): executed {}, IO {} ({}), SQL {} ({})",
+            global_var(&mut c, "gtid_current_pos")
+                .await
+                .unwrap_or_default(),
             get("Slave_IO_Running"),
             get("Last_IO_Error"),
             get("Slave_SQL_Running"),

@@ -11,6 +11,7 @@
 //! cargo run -p successover-tests --bin successover-bench-render -- --switches 30
 //! ```
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,8 @@ use successover_common::consul::{Consul, ConsulConfig};
 use successover_tests::haproxy::{defaults_section, global_section};
 use successover_tests::mariadb::{ROOT_PASSWORD, ROOT_USER};
 use successover_tests::{
-    bins, reserve_port, wait_until, ConsulDev, HaProxy, MariaDb, MariaDbOptions, Proc, Scratch,
+    bins, reserve_port, wait_until, ConsulDev, HaProxy, MariaDb, MariaDbOptions, Proc,
+    RenderConfig, Scratch,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -173,29 +175,9 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = Scratch::new("bench-render");
     let config = dir.path().join("render.toml");
-    let paths = haproxy.paths();
-    std::fs::write(
-        &config,
-        format!(
-            r#"[consul]
-address = "{consul}"
-[haproxy]
-config = "{cfg}"
-binary = "{binary}"
-admin_socket = "{admin}"
-master_socket = "{master}"
-bind_address = "127.0.0.1"
-[metrics]
-listen = "127.0.0.1:{metrics}"
-"#,
-            consul = consul_agent.http_addr(),
-            cfg = paths.cfg.display(),
-            binary = bins::haproxy().display(),
-            admin = paths.admin_socket.display(),
-            master = paths.master_socket.display(),
-            metrics = metrics_port.port(),
-        ),
-    )?;
+    RenderConfig::for_harness(&consul_agent.http_addr(), &haproxy)
+        .metrics(SocketAddr::from(([127, 0, 0, 1], metrics_port.port())))
+        .write(&config);
     let mut cmd = std::process::Command::new(render_bin);
     cmd.arg("-c").arg(&config).env("RUST_LOG", "warn");
     for var in [

@@ -11,6 +11,9 @@
 //! the renderer is stopped, the old source writable next to the new one) to
 //! show that the checks report them; such a run exits 1.
 //!
+//! The servers are MariaDB 10.11 unless `SUCCESSOVER_FLAVOUR` says
+//! `mariadb-11.4` or `mysql-9.7`.
+//!
 //! Prints a line per fault and a summary table; exits 1 on any violation.
 //! Needs root (network namespaces) unless `--no-netns` (which drops the
 //! `partition` fault). Build first: `cargo build --workspace --bins`.

@@ -114,11 +114,14 @@ async fn main() -> anyhow::Result<()> {
         window(switch_at, crash_at - 1000).map(|v| v.to_string()).unwrap_or("?".into()),
         sw.write_unavailable_ms.unwrap_or(0)
     );
+    // The first write sent after the crash: one in flight at the kill is
+    // acknowledged after it but says nothing about the failover.
     let first_after_crash = log
         .acked
         .iter()
-        .map(|(_, at)| log.start_unix_ms + at.as_millis() as u64)
-        .find(|t| *t > crash_at);
+        .zip(&log.sent)
+        .find(|(_, sent)| log.start_unix_ms + sent.as_millis() as u64 > crash_at)
+        .map(|((_, at), _)| log.start_unix_ms + at.as_millis() as u64);
     println!(
         "   failover {source} -> {new_source}: crash -> first acknowledged write {} ms; write unavailability {} ms",
         first_after_crash.map(|t| (t - crash_at).to_string()).unwrap_or("?".into()),

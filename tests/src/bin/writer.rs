@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let log = run.await?;
     let json = serde_json::json!({
         "acked": log.acked.iter().map(|(id, at)| (*id, at.as_millis() as u64)).collect::<Vec<_>>(),
+        "sent": log.sent.iter().map(|at| at.as_millis() as u64).collect::<Vec<_>>(),
         "failed": log.failed,
         "elapsed_ms": log.elapsed.as_millis() as u64,
         "start_unix_ms": log.start_unix_ms,

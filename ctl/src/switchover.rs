@@ -26,10 +26,10 @@ use successover_common::contract::{ClusterName, ClusterSettings, NodeName};
 use successover_common::procedure::{HistoryEntry, SwitchoverRequest};
 use tokio::time::Instant;
 
-use super::format::clean;
-use super::history::{outcome_exit, outcome_line, parse_entry, pending_request, step_line};
-use super::status::{kind_word, outcome_word, request_line};
-use super::{ensure_known, error_chain, now_ms, print_json, Ctx, Exit, Failure};
+use crate::format::clean;
+use crate::history::{outcome_exit, outcome_line, parse_entry, pending_request, step_line};
+use crate::status::render::{kind_word, outcome_word, request_line};
+use crate::{ensure_known, error_chain, now_ms, print_json, Ctx, Exit, Failure};
 
 #[derive(Args, Debug)]
 pub struct SwitchoverArgs {
@@ -347,8 +347,8 @@ mod tests {
     use clap::Parser;
     use serde_json::json;
 
-    use crate::cli::status::tests::pair;
-    use crate::cli::{Cli, Command};
+    use crate::status::fixtures::pair;
+    use crate::{Cli, Command};
 
     fn args(cli: &[&str]) -> Result<SwitchoverArgs, clap::Error> {
         let cli = Cli::try_parse_from(

@@ -3,9 +3,10 @@
 //! renderer blackholes the cluster (no client reaches any of its servers)
 //! and every agent keeps its server read-only (DESIGN.md rules 3 and 8).
 //!
-//! The fence value the CLI writes: `{"reason": "…", "by": "cli", "at":
-//! <unix seconds>}`. Any value fences; the CLI never overwrites an existing
-//! fence (CAS on index 0), so a coordinator's fence keeps its reason.
+//! The fence value the CLI writes: a [`Fence`], `{"reason": "…", "by":
+//! "cli", "at_ms": <unix ms>}`. Any value fences; the CLI never overwrites
+//! an existing fence (CAS on index 0), so a coordinator's fence keeps its
+//! reason.
 //! Unfencing deletes only the value it showed (CAS on its modify index).
 //!
 //! `--json`:
@@ -18,13 +19,15 @@
 //! ```
 
 use serde::Serialize;
-use serde_json::json;
-use successover_common::contract::ClusterName;
+use successover_common::contract::{ClusterName, Fence};
 
-use super::format::{clean, value_text};
-use super::{ensure_known, error_chain, now_ms, print_json, Ctx, Exit, Failure};
+use crate::format::{clean, value_text};
+use crate::{ensure_known, error_chain, now_ms, print_json, Ctx, Exit, Failure};
 
 const DEFAULT_REASON: &str = "fenced by an operator with `successover fence`";
+
+/// The fence's `by` when the CLI wrote it.
+const BY: &str = "cli";
 
 #[derive(Debug, Serialize)]
 struct Doc<'a> {
@@ -33,10 +36,6 @@ struct Doc<'a> {
     fenced: bool,
     changed: bool,
     value: Option<String>,
-}
-
-pub fn fence_value(reason: &str, at_s: u64) -> String {
-    json!({"reason": reason, "by": "cli", "at": at_s}).to_string()
 }
 
 /// The procedure under way, if any: the coordinator relies on the fence
@@ -58,7 +57,7 @@ pub async fn fence(
 ) -> Result<Exit, Failure> {
     ensure_known(ctx, cluster).await?;
     let key = ctx.keys.failed_key(cluster);
-    let value = fence_value(reason.unwrap_or(DEFAULT_REASON), now_ms() / 1000);
+    let value = Fence::new(reason.unwrap_or(DEFAULT_REASON), BY, now_ms()).to_json();
     let changed = ctx
         .consul
         .kv_cas(&key, value.clone(), 0)
@@ -177,19 +176,4 @@ pub async fn unfence(ctx: &Ctx, cluster: &ClusterName) -> Result<Exit, Failure> 
         );
     }
     Ok(Exit::Ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fence_values() {
-        let v: serde_json::Value =
-            serde_json::from_str(&fence_value("patching db1\n", 1_700_000_000)).unwrap();
-        assert_eq!(
-            v,
-            json!({"reason": "patching db1\n", "by": "cli", "at": 1_700_000_000u64})
-        );
-    }
 }

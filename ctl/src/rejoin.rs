@@ -3,9 +3,9 @@
 //! coordinator checks that the node holds no transaction the source lacks
 //! and repoints it, or refuses with "rebuild required" (the node must then
 //! be rebuilt from a copy of the source). Writes
-//! `<prefix>rejoin/<cluster>/<node>` = `{"at": <unix ms>, "id": "<id>"}`;
-//! the outcome is a history entry of kind `rejoin` whose
-//! `evidence.request_id` is that id.
+//! `<prefix>rejoin/<cluster>/<node>` = a [`RejoinRequest`], `{"id":
+//! "<id>", "at_ms": <unix ms>}`; the outcome is a history entry of kind
+//! `rejoin` whose `evidence.request_id` is that id.
 //!
 //! `--json`: `{"cluster", "node", "key", "result": "done"|"refused"|null,
 //! "entry": <HistoryEntry>|null}`.
@@ -15,9 +15,11 @@ use std::time::Duration;
 use serde_json::json;
 use successover_common::consul::Watch;
 use successover_common::contract::{ClusterName, NodeName};
-use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
+use successover_common::procedure::{
+    HistoryEntry, Outcome, ProcedureKind, RejoinRequest, EVIDENCE_REQUEST_ID,
+};
 
-use super::{ensure_known, now_ms, print_json, Ctx, Exit, Failure};
+use crate::{ensure_known, now_ms, print_json, Ctx, Exit, Failure};
 
 pub async fn run(
     ctx: &Ctx,
@@ -34,12 +36,12 @@ pub async fn run(
             "{node} is not quarantined ({quarantine} is absent): nothing to rejoin"
         )));
     }
-    let key = format!("{}{node}", ctx.keys.rejoin_prefix(cluster));
+    let key = ctx.keys.rejoin_key(cluster, &node);
     let asked_ms = now_ms();
     let id = format!("cli-{asked_ms}-{}", std::process::id());
     let written = ctx
         .consul
-        .kv_cas(&key, json!({"at": asked_ms, "id": id}).to_string(), 0)
+        .kv_cas(&key, RejoinRequest::new(id.clone(), asked_ms).to_json(), 0)
         .await?;
     if !written {
         return Err(Failure::failed(format!(
@@ -75,7 +77,9 @@ pub async fn run(
             .iter()
             .filter_map(|kv| serde_json::from_slice::<HistoryEntry>(kv.value.as_deref()?).ok())
             .filter(|e| e.kind == ProcedureKind::Rejoin && e.to.as_deref() == Some(node.as_str()))
-            .filter(|e| e.evidence.get("request_id").and_then(|v| v.as_str()) == Some(id.as_str()))
+            .filter(|e| {
+                e.evidence.get(EVIDENCE_REQUEST_ID).and_then(|v| v.as_str()) == Some(id.as_str())
+            })
             .filter(|e| e.outcome != Outcome::Running)
             .max_by(|a, b| a.id.cmp(&b.id));
         if let Some(e) = entry {

@@ -1,5 +1,6 @@
 //! `successover`, the operator CLI: a thin client of the KV contract
-//! (DESIGN.md, "KV contract"). Everything it does can also be done with
+//! (DESIGN.md, "KV contract"; the types are in `successover_common`, and
+//! this crate depends on nothing else of the project's). Everything it does can also be done with
 //! `consul kv get/put/delete`; it adds validation, an overview, and a way to
 //! follow a switchover live.
 //!
@@ -270,11 +271,15 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// A JSON document as the commands print it.
+pub fn json_text(value: &impl serde::Serialize) -> Result<String, Failure> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::failed(format!("cannot encode the JSON output: {e}")))
+}
+
 /// Prints a JSON document on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure::failed(format!("cannot encode the JSON output: {e}")))?;
-    println!("{text}");
+    println!("{}", json_text(value)?);
     Ok(())
 }
 

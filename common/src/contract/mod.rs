@@ -5,20 +5,36 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `mysql/master/<cluster>` | current source, `host:port` (orchestrator's layout) |
+//! | `mysql/master/<cluster>` | current source, `host:port` (orchestrator's layout); [`Keys::publish_ops`] |
 //! | `mysql/master/<cluster>/hostname`, `/port`, `/ipv4`, `/ipv6` | the same, split |
-//! | `mysql/master/<cluster>/failed` | present (any value) = fenced |
+//! | `mysql/master/<cluster>/failed` | present (any value) = fenced; [`Fence`] as JSON |
 //! | `mysql/cluster/<cluster>` | [`ClusterSettings`] as JSON |
 //! | `mysql/quarantine/<cluster>/<node>` | [`Quarantine`] as JSON |
-//! | `mysql/agent/<cluster>/<node>` | a host's health report |
+//! | `mysql/agent/<cluster>/<node>` | a host's [`HealthReport`] as JSON |
 //! | `mysql/lock/<cluster>` | coordinator lock |
 //! | `mysql/switchover/<cluster>` | planned-switch request (target node) |
-//! | `mysql/history/<cluster>/…` | audit trail |
+//! | `mysql/rejoin/<cluster>/<node>` | rejoin request |
+//! | `mysql/history/<cluster>/…` | audit trail, in-progress and last-failover markers |
+//!
+//! Requests and the audit trail are in [`crate::procedure`]. Times in
+//! values follow one rule, `*_ms` fields in Unix milliseconds; readers
+//! still accept what was written before it (see [`time`]).
 //!
 //! Everything read from KV is untrusted: a value that reaches an HAProxy
 //! config with a newline in it could add directives. So names, hosts and
 //! ports have strict parsers here, and their errors never echo raw control
 //! characters back into logs.
+
+mod fence;
+mod quarantine;
+pub mod report;
+mod source;
+pub mod time;
+
+pub use fence::Fence;
+pub use quarantine::{host_is_node, Quarantine};
+pub use report::{HealthReport, ReplicationReport, SemiSyncReport, MIN_SEMI_SYNC_TIMEOUT_MS};
+pub use source::{MasterKeys, MasterProblem, PublishedSource};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -307,6 +323,21 @@ pub struct HostPort {
 impl HostPort {
     pub fn parse(s: &str) -> Result<HostPort, ValueError> {
         parse_host_port(s)
+    }
+
+    /// An address a server reported about itself or its source (`SHOW
+    /// SLAVE STATUS`): parsed when valid, kept as a name otherwise. Such a
+    /// value is only compared, never written into KV or a template.
+    pub fn reported(host: &str, port: u16) -> HostPort {
+        HostPort {
+            host: Host::parse(host).unwrap_or_else(|_| Host::Name(host.to_owned())),
+            port,
+        }
+    }
+
+    /// Same server: same port and [`Host::same_as`].
+    pub fn same(&self, other: &HostPort) -> bool {
+        self.port == other.port && self.host.same_as(&other.host)
     }
 }
 
@@ -626,58 +657,6 @@ impl ClusterSettings {
     }
 }
 
-/// A failed source that must get no traffic and must not rejoin. JSON in
-/// `mysql/quarantine/<cluster>/<node>`, written by the coordinator:
-///
-/// ```json
-/// {"node": "db1", "addr": "db1.example.com:3306", "reason": "failover to db2", "at": 1700000000}
-/// ```
-///
-/// The node named in the key is quarantined even when the value cannot be
-/// read: refusing traffic to a healthy server is recoverable, routing it to
-/// a failed one is not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quarantine {
-    pub node: NodeName,
-    /// The server's MySQL endpoint, as the `master` key named it.
-    pub addr: HostPort,
-    #[serde(default)]
-    pub reason: String,
-    /// Seconds since the Unix epoch.
-    #[serde(default)]
-    pub at: u64,
-}
-
-impl Quarantine {
-    pub fn parse(value: &[u8]) -> Result<Quarantine, ValueError> {
-        serde_json::from_slice(value).map_err(|e| ValueError::Json(e.to_string()))
-    }
-
-    /// True when traffic to `source` would reach the quarantined server:
-    /// the same `host:port`, or a hostname equal to the node name (or whose
-    /// first label is, so `db1.example.com` matches node `db1`).
-    pub fn matches(&self, source: &HostPort) -> bool {
-        (self.addr.host.same_as(&source.host) && self.addr.port == source.port)
-            || host_is_node(&source.host, self.node.as_str())
-    }
-}
-
-/// Whether a source host names this node: exact (case-insensitive) or by
-/// its first label. Over-matching blackholes a cluster; under-matching
-/// sends writes to a failed source, so the looser rule wins.
-pub fn host_is_node(host: &Host, node: &str) -> bool {
-    match host {
-        Host::Name(name) => {
-            name.eq_ignore_ascii_case(node)
-                || name
-                    .split('.')
-                    .next()
-                    .is_some_and(|first| first.eq_ignore_ascii_case(node))
-        }
-        Host::Ip(ip) => IpAddr::from_str(node).is_ok_and(|n| n == *ip),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -947,45 +926,6 @@ mod tests {
             ClusterSettings::parse(b""),
             Err(ValueError::Json(_))
         ));
-    }
-
-    #[test]
-    fn quarantine_shape_and_matching() {
-        let q = Quarantine::parse(
-            br#"{"node":"db1","addr":"db1.example.com:3306","reason":"failover","at":1700000000}"#,
-        )
-        .unwrap();
-        assert_eq!(q.node.as_str(), "db1");
-        assert_eq!(q.addr.port, 3306);
-        let json = serde_json::to_string(&q).unwrap();
-        assert!(json.contains(r#""addr":"db1.example.com:3306""#), "{json}");
-
-        let hp = |s: &str| parse_host_port(s).unwrap();
-        assert!(q.matches(&hp("db1.example.com:3306")));
-        assert!(q.matches(&hp("DB1.example.com:3306")));
-        assert!(q.matches(&hp("db1:3306")), "node name");
-        assert!(q.matches(&hp("db1.other:3307")), "first label is the node");
-        assert!(!q.matches(&hp("db2.example.com:3306")));
-        assert!(!q.matches(&hp("db10:3306")));
-
-        let by_ip = Quarantine::parse(br#"{"node":"db1","addr":"10.0.0.1:3306"}"#).unwrap();
-        assert!(by_ip.matches(&hp("10.0.0.1:3306")));
-        assert!(!by_ip.matches(&hp("10.0.0.1:3307")));
-        assert!(!by_ip.matches(&hp("10.0.0.2:3306")));
-
-        for bad in [
-            &br#"{"node":"db1\n","addr":"db1:3306"}"#[..],
-            br#"{"node":"db1","addr":"db1:0"}"#,
-            br#"{"node":"db1","addr":"db1 #:3306"}"#,
-            br#"{"addr":"db1:3306"}"#,
-            b"db1:3306",
-        ] {
-            assert!(
-                Quarantine::parse(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 
     #[test]

@@ -28,9 +28,9 @@ use successover_common::consul::KvPair;
 use successover_common::contract::{valid_node_name, ClusterName};
 use successover_common::procedure::{HistoryEntry, Outcome, Step, SwitchoverRequest};
 
-use super::format::{clean, fields, or_dash, utc, Table};
-use super::status::{kind_word, outcome_word, request_line};
-use super::{print_json, Ctx, Exit, Failure};
+use crate::format::{clean, fields, or_dash, utc, Table};
+use crate::status::render::{kind_word, outcome_word, request_line};
+use crate::{print_json, Ctx, Exit, Failure};
 
 #[derive(Debug, Serialize)]
 struct ListDoc<'a> {

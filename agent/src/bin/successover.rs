@@ -1,5 +1,0 @@
-//! `successover`: the operator CLI (see `successover_agent::cli`).
-
-fn main() -> std::process::ExitCode {
-    successover_agent::cli::main()
-}
