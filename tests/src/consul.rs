@@ -586,6 +586,70 @@ performance {{
         self.nodes.iter().position(|n| n.server.port() == port)
     }
 
+    /// Moves Raft leadership to server `i` (if it does not lead already)
+    /// and waits until every running server agrees on it. Tests that point
+    /// their clients at followers use it so an election during setup cannot
+    /// turn "the leader stops" into "a client's only server stops".
+    pub async fn make_leader(&self, i: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match self.agreed_leader().await {
+                Ok(l) if l == i => return Ok(()),
+                Ok(_) => {
+                    if let Err(e) = self.request_transfer(i).await {
+                        last = format!("{e:#}");
+                    }
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("server {i} did not become the Consul leader; last: {last}")
+    }
+
+    async fn request_transfer(&self, i: usize) -> anyhow::Result<()> {
+        let via = self.http_addr(i);
+        let url = format!("{via}/v1/operator/raft/configuration");
+        let conf: serde_json::Value = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()
+            .with_context(|| format!("GET {url}"))?
+            .json()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let id = conf["Servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| {
+                s["Address"]
+                    .as_str()
+                    .and_then(|a| self.index_of_server_addr(a))
+                    == Some(i)
+            })
+            .and_then(|s| s["ID"].as_str())
+            .with_context(|| format!("server {i} is not in the Raft configuration: {conf}"))?
+            .to_owned();
+        let url = format!("{via}/v1/operator/raft/transfer-leader?id={id}");
+        let resp = self
+            .client
+            .post(&url)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            bail!("POST {url}: {status}: {body}");
+        }
+        Ok(())
+    }
+
     /// SIGKILLs the current leader (a crash, not a graceful leave) and
     /// returns its index. Use [`ConsulCluster::wait_for_leader`] for the new one.
     pub async fn stop_leader(&mut self) -> usize {

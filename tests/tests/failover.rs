@@ -316,6 +316,20 @@ async fn the_coordinators_agent_killed_during_the_failover() {
 /// A three-server Consul whose followers serve the agents and the renderer
 /// (in production each host talks to its local Consul agent), and the
 /// stack on top, with the writer and route monitor running.
+/// Stops Consul server `leader`, the one no agent or renderer talks to.
+/// Elections under load can move leadership during the stack's setup; if
+/// the test then stopped whichever server led, it could be a server two
+/// agents depend on, which is a different fault (an agent's Consul gone for
+/// good). Leadership is moved back before the crash, so a move can only
+/// happen in the few milliseconds in between; the output says if it did.
+async fn stop_unused_leader(consul: &mut ConsulCluster, leader: usize) -> usize {
+    if consul.current_leader().await != Some(leader) {
+        eprintln!("the Consul leader moved away from server {leader} just before it was stopped");
+    }
+    consul.kill_node(leader).await;
+    leader
+}
+
 async fn stack_on_consul_cluster(
     cluster: &str,
 ) -> (ConsulCluster, usize, Stack, WriterProc, RouteMonitor) {
@@ -364,15 +378,11 @@ fn step_at(entry: &HistoryEntry, at_ms: u64) -> String {
 async fn consul_leader_stopped_at_the_crash() {
     let (mut consul, leader, mut stack, w, routes) =
         stack_on_consul_cluster("c-f-leader-crash").await;
+    consul.make_leader(leader).await.unwrap();
     stack.topo.server_mut(0).kill9().await;
     let crash_ms = unix_ms();
-    let stopped = consul.stop_leader().await;
+    let stopped = stop_unused_leader(&mut consul, leader).await;
     let stopped_ms = unix_ms();
-    // Under load the Consul servers may elect another leader before the
-    // crash; the fault is "the leader stops", whichever server leads.
-    if stopped != leader {
-        eprintln!("the Consul leader moved from {leader} to {stopped} before the crash");
-    }
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let new_leader = consul.wait_for_leader().await;
     wait_routed_to(
@@ -399,6 +409,7 @@ async fn consul_leader_stopped_at_the_crash() {
 async fn consul_leader_stopped_as_the_failover_starts() {
     let (mut consul, leader, mut stack, w, routes) =
         stack_on_consul_cluster("c-f-leader-mid").await;
+    consul.make_leader(leader).await.unwrap();
     stack.topo.server_mut(0).kill9().await;
     let crash_ms = unix_ms();
     // Poll tightly: the whole procedure after the fence takes ~100 ms.
@@ -409,13 +420,8 @@ async fn consul_leader_stopped_as_the_failover_starts() {
     })
     .await;
     assert!(started.is_ok(), "no failover started\n{}", stack.logs());
-    let stopped = consul.stop_leader().await;
+    let stopped = stop_unused_leader(&mut consul, leader).await;
     let stopped_ms = unix_ms();
-    // Under load the Consul servers may elect another leader before the
-    // crash; the fault is "the leader stops", whichever server leads.
-    if stopped != leader {
-        eprintln!("the Consul leader moved from {leader} to {stopped} before the crash");
-    }
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let new_leader = consul.wait_for_leader().await;
     wait_routed_to(
