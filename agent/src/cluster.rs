@@ -253,6 +253,47 @@ pub fn interpret(keys: &Keys, cluster: &ClusterName, pairs: &[KvPair]) -> Cluste
     out
 }
 
+/// Every recorded member of the cluster (`member/<cluster>/<node>`) with
+/// its address; a member whose name or address is invalid is left out
+/// and named in the second list, with why.
+pub async fn members(
+    consul: &Consul,
+    keys: &Keys,
+    cluster: &ClusterName,
+) -> Result<(BTreeMap<String, HostPort>, Vec<(String, String)>), ConsulError> {
+    let pairs = consul
+        .kv_get_recurse(&keys.member_cluster_prefix(cluster))
+        .await?;
+    Ok(parse_members(keys, cluster, &pairs))
+}
+
+/// Pure: the member keys of one cluster → node name → address.
+pub fn parse_members(
+    keys: &Keys,
+    cluster: &ClusterName,
+    pairs: &[KvPair],
+) -> (BTreeMap<String, HostPort>, Vec<(String, String)>) {
+    let prefix = keys.member_cluster_prefix(cluster);
+    let mut out = BTreeMap::new();
+    let mut rejected = Vec::new();
+    for kv in pairs {
+        let Some(node) = kv.key.strip_prefix(&prefix) else {
+            continue;
+        };
+        if let Err(e) = successover_common::contract::valid_node_name(node) {
+            rejected.push((kv.key.clone(), e.to_string()));
+            continue;
+        }
+        match HostPort::parse(kv.value_str().unwrap_or_default().trim()) {
+            Ok(hp) => {
+                out.insert(node.to_owned(), hp);
+            }
+            Err(e) => rejected.push((kv.key.clone(), e.to_string())),
+        }
+    }
+    (out, rejected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +308,33 @@ mod tests {
             modify_index: 1,
             lock_index: 0,
         }
+    }
+
+    #[test]
+    fn members_are_read_and_invalid_ones_named() {
+        let keys = Keys::default();
+        let c1 = ClusterName::parse("c1").unwrap();
+        let (members, rejected) = parse_members(
+            &keys,
+            &c1,
+            &[
+                kv("mysql/member/c1/db1", "10.0.0.1:3306"),
+                kv("mysql/member/c1/db2", "[2001:db8::2]:3306"),
+                kv(
+                    "mysql/member/c1/db3",
+                    "10.0.0.3:3306\nserver evil 1.2.3.4:3306",
+                ),
+                kv("mysql/member/c1/bad name", "10.0.0.4:3306"),
+                kv("mysql/member/c10/db9", "10.0.0.9:3306"),
+            ],
+        );
+        assert_eq!(members.keys().collect::<Vec<_>>(), ["db1", "db2"]);
+        assert_eq!(members["db1"].to_string(), "10.0.0.1:3306");
+        let keys_rejected: Vec<&str> = rejected.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys_rejected,
+            ["mysql/member/c1/db3", "mysql/member/c1/bad name"]
+        );
     }
 
     #[test]

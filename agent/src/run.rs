@@ -253,6 +253,24 @@ impl Agent {
                     return outcome(reasons, Vec::new());
                 }
             };
+        // The recorded members: a node whose agent (and report) went away
+        // before this agent ever saw it is still looked at, so a dead
+        // source nobody reports is seen dead, not absent.
+        match cluster::members(&self.consul, &self.keys, &self.cluster).await {
+            Ok((members, rejected)) => {
+                for (key, why) in rejected {
+                    tracing::warn!(key, why, "ignoring invalid member key");
+                }
+                for (name, addr) in members {
+                    self.known.entry(name).or_insert(addr);
+                }
+            }
+            Err(err) => {
+                self.metrics.error("consul");
+                reasons.push(format!("cannot read cluster members from Consul: {err}"));
+                return outcome(reasons, Vec::new());
+            }
+        }
         if let Some(why) = &inputs.published_invalid {
             // Publishing over a value someone wrote (even a broken one)
             // could route writes to a node they did not choose.
@@ -451,7 +469,24 @@ impl Agent {
             }
         }
         self.membership = Some(m);
+        self.record_member().await;
         Ok(())
+    }
+
+    /// Writes `member/<cluster>/<node>` when it does not hold this agent's
+    /// address yet. Best effort: the report carries the address too, and
+    /// the next new session tries again.
+    async fn record_member(&self) {
+        let key = self.keys.member_key(&self.cluster, &self.node);
+        let addr = self.advertise().to_string();
+        match self.consul.kv_get(&key).await {
+            Ok(Some(kv)) if kv.value_str().map(str::trim) == Some(addr.as_str()) => {}
+            Ok(_) => match self.consul.kv_put(&key, addr.as_bytes()).await {
+                Ok(_) => tracing::info!(key, addr, "recorded this node as a cluster member"),
+                Err(e) => tracing::warn!(key, error = %e, "cannot record cluster membership"),
+            },
+            Err(e) => tracing::warn!(key, error = %e, "cannot read cluster membership"),
+        }
     }
 
     fn session(&self) -> Option<&str> {

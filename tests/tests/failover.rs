@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use successover_common::procedure::{HistoryEntry, Outcome};
+use successover_tests::agent::AgentProc;
 use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
 use successover_tests::mariadb::{global_var, gtids_contain};
 use successover_tests::netns::NetHost;
@@ -70,6 +71,40 @@ async fn kill_9_of_the_source_fails_over_without_losing_a_write() {
         entry.to.as_deref().unwrap(),
         c.crash_to_first_write_ms,
         phases(&entry, crash_ms)
+    );
+}
+
+/// Every agent restarts (a rollout) while the source's host is down: the
+/// new processes never saw the source's health report, which its session
+/// took with it. The coordinator must still know the source from the
+/// membership recorded in KV, see it dead and fail over; a coordinator
+/// that knew nodes only from live reports called the cluster healthy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_died_while_every_agent_restarted_is_failed_over() {
+    let (mut stack, w) = prepared("c-f-rollout").await;
+    for agent in &mut stack.agents {
+        agent.stop().await;
+    }
+    let crash_ms = unix_ms();
+    stack.topo.server_mut(0).kill9().await;
+    let report = format!("mysql/agent/{}/db1", stack.cluster);
+    assert!(
+        stack.consul.kv_get(&report).await.unwrap().is_none(),
+        "a stopped agent's report goes with its session"
+    );
+    for i in 1..stack.agents.len() {
+        let opts = stack.agents[i].opts.clone();
+        stack.agents[i] = AgentProc::start(opts, stack.topo.server(i)).await;
+    }
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    assert_eq!(entry.from.as_deref(), Some("db1"));
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
+    let log = w.finish().await.unwrap();
+    check(&stack, &entry, &log, &[], crash_ms).await;
+    eprintln!(
+        "every agent restarted while the source died: {} promoted {} ms after the crash",
+        entry.to.as_deref().unwrap(),
+        entry.started_ms.saturating_sub(crash_ms)
     );
 }
 

@@ -524,6 +524,17 @@ impl Keys {
         format!("{}agent/{cluster}/{node}", self.prefix)
     }
 
+    /// `member/<cluster>/`: every node an agent ever ran for, with the
+    /// address it advertises. Not bound to a session, so a coordinator
+    /// that never saw a node's health report still knows the node.
+    pub fn member_cluster_prefix(&self, cluster: &ClusterName) -> String {
+        format!("{}member/{cluster}/", self.prefix)
+    }
+
+    pub fn member_key(&self, cluster: &ClusterName, node: &NodeName) -> String {
+        format!("{}member/{cluster}/{node}", self.prefix)
+    }
+
     pub fn lock_key(&self, cluster: &ClusterName) -> String {
         format!("{}lock/{cluster}", self.prefix)
     }
