@@ -88,6 +88,7 @@ pub fn node_view(
             received: r.received(),
             seconds_behind_source: r.seconds_behind_source,
             heartbeats: o.heartbeats,
+            read_position: r.read_position.clone(),
             last_io_errno: r.last_io_errno,
             last_sql_errno: r.last_sql_errno,
         }),

@@ -316,6 +316,11 @@ async fn mariadb_pair() {
     assert_eq!(ea, eb);
     assert!(ea.contains(&eb).unwrap());
     assert_eq!(nb.replica_status().await.unwrap().unwrap().received(), ea);
+    // The read position (how a replica still hearing a long transaction is
+    // told from a silent one) moves with every event read.
+    let read_before = nb.replica_status().await.unwrap().unwrap().read_position;
+    let (file, before) = read_before.expect("a read position once events arrived");
+    assert!(!file.is_empty() && before > 0, "{file}:{before}");
     let pos = nb.mariadb_gtid_positions().await.unwrap().unwrap();
     assert_eq!(GtidState::MariaDb(pos.slave_pos.clone()), ea);
     assert_eq!(pos.current_pos, pos.slave_pos);
@@ -327,6 +332,13 @@ async fn mariadb_pair() {
         .wait_for_gtid(&target, Duration::from_secs(10))
         .await
         .unwrap());
+    let after = nb.replica_status().await.unwrap().unwrap().read_position;
+    assert!(
+        after
+            .as_ref()
+            .is_some_and(|(f, p)| *f != file || *p > before),
+        "read position {file}:{before} -> {after:?}"
+    );
     let GtidState::MariaDb(p) = &target else {
         panic!("MariaDB GTIDs expected");
     };

@@ -91,23 +91,25 @@ pub fn classify(
 /// The view with every replica that has heard nothing from its source (no
 /// new event, no heartbeat) for [`SILENT_AFTER_MS`] counted as not
 /// receiving, whatever its IO thread state says: a hung or cut-off source
-/// leaves the IO thread "running" until `slave_net_timeout`.
+/// leaves the IO thread "running" until `slave_net_timeout`. An event is
+/// seen by the read position too: while one large transaction streams in
+/// for longer than the bound, the GTID position stands still and the
+/// source sends no heartbeat, but every event moves the read position.
 pub fn hearing(view: &ClusterView, memory: &mut Memory, now_ms: u64) -> ClusterView {
     let mut view = view.clone();
     for node in view.nodes.iter_mut().filter(|n| n.reachable) {
         let Some(r) = node.replica.as_mut() else {
             continue;
         };
-        let signal = (r.received.to_string(), r.heartbeats);
-        let entry = memory.progress.entry(node.name.clone()).or_insert((
-            signal.0.clone(),
-            signal.1,
-            now_ms,
-        ));
-        if (entry.0.as_str(), entry.1) != (signal.0.as_str(), signal.1) {
-            *entry = (signal.0, signal.1, now_ms);
+        let signal = format!("{}|{:?}|{:?}", r.received, r.heartbeats, r.read_position);
+        let entry = memory
+            .progress
+            .entry(node.name.clone())
+            .or_insert((signal.clone(), now_ms));
+        if entry.0 != signal {
+            *entry = (signal, now_ms);
         }
-        if now_ms.saturating_sub(entry.2) >= SILENT_AFTER_MS {
+        if now_ms.saturating_sub(entry.1) >= SILENT_AFTER_MS {
             r.io_running = false;
         }
     }
@@ -367,6 +369,39 @@ mod tests {
         v2.nodes[2].replica.as_mut().unwrap().received = pos("0-1-11");
         let d = watch(&input(&v2, &kv, SILENT_AFTER_MS + 100), &mut m).unwrap();
         assert!(d.reason.contains("still receive"), "{}", d.reason);
+    }
+
+    #[test]
+    fn a_replica_reading_one_large_transaction_still_hears_its_source() {
+        let v = view(false, true, true);
+        let kv = kv();
+        let mut m = Memory::default();
+        let at = |pos: u64| {
+            let mut v = v.clone();
+            for n in &mut v.nodes[1..] {
+                n.replica.as_mut().unwrap().read_position = Some(("bin.000001".into(), pos));
+            }
+            v
+        };
+        let d = watch(&input(&at(1_000), &kv, 0), &mut m).unwrap();
+        assert!(d.reason.contains("still receive"), "{}", d.reason);
+        // No GTID and no heartbeat for longer than the silence bound, but
+        // the events of one transaction keep coming.
+        for (i, now) in [1_000, 2_000, 3_000, 4_000, 5_000].into_iter().enumerate() {
+            let d = watch(&input(&at(2_000 + i as u64 * 8_192), &kv, now), &mut m).unwrap();
+            assert!(
+                d.reason.contains("still receive"),
+                "at {now} ms: {}",
+                d.reason
+            );
+        }
+        // Once the read position stands still too, the replicas are silent.
+        let d = watch(
+            &input(&at(2_000 + 4 * 8_192), &kv, 5_000 + SILENT_AFTER_MS),
+            &mut m,
+        )
+        .unwrap();
+        assert!(!d.reason.contains("still receive"), "{}", d.reason);
     }
 
     #[test]

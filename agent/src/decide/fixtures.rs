@@ -50,6 +50,7 @@ pub fn replica(name: &str, port: u16, of: u16, semi: bool) -> NodeView {
             received: pos("0-1-10"),
             seconds_behind_source: Some(0),
             heartbeats: Some(1),
+            read_position: None,
             last_io_errno: 0,
             last_sql_errno: 0,
         }),

@@ -56,6 +56,10 @@ pub struct ReplicaView {
     pub seconds_behind_source: Option<u64>,
     /// Heartbeats received from the source, where the server counts them.
     pub heartbeats: Option<u64>,
+    /// How far into the source's binlog the IO thread has read (file,
+    /// position): it moves while one large transaction streams in, when
+    /// neither `received` nor `heartbeats` does.
+    pub read_position: Option<(String, u64)>,
     pub last_io_errno: u32,
     pub last_sql_errno: u32,
 }
@@ -248,10 +252,11 @@ pub struct Memory {
     /// A failover that could not start was already recorded for this
     /// incident; the same refusal is not written every cycle.
     pub incident_recorded: bool,
-    /// Per replica: what it had received (position, heartbeats) and since
-    /// when, to tell a replica that still hears its source from one that
-    /// only has not timed out yet.
-    pub progress: BTreeMap<String, (String, Option<u64>, u64)>,
+    /// Per replica: what it had received (GTID position, heartbeats, read
+    /// position in the source's binlog, as one signature) and since when,
+    /// to tell a replica that still hears its source from one that only
+    /// has not timed out yet.
+    pub progress: BTreeMap<String, (String, u64)>,
     /// Consecutive cycles in which commits on the source waited for an ACK
     /// while its binlog and its ACK counters stood still, and the sample
     /// they stood still at (source, binlog position, yes_tx, no_tx).

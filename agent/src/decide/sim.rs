@@ -521,6 +521,7 @@ impl Sim {
                         received: pos_of(s.received_last()),
                         seconds_behind_source: Some(s.relay.len() as u64),
                         heartbeats: Some(s.heartbeats),
+                        read_position: None,
                         last_io_errno: if s.io_error { 1236 } else { 0 },
                         last_sql_errno: 0,
                     }

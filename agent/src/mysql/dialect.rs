@@ -307,6 +307,10 @@ pub struct ReplicaColumns {
     pub last_sql_error: &'static str,
     pub source_server_id: &'static str,
     pub sql_running_state: &'static str,
+    /// The source's binlog file and the position in it the IO thread has
+    /// read up to: it moves with every event, also inside one transaction.
+    pub read_file: &'static str,
+    pub read_pos: &'static str,
     pub gtid: GtidColumns,
 }
 
@@ -341,6 +345,8 @@ pub const MARIADB_REPLICA_COLUMNS: ReplicaColumns = ReplicaColumns {
     last_sql_error: "Last_SQL_Error",
     source_server_id: "Master_Server_Id",
     sql_running_state: "Slave_SQL_Running_State",
+    read_file: "Master_Log_File",
+    read_pos: "Read_Master_Log_Pos",
     gtid: GtidColumns::MariaDb {
         using_gtid: "Using_Gtid",
         io_pos: "Gtid_IO_Pos",
@@ -362,6 +368,8 @@ pub const MYSQL_REPLICA_COLUMNS: ReplicaColumns = ReplicaColumns {
     last_sql_error: "Last_SQL_Error",
     source_server_id: "Source_Server_Id",
     sql_running_state: "Replica_SQL_Running_State",
+    read_file: "Source_Log_File",
+    read_pos: "Read_Source_Log_Pos",
     gtid: GtidColumns::MySql {
         retrieved: "Retrieved_Gtid_Set",
         executed: "Executed_Gtid_Set",

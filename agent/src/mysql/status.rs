@@ -239,6 +239,9 @@ pub struct ReplicaStatus {
     pub last_io_error: String,
     pub last_sql_errno: u32,
     pub last_sql_error: String,
+    /// (source binlog file, position read up to); `None` before the IO
+    /// thread first read anything.
+    pub read_position: Option<(String, u64)>,
     pub gtid: ReplicaGtid,
 }
 
@@ -339,6 +342,13 @@ impl ReplicaStatus {
             last_io_error: row.text(c.last_io_error)?,
             last_sql_errno: row.number(c.last_sql_errno)?.unwrap_or(0),
             last_sql_error: row.text(c.last_sql_error)?,
+            read_position: {
+                let file = row.text(c.read_file)?;
+                match row.number(c.read_pos)? {
+                    Some(pos) if !file.is_empty() => Some((file, pos)),
+                    _ => None,
+                }
+            },
             gtid,
         }))
     }

@@ -492,6 +492,7 @@ impl Coordinator<'_> {
                             received,
                             seconds_behind_source: Some(0),
                             heartbeats: None,
+                            read_position: None,
                             last_io_errno: 0,
                             last_sql_errno: 0,
                         });
