@@ -257,6 +257,68 @@ async fn no_safe_candidate_is_a_written_refusal_and_nothing_is_promoted() {
     eprintln!("no safe candidate: {}", entry.reason);
 }
 
+/// Rule 1 broken on the source for a moment (a DBA's short semi-sync
+/// timeout and no replica connected): it acknowledged a write that no
+/// replica has. The coordinator saw `no_tx` rise; when the source then
+/// dies, the failover refuses, where promoting the best replica would have
+/// lost that write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_acknowledged_without_an_ack_is_not_failed_over() {
+    let (mut stack, w) = prepared("c-f-unacked").await;
+    let _ = w.finish().await;
+    let db1 = stack.node("db1");
+    db1.exec("CREATE TABLE successover_check.unacked (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    for name in ["db2", "db3"] {
+        stack.node(name).exec("STOP SLAVE IO_THREAD").await.unwrap();
+    }
+    db1.exec("SET GLOBAL rpl_semi_sync_master_timeout = 200")
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        db1.exec("INSERT INTO successover_check.unacked VALUES (1)"),
+    )
+    .await
+    .expect("the insert returns once the short timeout runs out")
+    .unwrap();
+    let mut c = db1.conn().await.unwrap();
+    let no_tx: u64 = successover_tests::mariadb::status_var(&mut c, "Rpl_semi_sync_master_no_tx")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(no_tx > 0, "the write was acknowledged without an ACK");
+    drop(c);
+    // The coordinator looks at its source every cycle (300 ms here).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.topo.server_mut(0).kill9().await;
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    assert_eq!(
+        entry.outcome,
+        Outcome::Refused,
+        "{entry:?}\n{}",
+        stack.logs()
+    );
+    assert!(
+        entry.reason.contains("without a semi-sync ACK"),
+        "{}",
+        entry.reason
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    eprintln!(
+        "unacknowledged commits: {}; evidence {:?}",
+        entry.reason,
+        entry.evidence.get("source_semi_sync")
+    );
+}
+
 /// A refused failover used to leave the cluster fenced until an operator
 /// acted, even once the failed source was back with every acknowledged
 /// write: now the failover is taken up again, aborts (nothing was

@@ -4,7 +4,7 @@
 
 use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
 
-use super::{ClusterView, Decision, Input, Intent, Memory, NodeView, Step};
+use super::{ClusterView, Decision, Input, Intent, Memory, NodeView, SourceSemi, Step};
 use crate::config::Detection;
 
 /// Three heartbeat periods (the agents set the period to one second when
@@ -116,8 +116,47 @@ pub fn hearing(view: &ClusterView, memory: &mut Memory, now_ms: u64) -> ClusterV
     view
 }
 
-/// A failover entry as it starts: who failed and the detection evidence.
-pub fn failover_entry(input: &Input<'_>, from: &str, evidence: &str) -> HistoryEntry {
+/// Keeps [`Memory::source_semi`] up to date from a look at the published
+/// source; a new source starts a new record.
+pub fn note_source_semi(view: &ClusterView, memory: &mut Memory, now_ms: u64) {
+    let Some(source) = view.source().filter(|n| n.reachable) else {
+        return;
+    };
+    let no_tx = source.semi.no_tx;
+    match memory.source_semi.as_mut() {
+        Some(s) if s.node == source.name => {
+            if no_tx > s.last_no_tx {
+                s.unacked += no_tx - s.last_no_tx;
+            }
+            s.last_no_tx = no_tx;
+            s.status_on = source.semi.source_status_on;
+            s.seen_ms = now_ms;
+        }
+        _ => {
+            memory.source_semi = Some(SourceSemi {
+                node: source.name.clone(),
+                last_no_tx: no_tx,
+                unacked: 0,
+                status_on: source.semi.source_status_on,
+                seen_ms: now_ms,
+            })
+        }
+    }
+}
+
+/// Evidence key: commits the failed source acknowledged without an ACK
+/// while the coordinator watched it. A failover with a non-zero count
+/// refuses (rule 7): no replica provably holds those commits.
+pub const UNACKED_COMMITS: &str = "source_unacked_commits";
+
+/// A failover entry as it starts: who failed, the detection evidence and
+/// what the coordinator last saw of the source's semi-sync.
+pub fn failover_entry(
+    input: &Input<'_>,
+    memory: &Memory,
+    from: &str,
+    evidence: &str,
+) -> HistoryEntry {
     let mut entry = HistoryEntry::start(
         ProcedureKind::Failover,
         &input.view.cluster,
@@ -127,6 +166,30 @@ pub fn failover_entry(input: &Input<'_>, from: &str, evidence: &str) -> HistoryE
     entry.reason = format!("failing over from {from}");
     entry.from = Some(from.to_owned());
     entry.evidence.insert("detection".into(), evidence.into());
+    match memory.source_semi.as_ref().filter(|s| s.node == from) {
+        Some(s) => {
+            entry.evidence.insert(
+                "source_semi_sync".into(),
+                format!(
+                    "last seen {} ms before: semi-sync {}, no_tx {}; {} commit(s) acknowledged without an ACK while this coordinator watched",
+                    input.now_ms.saturating_sub(s.seen_ms),
+                    if s.status_on { "on" } else { "OFF" },
+                    s.last_no_tx,
+                    s.unacked
+                )
+                .into(),
+            );
+            entry
+                .evidence
+                .insert(UNACKED_COMMITS.into(), s.unacked.into());
+        }
+        None => {
+            entry.evidence.insert(
+                "source_semi_sync".into(),
+                "not seen by this coordinator".into(),
+            );
+        }
+    }
     entry
 }
 
@@ -157,6 +220,7 @@ pub fn watch(input: &Input<'_>, memory: &mut Memory) -> Option<Decision> {
         memory.suspect = None;
         return None;
     }
+    note_source_semi(view, memory, input.now_ms);
     let source_agent_up = view
         .source()
         .map(|n| input.kv.agent_up.get(&n.name).copied().unwrap_or(false));
@@ -215,7 +279,7 @@ pub fn watch(input: &Input<'_>, memory: &mut Memory) -> Option<Decision> {
                     return hold(reason, memory);
                 }
                 memory.incident_recorded = true;
-                let mut entry = failover_entry(input, &source, &evidence);
+                let mut entry = failover_entry(input, memory, &source, &evidence);
                 entry.outcome = Outcome::Refused;
                 entry.reason = why;
                 entry.finished_ms = Some(input.wall_ms);
@@ -228,7 +292,7 @@ pub fn watch(input: &Input<'_>, memory: &mut Memory) -> Option<Decision> {
                 });
             }
             memory.suspect = None;
-            let entry = failover_entry(input, &source, &evidence);
+            let entry = failover_entry(input, memory, &source, &evidence);
             Some(Decision::step(
                 Step::StartFailover {
                     entry: Box::new(entry),

@@ -235,6 +235,20 @@ pub fn next(input: &Input<'_>, entry: &HistoryEntry) -> (Option<Step>, String) {
                 })
             })
             .collect();
+        let unacked = entry
+            .evidence
+            .get(super::detect::UNACKED_COMMITS)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if unacked > 0 {
+            return nothing_promoted(
+                Outcome::Refused,
+                format!(
+                    "{from} acknowledged {unacked} commit(s) without a semi-sync ACK (Rpl_semi_sync_*_no_tx rose): no replica provably holds them; bring {from} back or fail over by hand"
+                ),
+                &replicas,
+            );
+        }
         // The failed source acknowledged nothing as a replica of itself.
         let mut ackers = input.kv.ack_floors.clone();
         ackers.remove(&from);
@@ -395,7 +409,7 @@ pub fn next(input: &Input<'_>, entry: &HistoryEntry) -> (Option<Step>, String) {
 mod tests {
     use super::*;
     use crate::decide::fixtures::{self, healthy, pos};
-    use crate::decide::{ClusterView, KvInputs};
+    use crate::decide::{ClusterView, Intent, KvInputs};
     use successover_common::procedure::{ProcedureKind, Step as Recorded};
 
     fn cand(name: &str, received: &str, semi: bool) -> CandidateView {
@@ -590,6 +604,61 @@ mod tests {
             "{s:?}"
         );
         assert!(reason.contains("db1 is quarantined"), "{reason}");
+    }
+
+    /// Rule 1 broken for a moment (a short timeout turned the source
+    /// asynchronous): the commits it acknowledged without an ACK may be on
+    /// no replica. The coordinator saw `no_tx` rise, records it when the
+    /// source dies, and the failover refuses instead of promoting the best
+    /// replica.
+    #[test]
+    fn a_source_that_acknowledged_without_an_ack_is_not_failed_over() {
+        use crate::decide::detect::{watch, UNACKED_COMMITS};
+        let kv = KvInputs {
+            auto_failover: true,
+            ..KvInputs::default()
+        };
+        let mut m = crate::decide::Memory::default();
+        let mut v = healthy();
+        v.nodes[0].semi.no_tx = 4;
+        assert!(watch(&fixtures::input(&v, &kv, "db3", 0), &mut m).is_none());
+        v.nodes[0].semi.no_tx = 6;
+        assert!(watch(&fixtures::input(&v, &kv, "db3", 500), &mut m).is_none());
+        // The source dies; its replicas hear nothing more.
+        v.nodes[0].reachable = false;
+        for n in v.nodes.iter_mut().skip(1) {
+            n.replica.as_mut().unwrap().io_running = false;
+        }
+        let mut started = None;
+        for now in (1_000..20_000).step_by(500) {
+            if let Some(d) = watch(&fixtures::input(&v, &kv, "db3", now), &mut m) {
+                if let Intent::Step(Step::StartFailover { entry }) = d.intent {
+                    started = Some(entry);
+                    break;
+                }
+            }
+        }
+        let e = *started.expect("a failover starts");
+        assert_eq!(e.evidence[UNACKED_COMMITS], 2, "{:?}", e.evidence);
+        let mut v = dead_source();
+        stop_io(&mut v);
+        let (s, reason) = next_of(&v, &e);
+        assert!(
+            matches!(
+                s,
+                Some(Step::Finish {
+                    outcome: Outcome::Refused,
+                    ..
+                })
+            ),
+            "{s:?}: {reason}"
+        );
+        assert!(reason.contains("without a semi-sync ACK"), "{reason}");
+        // The same failover with no rise promotes.
+        let mut clean = e.clone();
+        clean.evidence.insert(UNACKED_COMMITS.into(), 0.into());
+        let (s, _) = next_of(&v, &clean);
+        assert!(matches!(s, Some(Step::RecordCandidate { .. })), "{s:?}");
     }
 
     /// A replica that cannot be repointed is left to the invariants — but

@@ -265,6 +265,30 @@ pub struct Memory {
     /// The refused failover last reopened, and when: at most one reopen
     /// per [`failover::REOPEN_EVERY_TICKS`] ticks.
     pub reopened: Option<(String, u64)>,
+    /// The published source's semi-sync as this coordinator watched it:
+    /// the evidence a failover records, and what makes it refuse when the
+    /// source acknowledged commits no replica had ACKed.
+    pub source_semi: Option<SourceSemi>,
+}
+
+/// What the coordinator saw of its source's `Rpl_semi_sync_*_no_tx`: the
+/// count of commits the source acknowledged without a replica's ACK. It
+/// only rises when rule 1 was broken (a timeout that turned the source
+/// asynchronous, waiting without a replica switched off) and starts from
+/// 0 at every server start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceSemi {
+    pub node: String,
+    /// The last value read, to count rises (a value below it is a restart).
+    pub last_no_tx: u64,
+    /// Rises counted since this coordinator first saw this source, summed
+    /// over restarts: commits acknowledged without an ACK that may exist
+    /// nowhere but on the source.
+    pub unacked: u64,
+    /// The status (waiting for ACKs) at the last look.
+    pub status_on: bool,
+    /// When it was last read (coordinator's monotonic ms).
+    pub seen_ms: u64,
 }
 
 /// Everything one decision reads.

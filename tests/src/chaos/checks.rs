@@ -155,6 +155,16 @@ impl Runner {
             (routes, per_node, d.kv.clone())
         };
         self.report.route_probes += routes.len() as u64;
+        let rises: Vec<(u64, String, String)> = {
+            let mut d = mon.data.lock().unwrap();
+            self.report.no_tx_samples = d.no_tx_samples;
+            std::mem::take(&mut d.no_tx_rises)
+        };
+        for (at, node, what) in rises {
+            self.violation(format!(
+                "fault #{n}: {node} acknowledged commits without a semi-sync ACK at {at} (unix ms): {what}"
+            ));
+        }
         let mut stray: BTreeMap<String, (u64, u64, usize)> = BTreeMap::new();
         for (at, id) in &routes {
             let node = self

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::analysis::{KvState, Sample};
 use super::world::World;
 use super::{KV_INTERVAL, PREFIX, ROUTE_INTERVAL, SAMPLE_INTERVAL};
+
+const NO_TX_INTERVAL: Duration = Duration::from_millis(250);
 use crate::mariadb::{APP_PASSWORD, APP_USER};
 use crate::writer::unix_ms;
 
@@ -21,6 +23,12 @@ pub(super) struct MonitorData {
     /// Per server (index = server id - 1).
     pub(super) samples: Vec<Vec<Sample>>,
     pub(super) kv: Vec<KvState>,
+    /// `Rpl_semi_sync_*_no_tx` went up on a server that did not restart
+    /// in between: it acknowledged a commit no replica had ACKed (rule 1).
+    /// (unix ms, server, what was read).
+    pub(super) no_tx_rises: Vec<(u64, String, String)>,
+    /// How many (server, sample) pairs the no_tx sampler read.
+    pub(super) no_tx_samples: u64,
 }
 
 pub(super) struct Monitors {
@@ -45,6 +53,12 @@ impl Monitors {
         for (i, db) in w.topo.servers().iter().enumerate() {
             tasks.push(tokio::spawn(writable_sampler(
                 i,
+                db.opts(),
+                data.clone(),
+                stop.clone(),
+            )));
+            tasks.push(tokio::spawn(no_tx_sampler(
+                db.name().to_owned(),
                 db.opts(),
                 data.clone(),
                 stop.clone(),
@@ -136,6 +150,69 @@ async fn writable_sampler(
         });
         tokio::select! {
             _ = tokio::time::sleep(SAMPLE_INTERVAL) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// Reads `Rpl_semi_sync_master_no_tx` (MySQL: `…_source_no_tx`) with
+/// `Uptime` every [`NO_TX_INTERVAL`]. The counter only moves when a source
+/// acknowledges a commit without a replica's ACK, and starts from 0 at
+/// every server start; a rise within one server lifetime (uptime not gone
+/// back) is recorded.
+async fn no_tx_sampler(
+    name: String,
+    opts: mysql_async::Opts,
+    data: Arc<Mutex<MonitorData>>,
+    stop: CancellationToken,
+) {
+    let mut conn: Option<mysql_async::Conn> = None;
+    let mut last: Option<(u64, u64)> = None;
+    while !stop.is_cancelled() {
+        let read = async {
+            if conn.is_none() {
+                conn = Some(mysql_async::Conn::new(opts.clone()).await.ok()?);
+            }
+            let c = conn.as_mut()?;
+            let rows: Vec<(String, String)> = c
+                .query(
+                    "SHOW GLOBAL STATUS WHERE Variable_name IN \
+                     ('Uptime', 'Rpl_semi_sync_master_no_tx', 'Rpl_semi_sync_source_no_tx')",
+                )
+                .await
+                .ok()?;
+            let get = |n: &str| -> Option<u64> {
+                rows.iter()
+                    .find(|(k, _)| k.ends_with(n) || k == n)
+                    .and_then(|(_, v)| v.parse().ok())
+            };
+            Some((get("Uptime")?, get("_no_tx")?))
+        };
+        match tokio::time::timeout(Duration::from_millis(400), read).await {
+            Ok(Some((uptime, no_tx))) => {
+                let mut d = data.lock().unwrap();
+                d.no_tx_samples += 1;
+                if let Some((up0, tx0)) = last {
+                    if uptime >= up0 && no_tx > tx0 {
+                        d.no_tx_rises.push((
+                            unix_ms(),
+                            name.clone(),
+                            format!("no_tx {tx0} -> {no_tx} (uptime {up0} -> {uptime} s)"),
+                        ));
+                    }
+                }
+                last = Some((uptime, no_tx));
+            }
+            _ => {
+                if let Some(c) = conn.take() {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(NO_TX_INTERVAL) => {}
             _ = stop.cancelled() => {}
         }
     }

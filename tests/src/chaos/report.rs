@@ -45,6 +45,8 @@ pub struct Report {
     pub route_probes: u64,
     pub read_only_samples: u64,
     pub kv_changes: u64,
+    /// `no_tx` readings (rule 1: never rises within a server's lifetime).
+    pub no_tx_samples: u64,
     /// Longest time a returning old source stayed writable before its agent
     /// fenced it (never able to acknowledge, see
     /// [`SELF_FENCE_GRACE_MS`](super::SELF_FENCE_GRACE_MS)).
@@ -158,8 +160,8 @@ impl Report {
         row(
             "monitor samples",
             format!(
-                "{} routes through HAProxy, {} read_only readings, {} KV changes",
-                self.route_probes, self.read_only_samples, self.kv_changes
+                "{} routes through HAProxy, {} read_only readings, {} KV changes, {} no_tx readings",
+                self.route_probes, self.read_only_samples, self.kv_changes, self.no_tx_samples
             ),
         );
         row("violations", self.violations.len().to_string());
