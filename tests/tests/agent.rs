@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::*;
 use successover_common::consul::{Consul, ConsulConfig};
 use successover_tests::agent::{AgentOptions, AgentProc};
-use successover_tests::consul::ConsulDev;
+use successover_tests::consul::{ConsulCluster, ConsulDev};
 use successover_tests::mariadb::{
     global_var, status_var, MariaDb, Topology, APP_PASSWORD, APP_USER,
 };
@@ -458,6 +458,60 @@ async fn an_agent_restarted_at_once_ends_its_dead_predecessors_session() {
     eprintln!(
         "restarted agent took over from its predecessor after {:?}",
         killed_at.elapsed()
+    );
+}
+
+/// The Consul server the agents talk to (in production, their local
+/// Consul agent) dies and comes back on its data directory. Once it is
+/// back, every agent has a live session and a health report again, and a
+/// coordinator holds the lock, within the session TTL: an agent does not
+/// wait for its old session to expire.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_have_a_session_again_soon_after_their_consul_server_returns() {
+    let mut consul = ConsulCluster::start(3).await;
+    let leader = consul.leader_index().await;
+    let theirs = (leader + 1) % consul.len();
+    let ours = (leader + 2) % consul.len();
+    let topo = Topology::source_with_replicas(2).await;
+    let mut agents = Vec::new();
+    for (i, db) in topo.servers().iter().enumerate() {
+        let opts = AgentOptions::new(
+            "c-consul-back",
+            &format!("db{}", i + 1),
+            &consul.http_addr(theirs),
+        );
+        agents.push(AgentProc::start(opts, db).await);
+    }
+    let c = Consul::new(ConsulConfig::new(consul.http_addr(ours))).unwrap();
+    let all_live = || async {
+        let reports = c
+            .kv_get_recurse("mysql/agent/c-consul-back/")
+            .await
+            .unwrap_or_default();
+        let lock = c.kv_get("mysql/lock/c-consul-back").await.ok().flatten();
+        reports.len() == 3
+            && reports.iter().all(|r| r.session.is_some())
+            && lock.is_some_and(|l| l.session.is_some())
+    };
+    wait_until(Duration::from_secs(40), all_live)
+        .await
+        .unwrap_or_else(|_| panic!("agents never settled\n{}", dump_logs(&agents)));
+    consul.kill_node(theirs).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    consul.start_node(theirs).await;
+    consul.wait_for_leader().await;
+    let back = Instant::now();
+    wait_until(Duration::from_secs(60), all_live)
+        .await
+        .unwrap_or_else(|_| panic!("agents never got a session again\n{}", dump_logs(&agents)));
+    let took = back.elapsed();
+    eprintln!(
+        "every agent had a session and a report again {took:?} after its Consul server was back"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?}: as long as an old session's TTL\n{}",
+        dump_logs(&agents)
     );
 }
 

@@ -60,6 +60,22 @@ impl ConsulError {
         }
     }
 
+    /// Consul's state machine refused the request itself: the same request
+    /// gets the same answer until the caller changes it (a new session,
+    /// a passing check). Forwarded to the leader, such refusals arrive as
+    /// `500 rpc error making call: raft apply failed: invalid session …`,
+    /// which looks like a forwarding failure; retrying one for `retry_for`
+    /// kept an agent whose session was gone from making a new one for 20 s.
+    pub fn is_permanent(&self) -> bool {
+        const REFUSALS: [&str; 4] = [
+            "invalid session",
+            "in critical state",
+            "Missing check",
+            "Permission denied",
+        ];
+        matches!(self, ConsulError::Status { body, .. } if REFUSALS.iter().any(|r| body.contains(r)))
+    }
+
     /// True when the request certainly was not applied and can be sent again
     /// unchanged: the connection was never made, Consul has no leader, or it
     /// shed load. A timeout or a reset mid-request is not in this set: the
@@ -73,6 +89,9 @@ impl ConsulError {
     /// forwarding RPC cut by a leader change): sending a plain put, a read,
     /// a lock acquire by the same session or a renew twice is harmless.
     pub fn is_retryable_when(&self, idempotent: bool) -> bool {
+        if self.is_permanent() {
+            return false;
+        }
         if idempotent {
             match self {
                 ConsulError::Unreachable { .. } | ConsulError::Timeout { .. } => return true,
@@ -95,5 +114,41 @@ impl ConsulError {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, body: &str) -> ConsulError {
+        ConsulError::Status {
+            op: "kv acquire",
+            target: "mysql/lock/c1".into(),
+            status,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_the_state_machine_is_not_retried() {
+        let gone = status(
+            500,
+            "rpc error making call: raft apply failed: invalid session \"c586943f\"",
+        );
+        assert!(gone.is_permanent());
+        assert!(!gone.is_retryable_when(true));
+        let critical = status(
+            500,
+            "rpc error making call: Check 'serfHealth' is in critical state",
+        );
+        assert!(!critical.is_retryable_when(true));
+        // A forwarding failure during an election is retried when the
+        // request is idempotent.
+        let cut = status(500, "rpc error making call: EOF");
+        assert!(!cut.is_permanent());
+        assert!(cut.is_retryable_when(true));
+        assert!(!cut.is_retryable_when(false));
+        assert!(status(500, "No cluster leader").is_retryable_when(false));
     }
 }
