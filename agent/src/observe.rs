@@ -101,6 +101,7 @@ pub fn node_view(
             wait_sessions: o.semi_sync.wait_sessions,
             yes_tx: o.semi_sync.yes_tx,
             no_tx: o.semi_sync.no_tx,
+            no_times: o.semi_sync.no_times,
             settings_drift: o.semi_sync.plugins.source.is_some()
                 && (o.semi_sync.wait_point == Some(WaitPoint::AfterCommit)
                     || o.semi_sync.wait_no_replica == Some(false)

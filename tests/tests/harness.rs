@@ -486,3 +486,79 @@ async fn consul_reachable_from_a_net_host() {
     assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
     assert!(reply.contains("127.0.0.1:"), "{reply}");
 }
+
+/// What the server counts when a commit waiting for a semi-sync ACK is
+/// killed (the stall release, a switch's kill loop and self-fencing all do
+/// this): its client gets no OK, yet MariaDB counts it in `no_tx`, the
+/// count the documentation calls commits "not acknowledged by a replica".
+/// Only `no_times` (semi-sync switched off) says the source acknowledged
+/// commits without an ACK, so that is what the failover evidence and the
+/// chaos runner follow.
+#[tokio::test]
+async fn a_killed_commit_waiting_for_an_ack_is_no_switch_off() {
+    let topology = Topology::source_with_replicas(2).await;
+    let source = topology.source();
+    source
+        .exec("CREATE DATABASE killed; CREATE TABLE killed.t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    // Nothing can ACK from now on.
+    for r in topology.replicas() {
+        r.exec("STOP SLAVE IO_THREAD").await.unwrap();
+    }
+    let mut admin = source.conn().await.unwrap();
+    let read = |name: &'static str| {
+        let opts = source.opts();
+        async move {
+            let mut c = Conn::new(opts).await.unwrap();
+            let v: u64 = status_var(&mut c, name).await.unwrap().parse().unwrap();
+            v
+        }
+    };
+    let (no_tx0, no_times0) = (
+        read("Rpl_semi_sync_master_no_tx").await,
+        read("Rpl_semi_sync_master_no_times").await,
+    );
+    let mut writer = source.conn().await.unwrap();
+    let id: u64 = writer
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    let insert = tokio::spawn(async move {
+        writer
+            .query_drop("INSERT INTO killed.t VALUES (1)")
+            .await
+            .map_err(|e| e.to_string())
+    });
+    timeout(Duration::from_secs(10), async {
+        while read("Rpl_semi_sync_master_wait_sessions").await == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the commit waits for an ACK");
+    admin
+        .query_drop(format!("KILL CONNECTION {id}"))
+        .await
+        .unwrap();
+    let answered = timeout(Duration::from_secs(10), insert)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answered.is_err(), "a killed waiting commit got an OK");
+    let (no_tx, no_times) = (
+        read("Rpl_semi_sync_master_no_tx").await,
+        read("Rpl_semi_sync_master_no_times").await,
+    );
+    eprintln!(
+        "killed waiting commit: no_tx {no_tx0} -> {no_tx}, no_times {no_times0} -> {no_times}"
+    );
+    assert_eq!(no_times, no_times0, "a kill is no switch-off");
+    assert_eq!(
+        status_var(&mut admin, "Rpl_semi_sync_master_status")
+            .await
+            .unwrap(),
+        "ON"
+    );
+}

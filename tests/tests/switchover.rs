@@ -705,3 +705,92 @@ async fn a_rolled_back_switch_reopens_the_old_source_only_as_a_source() {
         .unwrap();
     wait_settled(&stack).await;
 }
+
+/// `consul kv put mysql/master/<cluster> <db2's address>` by hand, under
+/// writers: not a switchover, and it used to be worse than none. The
+/// invariants opened db2 at once, while it was behind and while db1 still
+/// took writes. Now db1 goes read-only first and db2 opens only once it
+/// holds everything db1 has: never two writable nodes, no acknowledged
+/// write lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_key_written_by_hand_opens_the_node_only_once_it_is_safe() {
+    let stack = Stack::start("c-hand-master", &consul_addr().await).await;
+    writer::prepare(&stack.node("db1").url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let port = stack.proxy_port.port();
+    let writers = vec![
+        WriterProc::start(port, 1).await,
+        WriterProc::start_as(port, 2, ADMIN_APP_USER, ADMIN_APP_PASSWORD).await,
+    ];
+    writes_land(&stack, "db1", 1).await;
+    // db2 first, then db1: db1 seen writable after db2 was is an overlap
+    // (db2 never goes back to read-only here).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let overlap = {
+        let (db1, db2, stop) = (
+            stack.node("db1").opts(),
+            stack.node("db2").opts(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut c1 = mysql_async::Conn::new(db1).await.unwrap();
+            let mut c2 = mysql_async::Conn::new(db2).await.unwrap();
+            let mut seen = 0u32;
+            while !stop.is_cancelled() {
+                let ro2: Option<u8> = c2
+                    .query_first("SELECT @@GLOBAL.read_only")
+                    .await
+                    .unwrap_or(None);
+                let ro1: Option<u8> = c1
+                    .query_first("SELECT @@GLOBAL.read_only")
+                    .await
+                    .unwrap_or(None);
+                if ro2 == Some(0) && ro1 == Some(0) {
+                    seen += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        })
+    };
+    let db2 = stack.node("db2").addr();
+    stack
+        .consul
+        .kv_put(&format!("mysql/master/{}", stack.cluster), db2.as_bytes())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), || async {
+        looks_writable(stack.node("db2")).await == Some(true)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("db2 was never opened\n{}", stack.logs()));
+    writes_land(&stack, "db2", 1).await;
+    stop.cancel();
+    let both = overlap.await.unwrap();
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.finish().await.unwrap());
+    }
+    assert_eq!(
+        both,
+        0,
+        "db1 and db2 both writable in {both} samples\n{}",
+        stack.logs()
+    );
+    for log in &logs {
+        let lost = writer::missing(&stack.node("db2").url(), log)
+            .await
+            .unwrap();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged writes missing on db2",
+            lost.len(),
+            log.acked.len()
+        );
+    }
+    assert!(!writable(stack.node("db1")).await);
+}

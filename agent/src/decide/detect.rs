@@ -122,22 +122,28 @@ pub fn note_source_semi(view: &ClusterView, memory: &mut Memory, now_ms: u64) {
     let Some(source) = view.source().filter(|n| n.reachable) else {
         return;
     };
-    let no_tx = source.semi.no_tx;
+    let semi = &source.semi;
     match memory.source_semi.as_mut() {
         Some(s) if s.node == source.name => {
-            if no_tx > s.last_no_tx {
-                s.unacked += no_tx - s.last_no_tx;
+            let switched_off = semi.no_times > s.last_no_times;
+            let unwaited = (s.drift || semi.settings_drift) && semi.no_tx > s.last_no_tx;
+            if switched_off || unwaited {
+                s.unacked += 1;
             }
-            s.last_no_tx = no_tx;
-            s.status_on = source.semi.source_status_on;
+            s.last_no_times = semi.no_times;
+            s.last_no_tx = semi.no_tx;
+            s.drift = semi.settings_drift;
+            s.status_on = semi.source_status_on;
             s.seen_ms = now_ms;
         }
         _ => {
             memory.source_semi = Some(SourceSemi {
                 node: source.name.clone(),
-                last_no_tx: no_tx,
+                last_no_times: semi.no_times,
+                last_no_tx: semi.no_tx,
+                drift: semi.settings_drift,
                 unacked: 0,
-                status_on: source.semi.source_status_on,
+                status_on: semi.source_status_on,
                 seen_ms: now_ms,
             })
         }
@@ -171,9 +177,10 @@ pub fn failover_entry(
             entry.evidence.insert(
                 "source_semi_sync".into(),
                 format!(
-                    "last seen {} ms before: semi-sync {}, no_tx {}; {} commit(s) acknowledged without an ACK while this coordinator watched",
+                    "last seen {} ms before: semi-sync {}, switched off {} time(s), no_tx {}; {} look(s) at which it may have acknowledged without an ACK while this coordinator watched",
                     input.now_ms.saturating_sub(s.seen_ms),
                     if s.status_on { "on" } else { "OFF" },
+                    s.last_no_times,
                     s.last_no_tx,
                     s.unacked
                 )

@@ -244,7 +244,7 @@ pub fn next(input: &Input<'_>, entry: &HistoryEntry) -> (Option<Step>, String) {
             return nothing_promoted(
                 Outcome::Refused,
                 format!(
-                    "{from} acknowledged {unacked} commit(s) without a semi-sync ACK (Rpl_semi_sync_*_no_tx rose): no replica provably holds them; bring {from} back or fail over by hand"
+                    "{from} may have acknowledged commits without a semi-sync ACK (it switched semi-sync off, or committed without waiting while rule 1's settings had drifted): no replica provably holds them; bring {from} back or fail over by hand"
                 ),
                 &replicas,
             );
@@ -606,59 +606,76 @@ mod tests {
         assert!(reason.contains("db1 is quarantined"), "{reason}");
     }
 
-    /// Rule 1 broken for a moment (a short timeout turned the source
-    /// asynchronous): the commits it acknowledged without an ACK may be on
-    /// no replica. The coordinator saw `no_tx` rise, records it when the
-    /// source dies, and the failover refuses instead of promoting the best
-    /// replica.
-    #[test]
-    fn a_source_that_acknowledged_without_an_ack_is_not_failed_over() {
-        use crate::decide::detect::{watch, UNACKED_COMMITS};
+    /// The failover that starts after `looks` (the source's counters at
+    /// each look), once the source died.
+    fn failover_after(looks: &[(u64, u64, bool)]) -> HistoryEntry {
+        use crate::decide::detect::watch;
         let kv = KvInputs {
             auto_failover: true,
             ..KvInputs::default()
         };
         let mut m = crate::decide::Memory::default();
         let mut v = healthy();
-        v.nodes[0].semi.no_tx = 4;
-        assert!(watch(&fixtures::input(&v, &kv, "db3", 0), &mut m).is_none());
-        v.nodes[0].semi.no_tx = 6;
-        assert!(watch(&fixtures::input(&v, &kv, "db3", 500), &mut m).is_none());
-        // The source dies; its replicas hear nothing more.
+        for (i, (no_times, no_tx, drift)) in looks.iter().enumerate() {
+            v.nodes[0].semi.no_times = *no_times;
+            v.nodes[0].semi.no_tx = *no_tx;
+            v.nodes[0].semi.settings_drift = *drift;
+            let d = watch(&fixtures::input(&v, &kv, "db3", i as u64 * 500), &mut m);
+            assert!(d.is_none(), "{d:?}");
+        }
         v.nodes[0].reachable = false;
         for n in v.nodes.iter_mut().skip(1) {
             n.replica.as_mut().unwrap().io_running = false;
         }
-        let mut started = None;
-        for now in (1_000..20_000).step_by(500) {
+        for now in (10_000..30_000).step_by(500) {
             if let Some(d) = watch(&fixtures::input(&v, &kv, "db3", now), &mut m) {
                 if let Intent::Step(Step::StartFailover { entry }) = d.intent {
-                    started = Some(entry);
-                    break;
+                    return *entry;
                 }
             }
         }
-        let e = *started.expect("a failover starts");
-        assert_eq!(e.evidence[UNACKED_COMMITS], 2, "{:?}", e.evidence);
-        let mut v = dead_source();
-        stop_io(&mut v);
-        let (s, reason) = next_of(&v, &e);
-        assert!(
-            matches!(
-                s,
+        panic!("no failover started")
+    }
+
+    /// Rule 1 broken for a moment (a short timeout switched the source to
+    /// asynchronous): what it acknowledged then may be on no replica. The
+    /// coordinator saw the switch-off, records it when the source dies,
+    /// and the failover refuses instead of promoting the best replica.
+    #[test]
+    fn a_source_that_acknowledged_without_an_ack_is_not_failed_over() {
+        use crate::decide::detect::UNACKED_COMMITS;
+        let refused = |e: &HistoryEntry| {
+            let mut v = dead_source();
+            stop_io(&mut v);
+            let (s, reason) = next_of(&v, e);
+            match s {
                 Some(Step::Finish {
                     outcome: Outcome::Refused,
                     ..
-                })
-            ),
-            "{s:?}: {reason}"
-        );
-        assert!(reason.contains("without a semi-sync ACK"), "{reason}");
-        // The same failover with no rise promotes.
-        let mut clean = e.clone();
-        clean.evidence.insert(UNACKED_COMMITS.into(), 0.into());
-        let (s, _) = next_of(&v, &clean);
-        assert!(matches!(s, Some(Step::RecordCandidate { .. })), "{s:?}");
+                }) => {
+                    assert!(reason.contains("without a semi-sync ACK"), "{reason}");
+                    true
+                }
+                Some(Step::RecordCandidate { .. }) => false,
+                other => panic!("{other:?}: {reason}"),
+            }
+        };
+        // Switched off (a timeout): refused.
+        let e = failover_after(&[(0, 0, false), (1, 1, false)]);
+        assert_eq!(e.evidence[UNACKED_COMMITS], 1, "{:?}", e.evidence);
+        assert!(refused(&e));
+        // A commit that did not wait while the settings had drifted
+        // (waiting without a replica off): refused.
+        let e = failover_after(&[(0, 0, true), (0, 1, true)]);
+        assert!(refused(&e));
+        // Commits killed while they waited (MariaDB counts them in no_tx;
+        // their clients got no OK): promoted.
+        let e = failover_after(&[(0, 0, false), (0, 3, false)]);
+        assert_eq!(e.evidence[UNACKED_COMMITS], 0, "{:?}", e.evidence);
+        assert!(!refused(&e));
+        // A restart resets the counters: no rise.
+        let e = failover_after(&[(2, 5, false), (0, 0, false)]);
+        assert!(!refused(&e));
     }
 
     /// A replica that cannot be repointed is left to the invariants — but

@@ -155,13 +155,40 @@ pub fn enforce(view: &ClusterView, ackers: &BTreeMap<String, Option<GtidState>>)
         ));
     }
     if source.read_only {
-        actions.push(Action::Open {
-            node: source.name.clone(),
-        });
-        reasons.push(format!(
-            "published source {} was read-only with no procedure running",
-            source.name
-        ));
+        // A published source that no procedure made (a master key written
+        // by hand) may be a replica that lacks acknowledged commits, next to
+        // a writable old source: it opens only once nothing else takes
+        // writes and it holds everything every other node does.
+        let others = || {
+            view.nodes
+                .iter()
+                .filter(|n| n.reachable && !n.quarantined && n.name != source.name)
+        };
+        let writable: Vec<&str> = others()
+            .filter(|n| !n.read_only)
+            .map(|n| n.name.as_str())
+            .collect();
+        let lacks = others().find_map(|n| super::switchover::errant(n, source).err());
+        if !writable.is_empty() {
+            reasons.push(format!(
+                "published source {} stays read-only while {} is writable",
+                source.name,
+                writable.join(", ")
+            ));
+        } else if let Some(why) = lacks {
+            reasons.push(format!(
+                "published source {} stays read-only: it lacks transactions another node holds ({why})",
+                source.name
+            ));
+        } else {
+            actions.push(Action::Open {
+                node: source.name.clone(),
+            });
+            reasons.push(format!(
+                "published source {} was read-only with no procedure running",
+                source.name
+            ));
+        }
     }
     if let Some(next) = possible_ackers(view, source, ackers) {
         reasons.push(format!(
@@ -533,6 +560,47 @@ mod tests {
         );
         v.fenced = true;
         assert!(enforce(&v).actions.is_empty(), "not while fenced");
+    }
+
+    /// `consul kv put mysql/master/c1 <db2>` by hand while db1 takes
+    /// writes: db2 is read-only and behind. Opening it at once would take
+    /// writes on a node that lacks acknowledged ones, next to a writable
+    /// db1. First db1 goes read-only; db2 opens only once nothing else is
+    /// writable and it holds everything every other node does.
+    #[test]
+    fn a_hand_published_replica_is_opened_only_once_it_holds_everything() {
+        let mut v = healthy();
+        v.published = Some(addr(3302));
+        v.nodes[1].read_only = true;
+        v.nodes[0].gtid_executed = Some(pos("0-1-12"));
+        v.nodes[1].gtid_executed = Some(pos("0-1-11"));
+        let d = enforce(&v);
+        assert!(
+            !d.actions.contains(&Action::Open { node: "db2".into() }),
+            "{d:?}"
+        );
+        assert!(
+            d.actions.contains(&Action::SetReadOnly {
+                node: "db1".into(),
+                read_only: true
+            }),
+            "{d:?}"
+        );
+        // db1 read-only, db2 still behind: not yet.
+        v.nodes[0].read_only = true;
+        let d = enforce(&v);
+        assert!(
+            !d.actions.contains(&Action::Open { node: "db2".into() }),
+            "{d:?}"
+        );
+        assert!(d.reason.contains("lacks"), "{}", d.reason);
+        // Caught up: opened.
+        v.nodes[1].gtid_executed = Some(pos("0-1-12"));
+        let d = enforce(&v);
+        assert!(
+            d.actions.contains(&Action::Open { node: "db2".into() }),
+            "{d:?}"
+        );
     }
 
     #[test]

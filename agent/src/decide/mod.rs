@@ -75,6 +75,8 @@ pub struct SemiSyncView {
     pub wait_sessions: u64,
     pub yes_tx: u64,
     pub no_tx: u64,
+    /// Times the source switched semi-sync off.
+    pub no_times: u64,
     /// Rule 1's settings are not all in place: the wait point is not
     /// AFTER_SYNC, the source would stop waiting without a replica, or the
     /// timeout is short enough for a blip to turn it asynchronous.
@@ -271,19 +273,25 @@ pub struct Memory {
     pub source_semi: Option<SourceSemi>,
 }
 
-/// What the coordinator saw of its source's `Rpl_semi_sync_*_no_tx`: the
-/// count of commits the source acknowledged without a replica's ACK. It
-/// only rises when rule 1 was broken (a timeout that turned the source
-/// asynchronous, waiting without a replica switched off) and starts from
-/// 0 at every server start.
+/// What the coordinator saw of its source's semi-sync counters, to tell
+/// whether it may have acknowledged a commit no replica had ACKed: it
+/// switched semi-sync off while published (`no_times` rose: a timeout, or
+/// its flag turned off by hand), or a commit ended without an ACK while
+/// rule 1's settings had drifted (`no_tx` rose with waiting-without-replica
+/// off: such a commit does not wait). `no_tx` alone proves nothing: MariaDB
+/// also counts commits whose session was killed while waiting, which got no
+/// OK (`a_killed_commit_waiting_for_an_ack_is_no_switch_off`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceSemi {
     pub node: String,
-    /// The last value read, to count rises (a value below it is a restart).
+    /// The last values read, to count rises (a value below is a restart).
+    pub last_no_times: u64,
     pub last_no_tx: u64,
-    /// Rises counted since this coordinator first saw this source, summed
-    /// over restarts: commits acknowledged without an ACK that may exist
-    /// nowhere but on the source.
+    /// Rule 1's settings had drifted at the last look.
+    pub drift: bool,
+    /// Looks at which the source may have acknowledged without an ACK,
+    /// since this coordinator first saw it published with no procedure
+    /// running.
     pub unacked: u64,
     /// The status (waiting for ACKs) at the last look.
     pub status_on: bool,
@@ -525,6 +533,12 @@ pub fn decide(input: &Input<'_>, memory: &Memory) -> Decision {
     // A procedure owns the cluster while it runs: an interrupted one is
     // finished or rolled back first, a request is handled next, and only
     // then are the invariants enforced.
+    if input.running.is_some() || input.kv.in_progress.is_some() {
+        // A procedure switches flags off on purpose (a switch's old
+        // source): the record of the source's semi-sync starts afresh
+        // after it.
+        memory.source_semi = None;
+    }
     if let Some(running) = input.running {
         return procedure_step(input, running, memory);
     }

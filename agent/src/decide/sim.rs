@@ -553,6 +553,9 @@ impl Sim {
                         wait_sessions: s.pending.len() as u64,
                         yes_tx: 0,
                         no_tx: s.no_tx,
+                        // The simulated source acknowledges without an ACK
+                        // only the way a real one does: switched off.
+                        no_times: s.no_tx,
                         settings_drift: false,
                     },
                     gtid_executed: Some(pos_of(s.log.last())),

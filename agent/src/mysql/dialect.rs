@@ -457,6 +457,14 @@ impl SemiSyncNaming {
             SemiSyncNaming::SourceReplica => "Rpl_semi_sync_source_wait_sessions",
         }
     }
+    /// How often the source switched semi-sync off: a timeout turned it
+    /// asynchronous, or its flag was turned off.
+    pub fn source_no_times(self) -> &'static str {
+        match self {
+            SemiSyncNaming::MasterSlave => "Rpl_semi_sync_master_no_times",
+            SemiSyncNaming::SourceReplica => "Rpl_semi_sync_source_no_times",
+        }
+    }
     pub fn source_no_tx(self) -> &'static str {
         match self {
             SemiSyncNaming::MasterSlave => "Rpl_semi_sync_master_no_tx",

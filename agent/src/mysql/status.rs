@@ -540,7 +540,11 @@ pub struct SemiSyncState {
     pub yes_tx: u64,
     /// Commits waiting for an ACK right now.
     pub wait_sessions: u64,
+    /// Counts commits that ended without an ACK, including ones whose
+    /// session was killed while waiting (MariaDB): those got no OK.
     pub no_tx: u64,
+    /// Times semi-sync was switched off (a timeout, or the flag turned off).
+    pub no_times: u64,
     pub wait_point: Option<WaitPoint>,
     pub timeout_ms: Option<u64>,
     pub wait_no_replica: Option<bool>,
@@ -591,6 +595,7 @@ impl SemiSyncState {
             yes_tx: 0,
             wait_sessions: 0,
             no_tx: 0,
+            no_times: 0,
             wait_point: None,
             timeout_ms: None,
             wait_no_replica: None,
@@ -603,6 +608,7 @@ impl SemiSyncState {
             st.yes_tx = num(status, n.source_yes_tx())?.unwrap_or(0);
             st.wait_sessions = num(status, n.source_wait_sessions())?.unwrap_or(0);
             st.no_tx = num(status, n.source_no_tx())?.unwrap_or(0);
+            st.no_times = num(status, n.source_no_times())?.unwrap_or(0);
             st.timeout_ms = num(variables, n.source_timeout())?;
             st.wait_no_replica = flag(variables, n.source_wait_no_replica())?;
             st.wait_for_replica_count = num(variables, n.source_wait_for_replica_count())?

@@ -23,10 +23,13 @@ pub(super) struct MonitorData {
     /// Per server (index = server id - 1).
     pub(super) samples: Vec<Vec<Sample>>,
     pub(super) kv: Vec<KvState>,
-    /// `Rpl_semi_sync_*_no_tx` went up on a server that did not restart
-    /// in between: it acknowledged a commit no replica had ACKed (rule 1).
-    /// (unix ms, server, what was read).
+    /// A writable server switched semi-sync off (`no_times` rose within
+    /// one lifetime): it may have acknowledged a commit no replica had
+    /// ACKed (rule 1). (unix ms, server, what was read).
     pub(super) no_tx_rises: Vec<(u64, String, String)>,
+    /// Commits that ended without an ACK, summed over rises of `no_tx`
+    /// (killed waiting commits among them).
+    pub(super) no_tx_rises_counted: u64,
     /// How many (server, sample) pairs the no_tx sampler read.
     pub(super) no_tx_samples: u64,
 }
@@ -155,11 +158,12 @@ async fn writable_sampler(
     }
 }
 
-/// Reads `Rpl_semi_sync_master_no_tx` (MySQL: `…_source_no_tx`) with
-/// `Uptime` every [`NO_TX_INTERVAL`]. The counter only moves when a source
-/// acknowledges a commit without a replica's ACK, and starts from 0 at
-/// every server start; a rise within one server lifetime (uptime not gone
-/// back) is recorded.
+/// Reads `Rpl_semi_sync_*_no_times`, `…_no_tx`, `Uptime` and
+/// `read_only` every [`NO_TX_INTERVAL`]. A writable server that switched
+/// semi-sync off (`no_times` rose within one server lifetime, writable at
+/// both looks) may have acknowledged commits without an ACK: recorded as
+/// a rise. `no_tx` rises are only counted: MariaDB also counts commits
+/// killed while they waited, which got no OK.
 async fn no_tx_sampler(
     name: String,
     opts: mysql_async::Opts,
@@ -167,7 +171,8 @@ async fn no_tx_sampler(
     stop: CancellationToken,
 ) {
     let mut conn: Option<mysql_async::Conn> = None;
-    let mut last: Option<(u64, u64)> = None;
+    // (uptime, no_times, no_tx, writable)
+    let mut last: Option<(u64, u64, u64, bool)> = None;
     while !stop.is_cancelled() {
         let read = async {
             if conn.is_none() {
@@ -176,32 +181,42 @@ async fn no_tx_sampler(
             let c = conn.as_mut()?;
             let rows: Vec<(String, String)> = c
                 .query(
-                    "SHOW GLOBAL STATUS WHERE Variable_name IN \
-                     ('Uptime', 'Rpl_semi_sync_master_no_tx', 'Rpl_semi_sync_source_no_tx')",
+                    "SHOW GLOBAL STATUS WHERE Variable_name IN ('Uptime', \
+                     'Rpl_semi_sync_master_no_times', 'Rpl_semi_sync_source_no_times', \
+                     'Rpl_semi_sync_master_no_tx', 'Rpl_semi_sync_source_no_tx')",
                 )
                 .await
                 .ok()?;
-            let get = |n: &str| -> Option<u64> {
+            let ro: Option<u8> = c.query_first("SELECT @@GLOBAL.read_only").await.ok()?;
+            let get = |suffix: &str| -> Option<u64> {
                 rows.iter()
-                    .find(|(k, _)| k.ends_with(n) || k == n)
+                    .find(|(k, _)| k.to_ascii_lowercase().ends_with(suffix))
                     .and_then(|(_, v)| v.parse().ok())
             };
-            Some((get("Uptime")?, get("_no_tx")?))
+            Some((get("uptime")?, get("_no_times")?, get("_no_tx")?, ro? == 0))
         };
         match tokio::time::timeout(Duration::from_millis(400), read).await {
-            Ok(Some((uptime, no_tx))) => {
+            Ok(Some(now)) => {
+                let (uptime, no_times, no_tx, writable) = now;
                 let mut d = data.lock().unwrap();
                 d.no_tx_samples += 1;
-                if let Some((up0, tx0)) = last {
-                    if uptime >= up0 && no_tx > tx0 {
-                        d.no_tx_rises.push((
-                            unix_ms(),
-                            name.clone(),
-                            format!("no_tx {tx0} -> {no_tx} (uptime {up0} -> {uptime} s)"),
-                        ));
+                if let Some((up0, times0, tx0, writable0)) = last {
+                    if uptime >= up0 {
+                        if no_tx > tx0 {
+                            d.no_tx_rises_counted += no_tx - tx0;
+                        }
+                        if no_times > times0 && writable && writable0 {
+                            d.no_tx_rises.push((
+                                unix_ms(),
+                                name.clone(),
+                                format!(
+                                    "writable, semi-sync switched off {times0} -> {no_times} times, no_tx {tx0} -> {no_tx} (uptime {up0} -> {uptime} s)"
+                                ),
+                            ));
+                        }
                     }
                 }
-                last = Some((uptime, no_tx));
+                last = Some(now);
             }
             _ => {
                 if let Some(c) = conn.take() {

@@ -45,8 +45,12 @@ pub struct Report {
     pub route_probes: u64,
     pub read_only_samples: u64,
     pub kv_changes: u64,
-    /// `no_tx` readings (rule 1: never rises within a server's lifetime).
+    /// Semi-sync counter readings (rule 1: a writable server never switches
+    /// semi-sync off).
     pub no_tx_samples: u64,
+    /// Commits that ended without an ACK (`no_tx` rises): killed while
+    /// waiting, their clients got no OK.
+    pub unacked_commits: u64,
     /// Longest time a returning old source stayed writable before its agent
     /// fenced it (never able to acknowledge, see
     /// [`SELF_FENCE_GRACE_MS`](super::SELF_FENCE_GRACE_MS)).
@@ -160,8 +164,8 @@ impl Report {
         row(
             "monitor samples",
             format!(
-                "{} routes through HAProxy, {} read_only readings, {} KV changes, {} no_tx readings",
-                self.route_probes, self.read_only_samples, self.kv_changes, self.no_tx_samples
+                "{} routes through HAProxy, {} read_only readings, {} KV changes, {} semi-sync counter readings ({} commits ended without an ACK: killed while waiting)",
+                self.route_probes, self.read_only_samples, self.kv_changes, self.no_tx_samples, self.unacked_commits
             ),
         );
         row("violations", self.violations.len().to_string());
