@@ -155,40 +155,16 @@ pub fn enforce(view: &ClusterView, ackers: &BTreeMap<String, Option<GtidState>>)
         ));
     }
     if source.read_only {
-        // A published source that no procedure made (a master key written
-        // by hand) may be a replica that lacks acknowledged commits, next to
-        // a writable old source: it opens only once nothing else takes
-        // writes and it holds everything every other node does.
-        let others = || {
-            view.nodes
-                .iter()
-                .filter(|n| n.reachable && !n.quarantined && n.name != source.name)
-        };
-        let writable: Vec<&str> = others()
-            .filter(|n| !n.read_only)
-            .map(|n| n.name.as_str())
-            .collect();
-        let lacks = others().find_map(|n| super::switchover::errant(n, source).err());
-        if !writable.is_empty() {
-            reasons.push(format!(
-                "published source {} stays read-only while {} is writable",
-                source.name,
-                writable.join(", ")
-            ));
-        } else if let Some(why) = lacks {
-            reasons.push(format!(
-                "published source {} stays read-only: it lacks transactions another node holds ({why})",
-                source.name
-            ));
-        } else {
-            actions.push(Action::Open {
-                node: source.name.clone(),
-            });
-            reasons.push(format!(
-                "published source {} was read-only with no procedure running",
-                source.name
-            ));
+        if let Some(held) = open_withheld(view, source) {
+            return held;
         }
+        actions.push(Action::Open {
+            node: source.name.clone(),
+        });
+        reasons.push(format!(
+            "published source {} was read-only with no procedure running",
+            source.name
+        ));
     }
     if let Some(next) = possible_ackers(view, source, ackers) {
         reasons.push(format!(
@@ -364,6 +340,56 @@ pub fn possible_ackers(
         }
     }
     (next != *current).then_some(next)
+}
+
+/// A read-only published source that no procedure made (a `master` key
+/// written by hand) may be a replica that lacks acknowledged commits, next
+/// to a writable old source. It opens only once nothing else takes writes
+/// and it holds everything every other node does. Until then nothing but
+/// fencing the other writable nodes happens: no flag moves, no repoint.
+/// The source flag on a replica that is still applying would stall its
+/// applier (MariaDB waits for an ACK for each applied commit), so it would
+/// never catch up.
+fn open_withheld(view: &ClusterView, source: &NodeView) -> Option<Enforcement> {
+    let others = || {
+        view.nodes
+            .iter()
+            .filter(|n| n.reachable && !n.quarantined && n.name != source.name)
+    };
+    let writable: Vec<&NodeView> = others().filter(|n| !n.read_only).collect();
+    let why = if !writable.is_empty() {
+        format!(
+            "published source {} stays read-only while {} is writable",
+            source.name,
+            writable
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        let lacks = others().find_map(|n| super::switchover::errant(n, source).err())?;
+        format!(
+            "published source {} stays read-only: it lacks transactions another node holds ({lacks})",
+            source.name
+        )
+    };
+    let mut actions = Vec::new();
+    let mut reasons = vec![why];
+    for n in writable {
+        actions.push(Action::SetReadOnly {
+            node: n.name.clone(),
+            read_only: true,
+        });
+        actions.push(Action::KillClients {
+            node: n.name.clone(),
+        });
+        reasons.push(format!("{} was writable but is not the source", n.name));
+    }
+    Some(Enforcement {
+        actions,
+        reason: reasons.join("; "),
+    })
 }
 
 /// With no `master` key, the source is the single writable node that does
