@@ -611,7 +611,16 @@ impl Agent {
         let ok_ro = tokio::select! {
             r = &mut ro => r,
             _ = settle => {
-                if let Err(e) = self.nodes.local.set_semi_sync_source(false).await {
+                // Every waiting commit's session is ended first, whatever
+                // its account: the kills above spare the agents' accounts,
+                // and a session of theirs (a DBA's, or a test's) still
+                // waiting would be told OK by the flag going off, for a
+                // commit no replica has.
+                let released = match self.nodes.local.kill_ack_waiters(&[]).await {
+                    Ok(_) => self.nodes.local.set_semi_sync_source(false).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = released {
                     tracing::warn!(error = %e, "cannot release commits waiting on a fenced server");
                 }
                 ro.await

@@ -7,6 +7,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use mysql_async::prelude::*;
+
 use successover_common::procedure::{HistoryEntry, Outcome};
 use successover_tests::agent::AgentProc;
 use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
@@ -172,6 +174,106 @@ async fn a_frozen_source_is_failed_over_and_stays_fenced_when_it_wakes() {
     eprintln!(
         "SIGSTOP: crash -> first acknowledged write on {} after {} ms; {}",
         entry.to.as_deref().unwrap(),
+        c.crash_to_first_write_ms,
+        phases(&entry, crash_ms)
+    );
+}
+
+/// The source hangs (SIGSTOP) while its replicas are in the middle of
+/// receiving one large transaction: their relay logs end inside it, and
+/// their IO threads are blocked on a source that sends nothing. The
+/// failover must stop them for real, promote a replica with everything it
+/// received complete and applied, and lose no acknowledged write; the
+/// large transaction, never acknowledged, may be gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_hung_while_a_replica_reads_one_large_transaction() {
+    let (mut stack, w) = prepared("c-f-midevent").await;
+    let db1 = stack.node("db1");
+    db1.exec(
+        "CREATE TABLE successover_check.big (id INT PRIMARY KEY, pad LONGTEXT); \
+         CREATE TABLE successover_check.digit (n INT PRIMARY KEY); \
+         INSERT INTO successover_check.digit VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9)",
+    )
+    .await
+    .unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let read_pos = |db: &successover_tests::mariadb::MariaDb| {
+        let opts = db.opts();
+        async move {
+            let mut c = mysql_async::Conn::new(opts).await.ok()?;
+            let s = successover_tests::mariadb::replica_status(&mut c)
+                .await
+                .ok()??;
+            s.get("Read_Master_Log_Pos")
+                .or_else(|| s.get("Read_Source_Log_Pos"))?
+                .parse::<u64>()
+                .ok()
+        }
+    };
+    let before = read_pos(stack.node("db2"))
+        .await
+        .expect("db2 reads from db1");
+    // About 120 MB in one transaction, many row events.
+    let big = {
+        let opts = db1.opts();
+        tokio::spawn(async move {
+            let mut c = mysql_async::Conn::new(opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.query_drop(
+                "INSERT INTO successover_check.big \
+                 SELECT a.n * 10000 + b.n * 1000 + c.n * 100 + d.n * 10 + e.n, REPEAT('x', 4096) \
+                 FROM successover_check.digit a, successover_check.digit b, \
+                 successover_check.digit c, successover_check.digit d, successover_check.digit e \
+                 WHERE a.n < 3",
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })
+    };
+    // Hang the source once db2 has read part of it, not all.
+    let started = wait_for(Duration::from_secs(60), || async {
+        let pos = read_pos(stack.node("db2")).await?;
+        (pos > before + 4_000_000).then_some(pos)
+    })
+    .await
+    .expect("db2 started reading the large transaction");
+    let crash_ms = unix_ms();
+    stack.topo.server_mut(0).sigstop().unwrap();
+    let entry = finished_failover(&stack, Duration::from_secs(90)).await;
+    let to = entry.to.clone().unwrap_or_default();
+    writes_land(&stack, &to, 1).await;
+    let log = w.finish().await.unwrap();
+    let c = check(&stack, &entry, &log, &[], crash_ms).await;
+    stack.topo.server_mut(0).sigcont().unwrap();
+    let acknowledged = tokio::time::timeout(Duration::from_secs(30), big)
+        .await
+        .map(|r| r.unwrap().is_ok())
+        .unwrap_or(false);
+    let mut conn = stack.node(&to).conn().await.unwrap();
+    let rows: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM successover_check.big")
+        .await
+        .unwrap();
+    if acknowledged {
+        assert_eq!(
+            rows,
+            Some(30_000),
+            "the acknowledged large transaction is lost"
+        );
+    } else {
+        assert!(
+            matches!(rows, Some(0) | Some(30_000)),
+            "a part of one transaction on {to}: {rows:?} rows"
+        );
+    }
+    eprintln!(
+        "SIGSTOP with db2 mid-transaction (read {} bytes of it): {to} promoted, first write after {} ms; large transaction acknowledged: {acknowledged}, rows on {to}: {rows:?}; {}",
+        started - before,
         c.crash_to_first_write_ms,
         phases(&entry, crash_ms)
     );

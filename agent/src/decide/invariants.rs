@@ -244,7 +244,21 @@ pub fn enforce(view: &ClusterView, ackers: &BTreeMap<String, Option<GtidState>>)
         // connections are killed); the flag goes once read_only reads back.
         // Seen on MySQL 9.7, where killing a session waiting for its ACK
         // does not end the wait: a_source_host_cut_off_the_network_...
-        if node.semi_sync_source && node.read_only {
+        // Nor while a commit still waits: a session the kills did not end
+        // (the agent's own account is spared; MySQL's killed sessions keep
+        // waiting) would get its OK. A quarantined node follows nobody, so
+        // its flag can stay on until a rejoin.
+        if node.semi_sync_source && node.quarantined {
+            reasons.push(format!(
+                "{} is quarantined and keeps its semi-sync source flag",
+                node.name
+            ));
+        } else if node.semi_sync_source && node.read_only && node.semi.wait_sessions > 0 {
+            reasons.push(format!(
+                "{} keeps its semi-sync source flag while {} commit(s) wait for an ACK",
+                node.name, node.semi.wait_sessions
+            ));
+        } else if node.semi_sync_source && node.read_only {
             actions.push(Action::SetSemiSyncSource {
                 node: node.name.clone(),
                 enabled: false,
@@ -627,6 +641,31 @@ mod tests {
             d.actions.contains(&Action::Open { node: "db2".into() }),
             "{d:?}"
         );
+    }
+
+    /// An old source that came back read-only with a commit still
+    /// waiting for its ACK: turning its flag off would answer that commit
+    /// OK though no replica has it (a SIGSTOPped source woken mid-commit,
+    /// its session not killed). The flag stays while a commit waits, and
+    /// on a quarantined node for good.
+    #[test]
+    fn an_old_source_keeps_its_flag_while_a_commit_waits_or_quarantined() {
+        let mut v = healthy();
+        v.nodes.push(crate::decide::fixtures::source("db4", 3304));
+        v.nodes[3].read_only = true;
+        v.nodes[3].semi.wait_sessions = 1;
+        let off = Action::SetSemiSyncSource {
+            node: "db4".into(),
+            enabled: false,
+        };
+        let d = enforce(&v);
+        assert!(!d.actions.contains(&off), "{d:?}");
+        assert!(d.reason.contains("wait for an ACK"), "{}", d.reason);
+        v.nodes[3].quarantined = true;
+        v.nodes[3].semi.wait_sessions = 0;
+        assert!(!enforce(&v).actions.contains(&off));
+        v.nodes[3].quarantined = false;
+        assert!(enforce(&v).actions.contains(&off));
     }
 
     #[test]

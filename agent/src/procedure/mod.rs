@@ -786,6 +786,12 @@ impl Coordinator<'_> {
                 Action::SetSemiSyncSource { node, enabled } => (
                     "set_semi_sync_source",
                     self.on_node(node, async |n: &mut Node| {
+                        if !*enabled {
+                            // Turning the flag off hands every commit still
+                            // waiting for an ACK its OK: end them first, so
+                            // their clients get an error instead.
+                            n.kill_ack_waiters(&[]).await?;
+                        }
                         n.set_semi_sync_source(*enabled).await
                     })
                     .await,
