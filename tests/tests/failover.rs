@@ -217,7 +217,7 @@ async fn a_source_hung_while_a_replica_reads_one_large_transaction() {
     let before = read_pos(stack.node("db2"))
         .await
         .expect("db2 reads from db1");
-    // About 120 MB in one transaction, many row events.
+    // About 80 MB in one transaction, many row events.
     let big = {
         let opts = db1.opts();
         tokio::spawn(async move {
@@ -229,7 +229,7 @@ async fn a_source_hung_while_a_replica_reads_one_large_transaction() {
                  SELECT a.n * 10000 + b.n * 1000 + c.n * 100 + d.n * 10 + e.n, REPEAT('x', 4096) \
                  FROM successover_check.digit a, successover_check.digit b, \
                  successover_check.digit c, successover_check.digit d, successover_check.digit e \
-                 WHERE a.n < 3",
+                 WHERE a.n < 2",
             )
             .await
             .map_err(|e| e.to_string())
@@ -244,7 +244,14 @@ async fn a_source_hung_while_a_replica_reads_one_large_transaction() {
     .expect("db2 started reading the large transaction");
     let crash_ms = unix_ms();
     stack.topo.server_mut(0).sigstop().unwrap();
-    let entry = finished_failover(&stack, Duration::from_secs(90)).await;
+    // MySQL's STOP REPLICA waits while its applier is inside a transaction
+    // whose end never arrives; each step that stops a replica pays it.
+    let limit = if stack.node("db1").flavour().is_mysql() {
+        300
+    } else {
+        90
+    };
+    let entry = finished_failover(&stack, Duration::from_secs(limit)).await;
     let to = entry.to.clone().unwrap_or_default();
     writes_land(&stack, &to, 1).await;
     let log = w.finish().await.unwrap();
@@ -262,12 +269,12 @@ async fn a_source_hung_while_a_replica_reads_one_large_transaction() {
     if acknowledged {
         assert_eq!(
             rows,
-            Some(30_000),
+            Some(20_000),
             "the acknowledged large transaction is lost"
         );
     } else {
         assert!(
-            matches!(rows, Some(0) | Some(30_000)),
+            matches!(rows, Some(0) | Some(20_000)),
             "a part of one transaction on {to}: {rows:?} rows"
         );
     }

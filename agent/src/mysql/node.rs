@@ -557,7 +557,48 @@ impl Node {
 
     pub async fn stop_replica(&mut self) -> Result<()> {
         let d = self.dialect().await?;
+        if !d.is_mariadb() {
+            self.end_stranded_applier().await?;
+        }
         self.query_drop("stop_replica", d.stop_replica()).await
+    }
+
+    /// MySQL: with the IO thread already stopped, a relay log that ends
+    /// inside a transaction (its source hung while sending it) leaves the
+    /// applier waiting for the rest, and `STOP REPLICA` waits up to 60 s
+    /// for that group to finish before it gives up; each failover step
+    /// that stops a replica paid it (131 s to the first write in one
+    /// run). Killing the applier threads ends the wait at once and rolls
+    /// back only that partial transaction; nothing complete is lost, and
+    /// what it had not applied stays in the relay log (or comes again by
+    /// auto-position after a repoint).
+    async fn end_stranded_applier(&mut self) -> Result<()> {
+        const OP: &str = "end_stranded_applier";
+        let Some(st) = self.replica_status().await? else {
+            return Ok(());
+        };
+        if st.io_running != super::status::IoRunning::No || !st.sql_running {
+            return Ok(());
+        }
+        let rows = self
+            .query_rows(
+                OP,
+                "SELECT PROCESSLIST_ID FROM performance_schema.threads \
+                 WHERE NAME IN ('thread/sql/replica_sql', 'thread/sql/replica_worker', \
+                 'thread/sql/slave_sql', 'thread/sql/slave_worker') AND PROCESSLIST_ID IS NOT NULL",
+            )
+            .await?;
+        for id in rows
+            .iter()
+            .filter_map(|r| r.at(0).flatten().and_then(|v| v.trim().parse::<u64>().ok()))
+        {
+            match self.query_drop(OP, &dialect::kill_connection(id)).await {
+                Ok(()) => {}
+                Err(e) if e.server_error_code() == Some(dialect::ER_NO_SUCH_THREAD) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     pub async fn start_replica(&mut self) -> Result<()> {
