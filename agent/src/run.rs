@@ -49,6 +49,9 @@ pub struct Agent {
     /// Every node seen in a report since start, so a source whose agent
     /// vanished with its host is still probed and can be failed over.
     known: BTreeMap<String, HostPort>,
+    /// The invalid KV values already logged: each is logged when it first
+    /// appears (and again if it comes back), not every cycle.
+    rejected: std::collections::BTreeSet<(String, String)>,
     /// What the decision remembers between cycles.
     memory: Memory,
     /// A procedure this agent runs as coordinator.
@@ -98,6 +101,7 @@ impl Agent {
             free_lock_seen: 0,
             coordinating: false,
             known: BTreeMap::new(),
+            rejected: std::collections::BTreeSet::new(),
             memory: Memory::default(),
             active: None,
             started: Instant::now(),
@@ -202,9 +206,12 @@ impl Agent {
                 return self.idle(format!("cannot read cluster state from Consul: {err}"));
             }
         };
-        for (key, why) in &kv.rejected {
+        let now_rejected: std::collections::BTreeSet<(String, String)> =
+            kv.rejected.iter().cloned().collect();
+        for (key, why) in now_rejected.difference(&self.rejected) {
             tracing::warn!(key, why, "ignoring invalid KV value");
         }
+        self.rejected = now_rejected;
         // Every agent remembers every node it has seen, so whichever one
         // becomes coordinator can still reach a node whose agent (and so
         // whose report) is gone.
