@@ -244,16 +244,23 @@ pub fn enforce(view: &ClusterView, ackers: &BTreeMap<String, Option<GtidState>>)
         // connections are killed); the flag goes once read_only reads back.
         // Seen on MySQL 9.7, where killing a session waiting for its ACK
         // does not end the wait: a_source_host_cut_off_the_network_...
-        // Nor while a commit still waits: a session the kills did not end
-        // (the agent's own account is spared; MySQL's killed sessions keep
-        // waiting) would get its OK. A quarantined node follows nobody, so
-        // its flag can stay on until a rejoin.
+        // Nor, on a node that replicates from nobody (an old source back),
+        // while a commit still waits: a session the kills did not end (the
+        // agent's own account is spared; MySQL's killed sessions keep
+        // waiting) would get its OK. On a replica the waiting commit is its
+        // applier's (MariaDB stalls it on the flag), with no client to tell,
+        // and turning the flag off is what frees it. A quarantined node
+        // follows nobody, so its flag can stay on until a rejoin.
         if node.semi_sync_source && node.quarantined {
             reasons.push(format!(
                 "{} is quarantined and keeps its semi-sync source flag",
                 node.name
             ));
-        } else if node.semi_sync_source && node.read_only && node.semi.wait_sessions > 0 {
+        } else if node.semi_sync_source
+            && node.read_only
+            && node.replica.is_none()
+            && node.semi.wait_sessions > 0
+        {
             reasons.push(format!(
                 "{} keeps its semi-sync source flag while {} commit(s) wait for an ACK",
                 node.name, node.semi.wait_sessions
@@ -666,6 +673,18 @@ mod tests {
         assert!(!enforce(&v).actions.contains(&off));
         v.nodes[3].quarantined = false;
         assert!(enforce(&v).actions.contains(&off));
+        // A replica with the flag: what waits is its applier, which only
+        // the flag going off frees.
+        v.nodes[2].semi_sync_source = true;
+        v.nodes[2].semi.wait_sessions = 1;
+        assert!(
+            enforce(&v).actions.contains(&Action::SetSemiSyncSource {
+                node: "db3".into(),
+                enabled: false
+            }),
+            "{:?}",
+            enforce(&v)
+        );
     }
 
     #[test]
