@@ -565,6 +565,9 @@ pub fn decide(input: &Input<'_>, memory: &Memory) -> Decision {
         };
     }
     if view.maintenance {
+        // Watching is not automation: what the source does meanwhile is
+        // still evidence for a failover after maintenance ends.
+        detect::note_source_semi(view, &mut memory, input.now_ms);
         return Decision::hold("maintenance mode: automation suspended", memory);
     }
     if let Some(entry) = &input.kv.fence_entry {
