@@ -256,6 +256,24 @@ impl Stack {
             .map(|i| format!("db{}", i + 1))
     }
 
+    /// Sets `"maintenance"` in the cluster's settings, keeping the rest:
+    /// the coordinator then watches but repairs nothing.
+    pub async fn set_maintenance(&self, on: bool) {
+        let key = format!("mysql/cluster/{}", self.cluster);
+        let mut settings: serde_json::Value = self
+            .consul
+            .kv_get(&key)
+            .await
+            .unwrap()
+            .and_then(|kv| serde_json::from_slice(kv.value.as_deref()?).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        settings["maintenance"] = on.into();
+        self.consul
+            .kv_put(&key, serde_json::to_vec(&settings).unwrap())
+            .await
+            .unwrap();
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for a in &self.agents {

@@ -362,24 +362,6 @@ async fn no_safe_candidate_is_a_written_refusal_and_nothing_is_promoted() {
     eprintln!("no safe candidate: {}", entry.reason);
 }
 
-/// Sets `"maintenance"` in the cluster's settings, keeping the rest.
-async fn set_maintenance(stack: &Stack, on: bool) {
-    let key = format!("mysql/cluster/{}", stack.cluster);
-    let mut settings: serde_json::Value = stack
-        .consul
-        .kv_get(&key)
-        .await
-        .unwrap()
-        .and_then(|kv| serde_json::from_slice(kv.value.as_deref()?).ok())
-        .unwrap_or_else(|| serde_json::json!({}));
-    settings["maintenance"] = on.into();
-    stack
-        .consul
-        .kv_put(&key, serde_json::to_vec(&settings).unwrap())
-        .await
-        .unwrap();
-}
-
 /// Rule 1 broken on the source for a moment (a DBA's short semi-sync
 /// timeout and no replica connected): it acknowledged a write that no
 /// replica has. The coordinator saw `no_tx` rise; when the source then
@@ -401,7 +383,7 @@ async fn a_source_that_acknowledged_without_an_ack_is_not_failed_over() {
     // Maintenance: the coordinator watches but repairs nothing, so it
     // neither moves the semi-sync flag (restarting an IO thread, whose ACK
     // would come) nor sets the timeout back before the write.
-    set_maintenance(&stack, true).await;
+    stack.set_maintenance(true).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for name in ["db2", "db3"] {
         stack.node(name).exec("STOP SLAVE IO_THREAD").await.unwrap();
@@ -426,7 +408,7 @@ async fn a_source_that_acknowledged_without_an_ack_is_not_failed_over() {
     assert!(no_times > 0, "semi-sync switched off on the timeout");
     drop(c);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    set_maintenance(&stack, false).await;
+    stack.set_maintenance(false).await;
     // The coordinator looks at its source every cycle (300 ms here).
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.topo.server_mut(0).kill9().await;

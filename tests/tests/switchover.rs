@@ -631,28 +631,10 @@ async fn a_switch_back_with_no_write_in_between_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolled_back_switch_reopens_the_old_source_only_as_a_source() {
     let stack = Stack::start("c-rbsrc", &consul_addr().await).await;
-    let cluster = stack.cluster.clone();
     let (db1, db2) = (stack.node("db1"), stack.node("db2"));
     // Maintenance holds the invariants while the servers are set up (an
     // interrupted procedure is taken up all the same).
-    let config_key = format!("mysql/cluster/{cluster}");
-    let mut config: serde_json::Value = serde_json::from_slice(
-        stack
-            .consul
-            .kv_get(&config_key)
-            .await
-            .unwrap()
-            .and_then(|kv| kv.value)
-            .as_deref()
-            .unwrap_or(b"{}"),
-    )
-    .unwrap();
-    config["maintenance"] = true.into();
-    stack
-        .consul
-        .kv_put(&config_key, config.to_string())
-        .await
-        .unwrap();
+    stack.set_maintenance(true).await;
     wait_until(Duration::from_secs(20), || async {
         stack
             .logs()
@@ -697,12 +679,7 @@ async fn a_rolled_back_switch_reopens_the_old_source_only_as_a_source() {
             .unwrap(),
         "1"
     );
-    config["maintenance"] = false.into();
-    stack
-        .consul
-        .kv_put(&config_key, config.to_string())
-        .await
-        .unwrap();
+    stack.set_maintenance(false).await;
     wait_settled(&stack).await;
 }
 

@@ -183,14 +183,7 @@ pub fn enforce(view: &ClusterView, ackers: &BTreeMap<String, Option<GtidState>>)
         .filter(|n| n.reachable && n.name != source.name)
     {
         if !node.read_only {
-            actions.push(Action::SetReadOnly {
-                node: node.name.clone(),
-                read_only: true,
-            });
-            actions.push(Action::KillClients {
-                node: node.name.clone(),
-            });
-            reasons.push(format!("{} was writable but is not the source", node.name));
+            fence_writable(node, &mut actions, &mut reasons);
         }
         if let Some(r) = node
             .replica
@@ -363,6 +356,18 @@ pub fn possible_ackers(
     (next != *current).then_some(next)
 }
 
+/// A writable node that is not the source: read-only, then its clients cut.
+fn fence_writable(node: &NodeView, actions: &mut Vec<Action>, reasons: &mut Vec<String>) {
+    actions.push(Action::SetReadOnly {
+        node: node.name.clone(),
+        read_only: true,
+    });
+    actions.push(Action::KillClients {
+        node: node.name.clone(),
+    });
+    reasons.push(format!("{} was writable but is not the source", node.name));
+}
+
 /// A read-only published source that no procedure made (a `master` key
 /// written by hand) may be a replica that lacks acknowledged commits, next
 /// to a writable old source. It opens only once nothing else takes writes
@@ -398,14 +403,7 @@ fn open_withheld(view: &ClusterView, source: &NodeView) -> Option<Enforcement> {
     let mut actions = Vec::new();
     let mut reasons = vec![why];
     for n in writable {
-        actions.push(Action::SetReadOnly {
-            node: n.name.clone(),
-            read_only: true,
-        });
-        actions.push(Action::KillClients {
-            node: n.name.clone(),
-        });
-        reasons.push(format!("{} was writable but is not the source", n.name));
+        fence_writable(n, &mut actions, &mut reasons);
     }
     Some(Enforcement {
         actions,
