@@ -15,6 +15,7 @@
 //! | `mysql/switchover/<cluster>` | planned-switch request (target node) |
 //! | `mysql/rejoin/<cluster>/<node>` | rejoin request |
 //! | `mysql/history/<cluster>/…` | audit trail, in-progress and last-failover markers |
+//! | `mysql/proxy/<proxy>` | what a renderer's HAProxy serves; [`ProxyServing`] |
 //!
 //! Requests and the audit trail are in [`crate::procedure`]. Times in
 //! values follow one rule, `*_ms` fields in Unix milliseconds; readers
@@ -26,12 +27,14 @@
 //! characters back into logs.
 
 mod fence;
+mod proxy;
 mod quarantine;
 pub mod report;
 mod source;
 pub mod time;
 
 pub use fence::Fence;
+pub use proxy::{ProxyServing, ServedCluster};
 pub use quarantine::{host_is_node, Quarantine};
 pub use report::{HealthReport, ReplicationReport, SemiSyncReport, MIN_SEMI_SYNC_TIMEOUT_MS};
 pub use source::{MasterKeys, MasterProblem, PublishedSource};
