@@ -39,6 +39,8 @@
 //! session_ttl = "10s"
 //! lock_delay = "1s"
 //! report_heartbeat = "30s"
+//! proxy_ack_timeout = "10s"        # before a new source opens, how long live proxies may
+//!                                  # take to stop routing elsewhere; "0s": do not wait
 //!
 //! [failover]
 //! detection = "probe_and_replicas"  # or "all"
@@ -142,6 +144,7 @@ pub struct RawTiming {
     pub session_ttl: Option<String>,
     pub lock_delay: Option<String>,
     pub report_heartbeat: Option<String>,
+    pub proxy_ack_timeout: Option<String>,
 }
 
 /// Keys of the agent's first vocabulary. A file that still uses one is
@@ -234,6 +237,11 @@ pub struct Config {
     pub session_ttl: Duration,
     pub lock_delay: Duration,
     pub report_heartbeat: Duration,
+    /// Before a new source opens for writes: how long the coordinator waits
+    /// for every live proxy (`proxy/<name>` with a session) to stop routing
+    /// the cluster to another server. Past it the source opens anyway, with
+    /// the proxies still waited for named in the log and the history entry.
+    pub proxy_ack_timeout: Duration,
     pub detection: Detection,
     /// Consecutive cycles the source must look dead.
     pub confirmations: u32,
@@ -420,6 +428,12 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
             ProblemKind::Conflict("must not be shorter than timing.tick"),
         );
     }
+    let proxy_ack_timeout = p.duration(
+        "timing.proxy_ack_timeout",
+        t.proxy_ack_timeout.as_deref(),
+        10 * SECOND,
+        (Duration::ZERO, 600 * SECOND),
+    );
     let detection = match raw.failover.detection.as_deref() {
         None | Some("probe_and_replicas") => Detection::ProbeAndReplicas,
         Some("all") => Detection::All,
@@ -486,6 +500,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
         session_ttl,
         lock_delay,
         report_heartbeat,
+        proxy_ack_timeout,
         detection,
         confirmations,
         apply_timeout,
@@ -625,6 +640,7 @@ mod tests {
             session_ttl = "15s"
             lock_delay = "0s"
             report_heartbeat = "2m"
+            proxy_ack_timeout = "0s"
             [failover]
             apply_timeout = "1h"
             "#
@@ -637,6 +653,7 @@ mod tests {
         assert_eq!(cfg.session_ttl, Duration::from_secs(15));
         assert_eq!(cfg.lock_delay, Duration::ZERO);
         assert_eq!(cfg.report_heartbeat, Duration::from_secs(120));
+        assert_eq!(cfg.proxy_ack_timeout, Duration::ZERO);
         assert_eq!(cfg.apply_timeout, Duration::from_secs(3600));
     }
 
@@ -687,6 +704,7 @@ mod tests {
         assert_eq!(cfg.tick, Duration::from_secs(1));
         assert_eq!(cfg.probe, Duration::from_millis(250));
         assert_eq!(cfg.session_ttl, Duration::from_secs(10));
+        assert_eq!(cfg.proxy_ack_timeout, Duration::from_secs(10));
         assert_eq!(cfg.apply_timeout, Duration::from_secs(60));
         assert_eq!(cfg.consul.addr, "http://127.0.0.1:8500");
         assert_eq!(cfg.metrics_listen, None);

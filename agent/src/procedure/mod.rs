@@ -12,6 +12,7 @@
 
 mod failover;
 mod rejoin;
+mod proxies;
 mod switchover;
 
 use std::collections::BTreeMap;
@@ -515,6 +516,22 @@ impl Coordinator<'_> {
                     .await
             }
             Step::MakeWritable { node, .. } => {
+                let opening = view.node(node).map(|v| v.addr.clone());
+                if let Some(addr) = opening {
+                    let waited = self.proxies_acknowledge(&addr).await;
+                    match waited {
+                        Ok(evidence) => {
+                            for (k, v) in evidence {
+                                a.entry().evidence.insert(k, v);
+                            }
+                        }
+                        Err(e) => {
+                            let r = Err(e);
+                            t.record(a.entry(), &name, &r);
+                            return r.map_err(|e| self.failure(e));
+                        }
+                    }
+                }
                 let mut r = Err(String::new());
                 // Never open a source that would acknowledge commits
                 // without a replica's ACK: the decision restores the flag
@@ -821,14 +838,24 @@ impl Coordinator<'_> {
                     self.on_node(node, async |n: &mut Node| n.set_semi_sync_lossless().await)
                         .await,
                 ),
-                Action::Open { node } => (
-                    "open",
-                    self.on_node(node, async |n: &mut Node| {
-                        n.set_semi_sync_source(true).await?;
-                        n.set_read_only(false).await
-                    })
-                    .await,
-                ),
+                Action::Open { node } => {
+                    let addr = view.node(node).map(|v| v.addr.clone());
+                    let acknowledged = match addr {
+                        Some(addr) => self.proxies_acknowledge(&addr).await.map(|_| ()),
+                        None => Ok(()),
+                    };
+                    let r = match acknowledged {
+                        Ok(()) => {
+                            self.on_node(node, async |n: &mut Node| {
+                                n.set_semi_sync_source(true).await?;
+                                n.set_read_only(false).await
+                            })
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    ("open", r)
+                }
                 Action::Repoint { node, source } => {
                     ("repoint", self.repoint(node, source, false, false).await)
                 }
