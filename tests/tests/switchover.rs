@@ -794,3 +794,122 @@ async fn a_master_key_written_by_hand_opens_the_node_only_once_it_is_safe() {
     }
     assert!(!writable(stack.node("db1")).await);
 }
+
+/// A proxy's record, as `successover-render` writes it under its session.
+fn proxy_record(cluster: &str, source: &str, fenced: bool) -> String {
+    serde_json::json!({
+        "proxy": "edge1",
+        "at_ms": 1,
+        "kv_index": 1,
+        "clusters": {cluster: {"source": source, "fenced": fenced}},
+    })
+    .to_string()
+}
+
+/// DESIGN.md rule 6: the target opens only once every live proxy stopped
+/// routing the cluster to the old source; a proxy whose session is gone
+/// is not waited for, and the wait is bounded (`timing.proxy_ack_timeout`,
+/// 10 s by default). Before the coordinator waited, db2 opened at once
+/// while `edge1` still sent new connections to db1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_source_opens_only_once_every_live_proxy_stopped_routing_elsewhere() {
+    use successover_common::consul::SessionRequest;
+    let stack = Stack::start("c-pxack", &consul_addr().await).await;
+    wait_settled(&stack).await;
+    let (db1, db2) = (stack.node("db1"), stack.node("db2"));
+    let key = "mysql/proxy/edge1";
+    let session = stack
+        .consul
+        .session_create(&SessionRequest {
+            lock_delay: Duration::ZERO,
+            ..SessionRequest::new("edge1", Duration::from_secs(120))
+        })
+        .await
+        .unwrap();
+    let put = |source: String, fenced: bool| {
+        let (consul, session, cluster) = (&stack.consul, &session, &stack.cluster);
+        async move {
+            let record = proxy_record(cluster, &source, fenced);
+            assert!(consul.kv_acquire(key, record, session).await.unwrap());
+        }
+    };
+
+    // 1. A live proxy on db1 holds db2 closed until it moves.
+    put(db1.addr(), false).await;
+    stack
+        .consul
+        .kv_put(&format!("mysql/switchover/{}", stack.cluster), "db2")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        stack.published_node().await.as_deref() == Some("db2")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("db2 never published\n{}", stack.logs()));
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            looks_writable(db2).await,
+            Some(false),
+            "db2 opened while edge1 routed to db1\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    put(db1.addr(), true).await;
+    let entry = wait_for(Duration::from_secs(30), || async {
+        history(&stack)
+            .await
+            .pop()
+            .filter(|e| e.outcome != Outcome::Running)
+    })
+    .await
+    .unwrap();
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    // The wait starts after the repoints that follow the publish, so its
+    // length is not compared with the test's 2 s.
+    let waited = entry.evidence["proxies_acknowledged_ms"].as_u64().unwrap();
+    assert!(waited > 0, "waited {waited} ms");
+    assert!(writable(db2).await);
+    wait_settled(&stack).await;
+
+    // 2. Its session gone, a proxy is not waited for.
+    put(db2.addr(), false).await;
+    let destroy = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stack.consul.session_destroy(&session).await.unwrap();
+    };
+    let (entry, ()) = tokio::join!(request(&stack, "db1"), destroy);
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    let waited = entry.evidence["proxies_acknowledged_ms"].as_u64().unwrap();
+    assert!(
+        waited < 9000,
+        "waited {waited} ms: the bound, not the session's end"
+    );
+    // The key outlives the session (behavior "release"): a leftover only.
+    let left = stack.consul.kv_get(key).await.unwrap().unwrap();
+    assert_eq!(left.session, None);
+    wait_settled(&stack).await;
+
+    // 3. A live proxy that never moves delays the open by the bound only.
+    let session = stack
+        .consul
+        .session_create(&SessionRequest {
+            lock_delay: Duration::ZERO,
+            ..SessionRequest::new("edge1", Duration::from_secs(120))
+        })
+        .await
+        .unwrap();
+    let record = proxy_record(&stack.cluster, &db1.addr(), false);
+    assert!(stack
+        .consul
+        .kv_acquire(key, record, &session)
+        .await
+        .unwrap());
+    let entry = request(&stack, "db2").await;
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    let named = entry.evidence["proxies_not_acknowledged"].to_string();
+    assert!(named.contains("edge1"), "{named}");
+    assert!(writable(db2).await);
+    stack.consul.session_destroy(&session).await.unwrap();
+}

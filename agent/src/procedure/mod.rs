@@ -11,8 +11,8 @@
 //! session on the lock key, and the lease is checked before every step.
 
 mod failover;
-mod rejoin;
 mod proxies;
+mod rejoin;
 mod switchover;
 
 use std::collections::BTreeMap;

@@ -72,8 +72,14 @@ impl super::Coordinator<'_> {
         }
         Ok(match self.wait_for_proxies(opening).await? {
             ProxyWait::Acknowledged { waited } => {
-                tracing::debug!(waited_ms = waited.as_millis() as u64, "every live proxy acknowledged");
-                vec![("proxies_acknowledged_ms".into(), (waited.as_millis() as u64).into())]
+                tracing::debug!(
+                    waited_ms = waited.as_millis() as u64,
+                    "every live proxy acknowledged"
+                );
+                vec![(
+                    "proxies_acknowledged_ms".into(),
+                    (waited.as_millis() as u64).into(),
+                )]
             }
             ProxyWait::TimedOut { waited, waiting } => {
                 tracing::warn!(
@@ -195,7 +201,14 @@ mod tests {
             record("p1", Some("s1"), serving("10.0.0.1:3306", true)),
             // A dead renderer's leftover: no session.
             record("p2", None, serving("10.0.0.1:3306", false)),
-            record("p3", Some("s3"), Some(ServedCluster { source: None, fenced: false })),
+            record(
+                "p3",
+                Some("s3"),
+                Some(ServedCluster {
+                    source: None,
+                    fenced: false,
+                }),
+            ),
             other,
         ];
         assert!(still_routing_elsewhere(&pairs, &cluster(), &addr("10.0.0.2:3306")).is_empty());
@@ -207,6 +220,9 @@ mod tests {
         bad.value = Some(b"not json".to_vec());
         let waiting = still_routing_elsewhere(&[bad], &cluster(), &addr("10.0.0.2:3306"));
         assert_eq!(waiting.len(), 1);
-        assert!(waiting[0].starts_with("p1: unreadable record"), "{waiting:?}");
+        assert!(
+            waiting[0].starts_with("p1: unreadable record"),
+            "{waiting:?}"
+        );
     }
 }
