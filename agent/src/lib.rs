@@ -4,6 +4,8 @@
 pub mod cluster;
 pub mod config;
 pub mod decide;
+pub mod fence;
+pub mod isolation;
 pub mod membership;
 pub mod metrics;
 pub mod mysql;

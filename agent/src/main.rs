@@ -157,6 +157,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         cancel.clone(),
     );
     agent.wake_on_probe_failure(wake.clone());
+    let isolation = agent.spawn_isolation_watchdog(cancel.clone());
     let mut last_reason = String::new();
     // The watchdog is fed from this loop only, never from a task of its
     // own: a loop that hangs must stop the pings so systemd restarts the
@@ -248,6 +249,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
     systemd::stopping();
     tracing::info!("shutting down");
     cancel.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), isolation).await;
     if tokio::time::timeout(std::time::Duration::from_secs(10), agent.shutdown())
         .await
         .is_err()

@@ -67,12 +67,16 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// `lease`: renewed by every liveness pass Consul accepts. The agent
+    /// keeps one across its sessions (the check is the same), so that its
+    /// isolation watchdog ([`crate::isolation`]) sees one clock.
     pub async fn create(
         consul: &Consul,
         name: String,
         check_id: String,
         ttl: Duration,
         lock_delay: Duration,
+        lease: Lease,
     ) -> Result<Membership, ConsulError> {
         consul
             .check_register_ttl(&check_id, &name, LIVENESS_TTL)
@@ -81,7 +85,6 @@ impl Membership {
         // restart more than LIVENESS_TTL later it is still critical, and
         // Consul refuses a session tied to it ("Check … is in critical
         // state") on every attempt.
-        let lease = Lease::default();
         let sent = std::time::Instant::now();
         consul.check_pass(&check_id).await?;
         lease.renewed(sent);

@@ -58,6 +58,9 @@ pub struct Agent {
     active: Option<Active>,
     /// The origin of the coordinator's monotonic clock.
     started: Instant,
+    /// Consul contact: renewed by every liveness pass Consul accepts, under
+    /// any session (see [`crate::isolation`]).
+    contact: crate::membership::Lease,
     pub metrics: Arc<Metrics>,
 }
 
@@ -105,8 +108,28 @@ impl Agent {
             memory: Memory::default(),
             active: None,
             started: Instant::now(),
+            contact: crate::membership::Lease::default(),
             metrics,
         })
+    }
+
+    /// Starts the isolation watchdog on the local server (see
+    /// [`crate::isolation`]); it runs until `stop`.
+    pub fn spawn_isolation_watchdog(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let except = vec![self.cfg.user.clone(), self.cfg.replication_user.clone()];
+        tokio::spawn(
+            crate::isolation::watchdog(
+                node_config(&self.cfg, &self.cfg.local.host, self.cfg.local.port),
+                self.contact.clone(),
+                except,
+                self.metrics.clone(),
+                stop,
+            )
+            .in_current_span(),
+        )
     }
 
     pub fn consul(&self) -> &Consul {
@@ -453,6 +476,7 @@ impl Agent {
             format!("successover-agent:{}:{}", self.cluster, self.node),
             self.cfg.session_ttl,
             self.cfg.lock_delay,
+            self.contact.clone(),
         )
         .await?;
         // A process restarted within the liveness TTL passes the same check
@@ -591,67 +615,13 @@ impl Agent {
         };
         let why = member::self_fence(obs.read_only.read_only, &me, &own)?;
         let except = [self.cfg.user.as_str(), self.cfg.replication_user.as_str()];
-        // `SET GLOBAL read_only=1` waits behind commits that wait for an
-        // ACK, which on a woken old source whose replicas left never comes.
-        // So the clients are killed first, then read_only is asked on a
-        // connection of its own (new commits queue behind it), then the
-        // clients are killed again, so none of them can be told OK any
-        // more. On MariaDB that ends their waits. MySQL keeps
-        // a killed session's thread waiting (it holds the commit lock
-        // read_only needs), so if read_only is still waiting, the semi-sync
-        // source flag goes off: the orphaned commits finish, with nobody to
-        // tell, on a server that is not the source.
-        let first = self.nodes.local.kill_client_connections(&except).await;
-        let mut ro_conn = Node::new(self.nodes.local.config().clone());
-        let ro = tokio::spawn(
-            async move {
-                let r = ro_conn.set_read_only(true).await;
-                ro_conn.close().await;
-                r
-            }
-            .in_current_span(),
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let second = self.nodes.local.kill_client_connections(&except).await;
-        let settle = tokio::time::sleep(Duration::from_millis(500));
-        tokio::pin!(ro);
-        let ok_ro = tokio::select! {
-            r = &mut ro => r,
-            _ = settle => {
-                // Every waiting commit's session is ended first, whatever
-                // its account: the kills above spare the agents' accounts,
-                // and a session of theirs (a DBA's, or a test's) still
-                // waiting would be told OK by the flag going off, for a
-                // commit no replica has.
-                let released = match self.nodes.local.kill_ack_waiters(&[]).await {
-                    Ok(_) => self.nodes.local.set_semi_sync_source(false).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = released {
-                    tracing::warn!(error = %e, "cannot release commits waiting on a fenced server");
-                }
-                ro.await
-            }
-        };
-        let ok_ro = match ok_ro {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let killed = self
-            .nodes
-            .local
-            .kill_client_connections(&except)
-            .await
-            .map(|ids| {
-                ids.len() + first.as_ref().map_or(0, Vec::len) + second.as_ref().map_or(0, Vec::len)
-            })
-            .map_err(|e| e.to_string());
+        let fenced = crate::fence::fence_local(&mut self.nodes.local, &except).await;
         self.metrics.self_fence();
-        Some(match (ok_ro, killed) {
-            (Ok(()), Ok(n)) => format!(
+        Some(match fenced {
+            Ok(n) => format!(
                 "self-fenced: set read_only and killed {n} client connection(s) because {why}"
             ),
-            (Err(e), _) | (_, Err(e)) => {
+            Err(e) => {
                 self.metrics.error("mysql");
                 format!("self-fence failed ({why}): {e}")
             }

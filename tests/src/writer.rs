@@ -211,10 +211,61 @@ impl WriterProc {
 
     /// A writer logging in as `user` (e.g. an account with `ALL`).
     pub async fn start_as(port: u16, writer_id: u32, user: &str, password: &str) -> WriterProc {
+        let (dir, out, cmd) = Self::command("127.0.0.1", port, writer_id, user, password);
+        let proc =
+            crate::process::Proc::spawn("successover-writer", cmd, dir.path().join("writer.log"))
+                .await
+                .expect("spawn successover-writer");
+        WriterProc {
+            proc,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// An application on a namespace host writing to `addr:port` directly
+    /// (as the application account).
+    pub async fn start_in(
+        net: &crate::netns::NetHost,
+        addr: &str,
+        port: u16,
+        writer_id: u32,
+    ) -> WriterProc {
+        let (dir, out, cmd) = Self::command(
+            addr,
+            port,
+            writer_id,
+            crate::mariadb::APP_USER,
+            crate::mariadb::APP_PASSWORD,
+        );
+        let proc = net
+            .spawn("successover-writer", &cmd, dir.path().join("writer.log"))
+            .await
+            .expect("spawn successover-writer in a net host");
+        WriterProc {
+            proc,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn command(
+        host: &str,
+        port: u16,
+        writer_id: u32,
+        user: &str,
+        password: &str,
+    ) -> (
+        crate::process::Scratch,
+        std::path::PathBuf,
+        std::process::Command,
+    ) {
         let dir = crate::process::Scratch::new("writer");
         let out = dir.path().join("writer.json");
         let mut cmd = std::process::Command::new(crate::agent::workspace_bin("successover-writer"));
         cmd.args([
+            "--host",
+            host,
             "--port",
             &port.to_string(),
             "--writer-id",
@@ -226,15 +277,7 @@ impl WriterProc {
         ])
         .arg("--out")
         .arg(&out);
-        let proc =
-            crate::process::Proc::spawn("successover-writer", cmd, dir.path().join("writer.log"))
-                .await
-                .expect("spawn successover-writer");
-        WriterProc {
-            proc,
-            out,
-            _dir: dir,
-        }
+        (dir, out, cmd)
     }
 
     /// SIGTERM, then the log it wrote.

@@ -12,7 +12,7 @@ use mysql_async::prelude::*;
 use successover_common::procedure::{HistoryEntry, Outcome};
 use successover_tests::agent::AgentProc;
 use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
-use successover_tests::mariadb::{global_var, gtids_contain};
+use successover_tests::mariadb::{global_var, gtids_contain, ROOT_PASSWORD, ROOT_USER};
 use successover_tests::netns::NetHost;
 use successover_tests::scenario::{
     check, finished_failover, in_progress, phases, wait_routed_to, writes_land, DirectClient,
@@ -687,8 +687,11 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     let w = WriterProc::start(stack.proxy_port.port(), 1).await;
     // An application that bypasses the proxy.
     let direct = DirectClient::start(db1.host().to_string(), db1.port(), 2);
+    // And one on db1's own host, on its side of the cut.
+    let local = WriterProc::start_in(&host, &db1.host().to_string(), db1.port(), 3).await;
     writes_land(&stack, "db1", 1).await;
     writes_land(&stack, "db1", 2).await;
+    writes_land(&stack, "db1", 3).await;
     let routes = RouteMonitor::start(&stack);
 
     let cut_ms = unix_ms();
@@ -696,6 +699,28 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     // `ip link set down` takes a moment on a loaded machine: writes that
     // started before it returned may still have been acknowledged.
     let cut_done_ms = unix_ms();
+    // Watched from db1's side of the cut, from the cut on.
+    let fenced_in_cut = {
+        let (ns, addr, port) = (
+            host.ns_name().to_owned(),
+            db1.host().to_string(),
+            db1.port(),
+        );
+        tokio::spawn(async move {
+            let seen = wait_until(Duration::from_secs(30), || async {
+                let out = tokio::process::Command::new(successover_tests::bins::ip())
+                    .args(["netns", "exec", &ns, "mariadb", "--connect-timeout=2"])
+                    .args(["-h", &addr, "-P", &port.to_string(), "-u", ROOT_USER])
+                    .arg(format!("-p{ROOT_PASSWORD}"))
+                    .args(["-N", "-e", "SELECT @@global.read_only"])
+                    .output()
+                    .await;
+                out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+            })
+            .await;
+            seen.ok().map(|_| unix_ms())
+        })
+    };
     let entry = finished_failover(&stack, Duration::from_secs(60)).await;
     let done_ms = unix_ms();
     wait_routed_to(
@@ -705,6 +730,16 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     )
     .await;
     writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
+
+    // Cut off from Consul, its commits waiting for ACKs nobody sends, db1
+    // fences itself while the cut lasts (rule 6a): the application on its
+    // side gets errors, not a server that hangs or looks writable.
+    let fenced_in_cut_ms = fenced_in_cut.await.unwrap();
+    assert!(
+        fenced_in_cut_ms.is_some(),
+        "db1 stayed writable while cut off\n{}",
+        stack.logs()
+    );
 
     // The host comes back: its agent must fence its server at once.
     let heal_ms = unix_ms();
@@ -721,6 +756,7 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     // Let the direct client try the returned host for a while.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let direct = direct.finish().await;
+    let local = local.finish().await.unwrap();
     let log = w.finish().await.unwrap();
     let routes = routes.finish().await;
     // Measured from when the cut took effect: db1 can acknowledge nothing
@@ -758,6 +794,13 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
         after_cut.is_empty(),
         "writes started after the cut were acknowledged to the direct client: {after_cut:?}"
     );
+    let lost = writer::missing(&new_source.url(), &local).await.unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} writes acknowledged to the application on db1's host are not on {}: {lost:?}",
+        lost.len(),
+        new_source.name()
+    );
     // db1 stays out: quarantined and not routed.
     assert!(stack
         .consul
@@ -767,13 +810,75 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
         .is_some());
     eprintln!(
         "source host cut: cut -> failover done {} ms, cut -> first write on {} after {} ms; \
-         heal -> db1 read-only {} ms; direct client: {} acked before the cut, {} failed attempts; {}",
+         cut -> db1 read-only (seen from its host) {} ms; heal -> db1 read-only {} ms; \
+         direct client: {} acked before the cut, {} failed attempts; {}",
         done_ms - cut_done_ms,
         entry.to.as_deref().unwrap(),
         c.crash_to_first_write_ms,
+        fenced_in_cut_ms.unwrap() - cut_done_ms,
         read_only_ms - heal_ms,
         direct.acked.len(),
         direct.failed,
         phases(&entry, cut_done_ms)
     );
+}
+
+/// Rule 6a's other half: Consul unresponsive (its process stopped) under
+/// four writers costs nothing. The replicas' ACKs are the source's lease:
+/// it stays writable, no write fails, and no failover follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consul_outage_alone_costs_the_writers_nothing() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let consul = ConsulDev::start().await;
+    let stack = Stack::start("c-f-cout", &consul.http_addr()).await;
+    let db1 = stack.node("db1");
+    writer::prepare(&db1.url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for id in 1..=4 {
+        writers.push(WriterProc::start(stack.proxy_port.port(), id).await);
+    }
+    for id in 1..=4 {
+        writes_land(&stack, "db1", id).await;
+    }
+    let pid = Pid::from_raw(consul.pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let outage = std::time::Instant::now();
+    let mut looks = 0;
+    while outage.elapsed() < Duration::from_secs(12) {
+        let mut c = db1.conn().await.unwrap();
+        let ro = global_var(&mut c, "read_only").await.unwrap();
+        if ro != "0" {
+            kill(pid, Signal::SIGCONT).unwrap();
+            panic!(
+                "db1 read-only {:?} into a Consul outage\n{}",
+                outage.elapsed(),
+                stack.logs()
+            );
+        }
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kill(pid, Signal::SIGCONT).unwrap();
+    // Writes still land through the proxy after Consul is back.
+    for id in 1..=4 {
+        writes_land(&stack, "db1", id).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut acked = 0;
+    for w in writers {
+        let log = w.finish().await.unwrap();
+        assert_eq!(log.failed, 0, "a write failed during the Consul outage");
+        assert!(writer::missing(&db1.url(), &log).await.unwrap().is_empty());
+        acked += log.acked.len();
+    }
+    let failovers = successover_tests::scenario::failovers(&stack).await;
+    assert!(failovers.is_empty(), "{failovers:?}");
+    assert!(looks > 20);
+    eprintln!("consul stopped 12 s under 4 writers: db1 writable at {looks} looks, {acked} writes acknowledged, none failed");
 }
