@@ -17,7 +17,8 @@
 //! password_file = "/etc/successover/mysql-agent.password"   # or password_env
 //! replication_user = "repl"
 //! replication_password_file = "/etc/successover/mysql-replication.password"
-//! replication_tls = false          # default: the server's own (MASTER_SSL / SOURCE_SSL)
+//! replication_tls = false          # default: MariaDB the server's own (MASTER_SSL), MySQL on
+//! replication_public_key_file = "/etc/mysql/source-public-key.pem"  # MySQL without TLS only
 //! connect_timeout = "2s"
 //! query_timeout = "5s"
 //! read_timeout = "2s"              # a hung server is unreachable after this
@@ -132,6 +133,10 @@ pub struct RawMysql {
     pub replication_password_file: Option<PathBuf>,
     pub replication_password_env: Option<String>,
     pub replication_tls: Option<bool>,
+    /// MySQL with `replication_tls = false`: the sources' RSA public key,
+    /// a file on this host (`SOURCE_PUBLIC_KEY_PATH`), for a replication
+    /// account on `caching_sha2_password`. Never fetched from the source.
+    pub replication_public_key_file: Option<PathBuf>,
     pub connect_timeout: Option<String>,
     pub query_timeout: Option<String>,
     pub read_timeout: Option<String>,
@@ -224,6 +229,10 @@ pub struct Config {
     /// server's default (MariaDB 11.4's is on, which a source without TLS
     /// refuses).
     pub replication_tls: Option<bool>,
+    /// MySQL with `replication_tls = false`: the sources' RSA public key,
+    /// a file on this host (`SOURCE_PUBLIC_KEY_PATH`), for a replication
+    /// account on `caching_sha2_password`. Never fetched from the source.
+    pub replication_public_key_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
     /// Each read (health probes); a hung server is declared unreachable
@@ -476,6 +485,23 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
         500 * MILLISECOND,
         (50 * MILLISECOND, 600 * SECOND),
     );
+    let replication_public_key_file = raw.mysql.replication_public_key_file.clone();
+    if let Some(path) = &replication_public_key_file {
+        if raw.mysql.replication_tls != Some(false) {
+            p.push(
+                "mysql.replication_public_key_file",
+                ProblemKind::Conflict("only used with mysql.replication_tls = false"),
+            );
+        }
+        let text = path.to_str().unwrap_or_default();
+        if !path.is_absolute() || text.contains(['\'', '\\']) || text.chars().any(char::is_control)
+        {
+            p.push(
+                "mysql.replication_public_key_file",
+                ProblemKind::Expected("an absolute path without quotes or backslashes"),
+            );
+        }
+    }
     let metrics_listen = raw.metrics.validate(&mut p);
     p.finish(Config {
         cluster,
@@ -491,6 +517,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
         replication_user,
         replication_password,
         replication_tls: raw.mysql.replication_tls,
+        replication_public_key_file,
         connect_timeout,
         query_timeout,
         read_timeout,
@@ -720,11 +747,29 @@ mod tests {
             password_file = "{0}/pw"
             replication_password_file = "{0}/pw"
             replication_tls = false
+            replication_public_key_file = "/etc/mysql/source.pem"
             "#,
             dir.path().display()
         ))
         .unwrap();
         assert_eq!(cfg.replication_tls, Some(false));
+        assert_eq!(
+            cfg.replication_public_key_file.as_deref(),
+            Some(Path::new("/etc/mysql/source.pem"))
+        );
+        for (tls, file, why) in [
+            ("", "/etc/mysql/source.pem", "only used with"),
+            ("replication_tls = false", "source.pem", "absolute path"),
+            ("replication_tls = false", "/etc/it's.pem", "absolute path"),
+        ] {
+            let errors = parse_with(
+                &format!("{MINIMAL}\n{tls}\nreplication_public_key_file = \"{file}\"\n"),
+                &[("PW", "pw")],
+            )
+            .unwrap_err()
+            .join("\n");
+            assert!(errors.contains(why), "{errors}");
+        }
     }
 
     #[test]

@@ -196,6 +196,10 @@ address = "{consul}"
         self.proc.log_tail(lines)
     }
 
+    pub fn log_path(&self) -> &std::path::Path {
+        self.proc.log_path()
+    }
+
     pub async fn kill9(&mut self) {
         self.proc.kill9().await;
     }

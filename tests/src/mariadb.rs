@@ -27,11 +27,11 @@ use crate::{bins, wait_for, wait_until};
 
 /// Superuser reachable over TCP from anywhere (`'root'@'%'`).
 pub const ROOT_USER: &str = "root";
-pub const ROOT_PASSWORD: &str = "successover";
+pub const ROOT_PASSWORD: &str = "Root-pw.x7Kq2";
 /// Replication user (`'repl'@'%'`: REPLICATION SLAVE, REPLICATION SLAVE ADMIN,
 /// BINLOG MONITOR).
 pub const REPL_USER: &str = "repl";
-pub const REPL_PASSWORD: &str = "repl";
+pub const REPL_PASSWORD: &str = "Repl-pw.m4Zt8";
 /// An application account: data privileges only. Unlike root it holds no
 /// READ_ONLY ADMIN, so `read_only=1` stops its writes the way it stops a
 /// real application's.
@@ -51,7 +51,7 @@ pub const SEMI_SYNC_MASTER_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Bump when the template's content changes, so caches built by an older
 /// harness are not reused.
-const TEMPLATE_REV: &str = "3";
+const TEMPLATE_REV: &str = "4";
 
 /// Flags the template is created with and every server starts with; InnoDB
 /// sizes kept small because a test starts several servers.
@@ -71,9 +71,9 @@ FLUSH PRIVILEGES;
 DELETE FROM mysql.global_priv WHERE Host <> 'localhost';
 DELETE FROM mysql.proxies_priv WHERE Host <> 'localhost';
 FLUSH PRIVILEGES;
-CREATE USER 'root'@'%' IDENTIFIED BY 'successover';
+CREATE USER 'root'@'%' IDENTIFIED BY 'Root-pw.x7Kq2';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
-CREATE USER 'repl'@'%' IDENTIFIED BY 'repl';
+CREATE USER 'repl'@'%' IDENTIFIED BY 'Repl-pw.m4Zt8';
 GRANT REPLICATION SLAVE, REPLICATION SLAVE ADMIN, BINLOG MONITOR ON *.* TO 'repl'@'%';
 CREATE USER 'app'@'%' IDENTIFIED BY 'app';
 GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'app'@'%';
@@ -84,12 +84,13 @@ GRANT ALL PRIVILEGES ON *.* TO 'appadmin'@'%';
 /// The same accounts on MySQL, run by `--initialize-insecure --init-file`
 /// (binary logging is off while initialising, so they are no GTIDs). The
 /// default caching_sha2_password: 9.x has no mysql_native_password unless
-/// loaded; replicas fetch the source's RSA key (`GET_SOURCE_PUBLIC_KEY`).
+/// loaded; replicas connect with TLS (`SOURCE_SSL=1`), never fetching the
+/// source's RSA key.
 /// `REPLICATION CLIENT` stands for MariaDB's BINLOG MONITOR.
 const MYSQL_USERS_SQL: &str = "
-CREATE USER 'root'@'%' IDENTIFIED BY 'successover';
+CREATE USER 'root'@'%' IDENTIFIED BY 'Root-pw.x7Kq2';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;
-CREATE USER 'repl'@'%' IDENTIFIED BY 'repl';
+CREATE USER 'repl'@'%' IDENTIFIED BY 'Repl-pw.m4Zt8';
 GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'repl'@'%';
 CREATE USER 'app'@'%' IDENTIFIED BY 'app';
 GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'app'@'%';
@@ -546,7 +547,7 @@ impl MariaDb {
                  CHANGE REPLICATION SOURCE TO SOURCE_HOST = '{}', SOURCE_PORT = {}, \
                    SOURCE_USER = '{REPL_USER}', SOURCE_PASSWORD = '{REPL_PASSWORD}', \
                    SOURCE_AUTO_POSITION = 1, SOURCE_HEARTBEAT_PERIOD = 1, \
-                   SOURCE_CONNECT_RETRY = 1, GET_SOURCE_PUBLIC_KEY = 1; \
+                   SOURCE_CONNECT_RETRY = 1, SOURCE_SSL = 1; \
                  START REPLICA",
                 u8::from(semi_sync),
                 source.host(),

@@ -882,3 +882,65 @@ async fn a_consul_outage_alone_costs_the_writers_nothing() {
     assert!(looks > 20);
     eprintln!("consul stopped 12 s under 4 writers: db1 writable at {looks} looks, {acked} writes acknowledged, none failed");
 }
+
+/// #13 item 13: after a switch and a failover (every path that sends the
+/// replication password: repoints, promotion, the old source's replicas)
+/// no agent or renderer log and no KV value holds a MySQL password, in
+/// any form a statement or an error could carry it.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_password_reaches_a_log_or_kv() {
+    use successover_tests::mariadb::REPL_PASSWORD;
+    let (mut stack, w) = prepared("c-f-secret").await;
+    stack
+        .consul
+        .kv_put(&format!("mysql/switchover/{}", stack.cluster), "db2")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), || async {
+        successover_tests::scenario::history(&stack)
+            .await
+            .iter()
+            .any(|e| e.outcome == Outcome::Done)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the switch never finished\n{}", stack.logs()));
+    writes_land(&stack, "db2", 1).await;
+    stack.topo.server_mut(1).kill9().await;
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
+    w.finish().await.unwrap();
+
+    let mut texts = Vec::new();
+    for a in &stack.agents {
+        texts.push((
+            format!("agent {} log", a.opts.node),
+            std::fs::read_to_string(a.log_path()).unwrap(),
+        ));
+    }
+    texts.push((
+        "renderer log".into(),
+        std::fs::read_to_string(stack.render_log_path()).unwrap(),
+    ));
+    for kv in stack.consul.kv_get_recurse("mysql/").await.unwrap() {
+        let value = String::from_utf8_lossy(kv.value.as_deref().unwrap_or_default()).into_owned();
+        texts.push((format!("KV {}", kv.key), value));
+    }
+    assert!(
+        texts.iter().any(|(_, t)| t.contains("repoint")),
+        "no log line mentions a repoint"
+    );
+    for secret in [ROOT_PASSWORD, REPL_PASSWORD] {
+        // As given, SQL-quoted, and JSON-escaped.
+        let forms = [
+            secret.to_owned(),
+            secret.replace('\'', "''"),
+            serde_json::to_string(secret).unwrap(),
+        ];
+        for (what, text) in &texts {
+            for form in &forms {
+                assert!(!text.contains(form.as_str()), "{what} holds a password");
+            }
+        }
+    }
+}

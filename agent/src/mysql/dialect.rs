@@ -180,18 +180,29 @@ impl Dialect {
                 },
                 ssl("MASTER_SSL")
             ),
-            // GET_SOURCE_PUBLIC_KEY: MySQL 8's default caching_sha2_password refuses a replica
-            // without TLS unless it may fetch the source's RSA key.
-            Dialect::MySql80 | Dialect::MySql84 => format!(
-                "CHANGE REPLICATION SOURCE TO SOURCE_HOST='{}', SOURCE_PORT={}, SOURCE_USER='{}', \
-                 SOURCE_PASSWORD={password}, SOURCE_AUTO_POSITION=1, \
-                 SOURCE_HEARTBEAT_PERIOD={heartbeat}, SOURCE_CONNECT_RETRY={retry}, \
-                 GET_SOURCE_PUBLIC_KEY=1{}",
-                spec.host,
-                spec.port,
-                spec.user,
-                ssl("SOURCE_SSL")
-            ),
+            // TLS unless told otherwise: MySQL servers have certificates by default, and
+            // caching_sha2_password (MySQL 8's default) sends the password in full over any
+            // connection whose cache is cold. Without TLS only a pinned key is used, never one
+            // fetched over the same unauthenticated connection (GET_SOURCE_PUBLIC_KEY).
+            Dialect::MySql80 | Dialect::MySql84 => {
+                let key = match (spec.tls, &spec.public_key_path) {
+                    (Some(false), Some(path)) => format!(
+                        ", SOURCE_PUBLIC_KEY_PATH={}",
+                        quote_string(path, backslash_escapes)?
+                    ),
+                    _ => String::new(),
+                };
+                format!(
+                    "CHANGE REPLICATION SOURCE TO SOURCE_HOST='{}', SOURCE_PORT={}, SOURCE_USER='{}', \
+                     SOURCE_PASSWORD={password}, SOURCE_AUTO_POSITION=1, \
+                     SOURCE_HEARTBEAT_PERIOD={heartbeat}, SOURCE_CONNECT_RETRY={retry}, \
+                     SOURCE_SSL={}{key}",
+                    spec.host,
+                    spec.port,
+                    spec.user,
+                    u8::from(spec.tls.unwrap_or(true)),
+                )
+            }
         })
     }
 
@@ -591,6 +602,13 @@ pub struct SourceSpec {
     /// the sources run without TLS: MariaDB 11.4 asks for TLS to the source by default, and a
     /// replica that never replicated (a former source) gets that default on every repoint.
     pub tls: Option<bool>,
+    /// MySQL without TLS: the source's RSA public key, pinned in a file on
+    /// the replica's host (`SOURCE_PUBLIC_KEY_PATH`), for accounts on
+    /// `caching_sha2_password`. The key is never fetched from the source
+    /// (`GET_SOURCE_PUBLIC_KEY=1`): over a connection without TLS an
+    /// on-path attacker could hand over its own key and read the
+    /// replication password.
+    pub public_key_path: Option<String>,
 }
 
 impl SourceSpec {
@@ -609,6 +627,7 @@ impl SourceSpec {
             connect_retry: Duration::from_secs(1),
             from_current_pos: false,
             tls: None,
+            public_key_path: None,
         }
     }
 
@@ -846,26 +865,53 @@ mod tests {
     #[test]
     fn change_source_says_tls_only_when_configured() {
         let mut spec = SourceSpec::new("db1", 3306, "repl", "pw");
-        for d in ALL {
-            let sql = d.change_source(&spec, true).unwrap();
-            assert!(!sql.contains("_SSL"), "{sql}");
-        }
+        let sql = Dialect::MariaDb.change_source(&spec, true).unwrap();
+        assert!(!sql.contains("_SSL"), "{sql}");
         spec.tls = Some(false);
         let sql = Dialect::MariaDb.change_source(&spec, true).unwrap();
         assert!(
             sql.ends_with("MASTER_CONNECT_RETRY=1, MASTER_SSL=0"),
             "{sql}"
         );
-        for d in [Dialect::MySql80, Dialect::MySql84] {
-            let sql = d.change_source(&spec, true).unwrap();
-            assert!(
-                sql.ends_with("GET_SOURCE_PUBLIC_KEY=1, SOURCE_SSL=0"),
-                "{sql}"
-            );
-        }
         spec.tls = Some(true);
         let sql = Dialect::MariaDb.change_source(&spec, true).unwrap();
         assert!(sql.ends_with(", MASTER_SSL=1"), "{sql}");
+    }
+
+    /// Never `GET_SOURCE_PUBLIC_KEY`: without TLS a fetched key can be an
+    /// attacker's, who then reads the replication password.
+    #[test]
+    fn mysql_replication_uses_tls_or_a_pinned_key_never_a_fetched_one() {
+        let mut spec = SourceSpec::new("db1", 3306, "repl", "pw");
+        for d in [Dialect::MySql80, Dialect::MySql84] {
+            spec.tls = None;
+            spec.public_key_path = Some("/etc/successover/source.pem".into());
+            let sql = d.change_source(&spec, true).unwrap();
+            assert!(sql.ends_with(", SOURCE_SSL=1"), "{sql}");
+            spec.tls = Some(false);
+            let sql = d.change_source(&spec, true).unwrap();
+            assert!(
+                sql.ends_with(
+                    ", SOURCE_SSL=0, SOURCE_PUBLIC_KEY_PATH='/etc/successover/source.pem'"
+                ),
+                "{sql}"
+            );
+            spec.public_key_path = None;
+            let sql = d.change_source(&spec, true).unwrap();
+            assert!(sql.ends_with(", SOURCE_SSL=0"), "{sql}");
+            for tls in [None, Some(true), Some(false)] {
+                spec.tls = tls;
+                let sql = d.change_source(&spec, true).unwrap();
+                assert!(!sql.contains("GET_SOURCE_PUBLIC_KEY"), "{sql}");
+            }
+            spec.public_key_path = Some("/tmp/x' , SOURCE_HOST='evil".into());
+            spec.tls = Some(false);
+            let sql = d.change_source(&spec, true).unwrap();
+            assert!(
+                sql.ends_with("SOURCE_PUBLIC_KEY_PATH='/tmp/x'' , SOURCE_HOST=''evil'"),
+                "{sql}"
+            );
+        }
     }
 
     #[test]
@@ -876,7 +922,7 @@ mod tests {
                 d.change_source(&spec, true).unwrap(),
                 "CHANGE REPLICATION SOURCE TO SOURCE_HOST='10.0.0.7', SOURCE_PORT=3306, \
                  SOURCE_USER='repl_user', SOURCE_PASSWORD='pw', SOURCE_AUTO_POSITION=1, \
-                 SOURCE_HEARTBEAT_PERIOD=1.000, SOURCE_CONNECT_RETRY=1, GET_SOURCE_PUBLIC_KEY=1"
+                 SOURCE_HEARTBEAT_PERIOD=1.000, SOURCE_CONNECT_RETRY=1, SOURCE_SSL=1"
             );
         }
         let v6 = SourceSpec::new("fd00::1:7", 3306, "repl", "pw");

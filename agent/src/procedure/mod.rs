@@ -303,6 +303,11 @@ impl Coordinator<'_> {
         );
         spec.from_current_pos = blocked;
         spec.tls = self.cfg.replication_tls;
+        spec.public_key_path = self
+            .cfg
+            .replication_public_key_file
+            .as_ref()
+            .map(|p| p.display().to_string());
         self.on_node(name, async |n: &mut Node| {
             n.stop_replica().await?;
             if !blocked {
