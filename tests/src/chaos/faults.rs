@@ -130,6 +130,7 @@ impl Runner {
             FaultKind::Render => self.render_fault(rec).await,
             FaultKind::Leader => self.leader_fault(rec).await,
             FaultKind::Switch => self.switch_fault(rec).await,
+            FaultKind::Drift => self.drift_fault(rec).await,
         }
     }
 
@@ -315,6 +316,44 @@ impl Runner {
         tokio::time::sleep(hold).await;
         self.w.consul.start_node(leader).await;
         self.w.consul.wait_for_leader().await;
+        Ok(())
+    }
+
+    /// The timeout stays far above an ACK's time, so the drift itself
+    /// cannot switch a healthy source off; what is checked is that the
+    /// coordinator puts rule 1 back.
+    async fn drift_fault(&mut self, rec: &mut FaultRecord) -> Result<(), Fatal> {
+        let (si, source) = self.source().await?;
+        rec.label = "drift".into();
+        rec.target = source.clone();
+        let db = self.w.topo.server(si);
+        let sql = db.flavour().sql(
+            "SET GLOBAL rpl_semi_sync_master_timeout = 10000; \
+             SET GLOBAL rpl_semi_sync_master_wait_no_slave = OFF",
+        );
+        db.exec(&sql).await.map_err(fatal)?;
+        let t = Instant::now();
+        let restored = crate::wait_until(Duration::from_secs(20), || async {
+            let Ok(mut c) = db.conn().await else {
+                return false;
+            };
+            let timeout = crate::mariadb::global_var(&mut c, "rpl_semi_sync_master_timeout").await;
+            let wait =
+                crate::mariadb::global_var(&mut c, "rpl_semi_sync_master_wait_no_slave").await;
+            timeout.is_ok_and(|v| v.parse::<u64>().is_ok_and(|ms| ms > 10_000))
+                && wait.is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("on"))
+        })
+        .await;
+        match restored {
+            Ok(()) => rec.notes.push(format!(
+                "timeout 10 s and wait_no_slave OFF on {source}; set back after {} ms",
+                t.elapsed().as_millis()
+            )),
+            Err(_) => self.violation(format!(
+                "fault #{}: {source} still runs the drifted semi-sync settings 20 s later",
+                rec.n
+            )),
+        }
         Ok(())
     }
 

@@ -23,10 +23,14 @@ pub enum FaultKind {
     Partition,
     /// A planned-switch request.
     Switch,
+    /// A DBA loosens rule 1 on the source: a short semi-sync timeout and
+    /// no wait without a replica (#12 item 5). The coordinator must set
+    /// both back.
+    Drift,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Kill9,
         FaultKind::SigStop,
         FaultKind::Agent,
@@ -34,6 +38,7 @@ impl FaultKind {
         FaultKind::Leader,
         FaultKind::Partition,
         FaultKind::Switch,
+        FaultKind::Drift,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +50,7 @@ impl FaultKind {
             FaultKind::Leader => "leader",
             FaultKind::Partition => "partition",
             FaultKind::Switch => "switch",
+            FaultKind::Drift => "drift",
         }
     }
 
@@ -179,7 +185,7 @@ mod tests {
 
     #[test]
     fn fault_lists_parse() {
-        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 7);
+        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 8);
         assert_eq!(
             FaultKind::parse_list("kill9, switch,kill9").unwrap(),
             vec![FaultKind::Kill9, FaultKind::Switch]
