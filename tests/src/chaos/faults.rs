@@ -131,6 +131,7 @@ impl Runner {
             FaultKind::Leader => self.leader_fault(rec).await,
             FaultKind::Switch => self.switch_fault(rec).await,
             FaultKind::Drift => self.drift_fault(rec).await,
+            FaultKind::BigTxn => self.big_txn_fault(rec).await,
         }
     }
 
@@ -353,6 +354,112 @@ impl Runner {
                 "fault #{}: {source} still runs the drifted semi-sync settings 20 s later",
                 rec.n
             )),
+        }
+        Ok(())
+    }
+
+    /// About 40 MB in one transaction through the source; once a replica
+    /// has read 4 MB of it the source is stopped until the failover ends.
+    /// If the transaction's client was told OK, all of it must be on the
+    /// new source.
+    async fn big_txn_fault(&mut self, rec: &mut FaultRecord) -> Result<(), Fatal> {
+        const ROWS: u64 = 10_000;
+        let (si, source) = self.source().await?;
+        rec.label = "bigtxn-source".into();
+        rec.target = source.clone();
+        let base = rec.n as u64 * 1_000_000;
+        let db = self.w.topo.server(si);
+        db.exec(
+            "CREATE TABLE IF NOT EXISTS successover_check.chaos_big \
+               (id BIGINT PRIMARY KEY, pad LONGTEXT); \
+             CREATE TABLE IF NOT EXISTS successover_check.chaos_digit (n INT PRIMARY KEY); \
+             INSERT IGNORE INTO successover_check.chaos_digit \
+               VALUES (0),(1),(2),(3),(4),(5),(6),(7),(8),(9)",
+        )
+        .await
+        .map_err(fatal)?;
+        let replica = (0..self.w.topo.servers().len())
+            .find(|i| *i != si)
+            .expect("a replica");
+        let read_pos = |i: usize| {
+            let opts = self.w.topo.server(i).opts();
+            async move {
+                let mut c = mysql_async::Conn::new(opts).await.ok()?;
+                let s = crate::mariadb::replica_status(&mut c).await.ok()??;
+                s.get("Read_Master_Log_Pos")
+                    .or_else(|| s.get("Read_Source_Log_Pos"))?
+                    .parse::<u64>()
+                    .ok()
+            }
+        };
+        let Some(before) = read_pos(replica).await else {
+            rec.notes
+                .push("no replica reads from the source: skipped".into());
+            return Ok(());
+        };
+        let opts = db.opts();
+        let big = tokio::spawn(async move {
+            use mysql_async::prelude::Queryable;
+            let mut c = mysql_async::Conn::new(opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.query_drop(format!(
+                "INSERT INTO successover_check.chaos_big \
+                 SELECT {base} + a.n * 1000 + b.n * 100 + c.n * 10 + d.n, REPEAT('x', 4096) \
+                 FROM successover_check.chaos_digit a, successover_check.chaos_digit b, \
+                 successover_check.chaos_digit c, successover_check.chaos_digit d"
+            ))
+            .await
+            .map_err(|e| e.to_string())
+        });
+        let reading = crate::wait_until(Duration::from_secs(60), || async {
+            read_pos(replica)
+                .await
+                .is_some_and(|p| p > before + 4_000_000)
+        })
+        .await;
+        let before_ids = self.history_ids().await;
+        self.w.topo.server_mut(si).sigstop().map_err(fatal)?;
+        if reading.is_err() {
+            rec.notes
+                .push("the replica had not read 4 MB of it within 60 s".into());
+        }
+        self.await_failover(&before_ids, rec).await?;
+        self.w.topo.server_mut(si).sigcont().map_err(fatal)?;
+        self.revived.push((source.clone(), unix_ms()));
+        let acknowledged = tokio::time::timeout(Duration::from_secs(30), big)
+            .await
+            .map(|r| r.is_ok_and(|r| r.is_ok()))
+            .unwrap_or(false);
+        let Some(published) = self.w.published().await else {
+            return Ok(());
+        };
+        let rows: Option<u64> = {
+            use mysql_async::prelude::Queryable;
+            let opts = self.w.topo.server(self.w.index_of(&published)).opts();
+            match mysql_async::Conn::new(opts).await {
+                Ok(mut c) => c
+                    .query_first(format!(
+                        "SELECT COUNT(*) FROM successover_check.chaos_big \
+                         WHERE id BETWEEN {base} AND {}",
+                        base + ROWS - 1
+                    ))
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            }
+        };
+        rec.notes.push(format!(
+            "{source} continued; the large transaction was {}acknowledged, {} of {ROWS} rows on {published}",
+            if acknowledged { "" } else { "not " },
+            rows.map_or("?".to_owned(), |r| r.to_string())
+        ));
+        if acknowledged && rows != Some(ROWS) {
+            self.violation(format!(
+                "fault #{}: the acknowledged large transaction is not on {published} ({rows:?} of {ROWS} rows)",
+                rec.n
+            ));
         }
         Ok(())
     }

@@ -89,6 +89,7 @@ impl Runner {
                 && !rec.label.starts_with("kill9-source")
                 && !rec.label.starts_with("sigstop-source")
                 && !rec.label.starts_with("partition-source")
+                && !rec.label.starts_with("bigtxn-source")
             {
                 rec.notes.push(format!(
                     "unexpected failover {} ({:?}): {}",

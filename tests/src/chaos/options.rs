@@ -27,10 +27,14 @@ pub enum FaultKind {
     /// no wait without a replica (#12 item 5). The coordinator must set
     /// both back.
     Drift,
+    /// The source hung (SIGSTOP) while a replica reads one large
+    /// transaction (#12 item 4): a commit that waits for its ACK must
+    /// never be answered OK unless the new source has it.
+    BigTxn,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill9,
         FaultKind::SigStop,
         FaultKind::Agent,
@@ -39,6 +43,7 @@ impl FaultKind {
         FaultKind::Partition,
         FaultKind::Switch,
         FaultKind::Drift,
+        FaultKind::BigTxn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +56,7 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Switch => "switch",
             FaultKind::Drift => "drift",
+            FaultKind::BigTxn => "bigtxn",
         }
     }
 
@@ -185,7 +191,7 @@ mod tests {
 
     #[test]
     fn fault_lists_parse() {
-        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 8);
+        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 9);
         assert_eq!(
             FaultKind::parse_list("kill9, switch,kill9").unwrap(),
             vec![FaultKind::Kill9, FaultKind::Switch]
