@@ -54,6 +54,19 @@ impl Lease {
     }
 }
 
+/// See [`Membership::guard`].
+pub struct LockGuard {
+    pub session: String,
+    pub token: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub struct Membership {
     consul: Consul,
     pub session: String,
@@ -172,6 +185,54 @@ impl Membership {
             .and_then(|kv| kv.session)
             .as_deref()
             == Some(self.session.as_str()))
+    }
+
+    /// A token that fires when this session stops holding `key`: the
+    /// session is lost, or the key was deleted or taken by hand. A
+    /// coordinator acts under it, so a lock deleted in the middle of a
+    /// procedure stops this coordinator's next step instead of leaving two
+    /// coordinators at work until its next KV write fails.
+    pub fn guard(&self, key: &str) -> LockGuard {
+        let token = self.lost.child_token();
+        let task = {
+            let (consul, key, session, token) = (
+                self.consul.clone(),
+                key.to_owned(),
+                self.session.clone(),
+                token.clone(),
+            );
+            tokio::spawn(
+                async move {
+                    let mut watch = successover_common::consul::Watch::prefix(consul, key.clone())
+                        .with_wait(Duration::from_secs(30));
+                    loop {
+                        let pairs = tokio::select! {
+                            _ = token.cancelled() => return,
+                            r = watch.next() => r,
+                        };
+                        // Consul unreachable: the lease covers that case.
+                        let Ok(pairs) = pairs else { continue };
+                        let held = pairs.iter().any(|p| {
+                            p.key == key && p.session.as_deref() == Some(session.as_str())
+                        });
+                        if !held {
+                            tracing::warn!(
+                                lock = key,
+                                "the coordinator lock is no longer this agent's: stopping its work"
+                            );
+                            token.cancel();
+                            return;
+                        }
+                    }
+                }
+                .in_current_span(),
+            )
+        };
+        LockGuard {
+            session: self.session.clone(),
+            token,
+            task,
+        }
     }
 
     pub async fn unlock(&self, key: &str) -> Result<bool, ConsulError> {

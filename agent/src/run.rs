@@ -56,6 +56,8 @@ pub struct Agent {
     memory: Memory,
     /// A procedure this agent runs as coordinator.
     active: Option<Active>,
+    /// While coordinating: fires when the lock stops being this agent's.
+    lock_guard: Option<crate::membership::LockGuard>,
     /// The origin of the coordinator's monotonic clock.
     started: Instant,
     /// Consul contact: renewed by every liveness pass Consul accepts, under
@@ -107,6 +109,7 @@ impl Agent {
             rejected: std::collections::BTreeSet::new(),
             memory: Memory::default(),
             active: None,
+            lock_guard: None,
             started: Instant::now(),
             contact: crate::membership::Lease::default(),
             metrics,
@@ -259,6 +262,7 @@ impl Agent {
             }
         };
         self.coordinating = coordinator;
+        self.guard_lock(coordinator);
         let outcome = |reasons: Vec<String>, actions| CycleOutcome {
             reached_consul: true,
             coordinator,
@@ -356,7 +360,11 @@ impl Agent {
                 Vec::new(),
             );
         }
-        let (session, lost, lease) = (m.session.clone(), m.lost.clone(), m.lease.clone());
+        let lost = match &self.lock_guard {
+            Some(g) if g.session == m.session => g.token.clone(),
+            _ => m.lost.clone(),
+        };
+        let (session, lease) = (m.session.clone(), m.lease.clone());
         let settings = self.settings();
         let mut last_failed: Option<String> = None;
         let mut reasons: Vec<String> = Vec::new();
@@ -451,8 +459,26 @@ impl Agent {
         (reasons.join("; "), Vec::new())
     }
 
+    /// Keeps a [`crate::membership::LockGuard`] while this agent
+    /// coordinates: a new one after each acquisition (a fired guard is not
+    /// reused), none otherwise.
+    fn guard_lock(&mut self, coordinator: bool) {
+        let Some(m) = self.membership.as_ref().filter(|_| coordinator) else {
+            self.lock_guard = None;
+            return;
+        };
+        let current = self
+            .lock_guard
+            .as_ref()
+            .is_some_and(|g| g.session == m.session && !g.token.is_cancelled());
+        if !current {
+            self.lock_guard = Some(m.guard(&self.lock_key()));
+        }
+    }
+
     fn idle(&mut self, reason: String) -> CycleOutcome {
         self.coordinating = false;
+        self.lock_guard = None;
         CycleOutcome {
             reached_consul: false,
             coordinator: false,

@@ -913,3 +913,86 @@ async fn a_new_source_opens_only_once_every_live_proxy_stopped_routing_elsewhere
     assert!(writable(db2).await);
     stack.consul.session_destroy(&session).await.unwrap();
 }
+
+/// #13 item 10: the coordinator lock deleted by hand in the middle of a
+/// switch. Before, the coordinator went on waiting for its target (up to
+/// `converge_timeout`, 30 s) while another agent could take the free lock
+/// and act too; now it stops within moments, and whoever holds the lock
+/// next takes the switch up from KV.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_deleted_by_hand_mid_switch_stops_its_coordinator() {
+    let stack = Stack::start("c-lockdel", &consul_addr().await).await;
+    wait_settled(&stack).await;
+    let (db1, db2) = (stack.node("db1"), stack.node("db2"));
+    db1.exec(
+        "CREATE DATABASE IF NOT EXISTS lockdel; \
+         CREATE TABLE IF NOT EXISTS lockdel.t (id INT PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    // db2's applier waits behind a table lock: the switch to it waits to
+    // converge.
+    let mut hold = db2.conn().await.unwrap();
+    hold.query_drop("LOCK TABLES lockdel.t WRITE")
+        .await
+        .unwrap();
+    db1.exec("INSERT INTO lockdel.t VALUES (1)").await.unwrap();
+    stack
+        .consul
+        .kv_put(&format!("mysql/switchover/{}", stack.cluster), "db2")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        history(&stack)
+            .await
+            .last()
+            .is_some_and(|e| e.outcome == Outcome::Running)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the switch never started\n{}", stack.logs()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lock = format!("mysql/lock/{}", stack.cluster);
+    stack.consul.kv_delete(&lock).await.unwrap();
+    let deleted = Instant::now();
+    let interrupted = |stack: &Stack| {
+        stack.agents.iter().any(|a| {
+            std::fs::read_to_string(a.log_path())
+                .is_ok_and(|l| l.contains("procedure interrupted, lock lost"))
+        })
+    };
+    wait_until(Duration::from_secs(10), || async { interrupted(&stack) })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the coordinator went on after its lock was deleted\n{}",
+                stack.logs()
+            )
+        });
+    let stopped_after = deleted.elapsed();
+    hold.query_drop("UNLOCK TABLES").await.unwrap();
+    drop(hold);
+    // Someone holds the lock again and the switch ends one way or the other.
+    let entry = wait_for(Duration::from_secs(60), || async {
+        history(&stack)
+            .await
+            .pop()
+            .filter(|e| e.outcome != Outcome::Running)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the switch never ended\n{}", stack.logs()));
+    wait_settled(&stack).await;
+    let holder = stack.consul.kv_get(&lock).await.unwrap();
+    assert!(
+        holder.and_then(|k| k.session).is_some(),
+        "nobody coordinates"
+    );
+    eprintln!(
+        "lock deleted mid-switch: coordinator stopped after {stopped_after:?}; switch {:?}: {}",
+        entry.outcome, entry.reason
+    );
+}
