@@ -651,6 +651,17 @@ impl Haproxy {
         Ok(cut)
     }
 
+    /// Maintenance and every session cut, old workers' too: a source the
+    /// renderer stopped trusting while cut off from Consul (see
+    /// [`crate::fallback`]).
+    pub async fn maint_and_cut(&self, cluster: &str) -> Result<(), ApiError> {
+        self.fence(cluster).await?;
+        if self.master_socket.is_some() {
+            self.cut_old_workers(&[cluster]).await?;
+        }
+        Ok(())
+    }
+
     async fn fence(&self, cluster: &str) -> Result<(), ApiError> {
         self.admin_expect_empty(&state_cmd(cluster, "maint"))
             .await?;

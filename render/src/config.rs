@@ -17,6 +17,14 @@
 //! [kv]
 //! prefix = "mysql/"
 //!
+//! [render]
+//! name = "proxy1"          # this proxy in KV (proxy/<name>); default: the hostname
+//!
+//! [source_check]           # cut off from Consul: route only to sources seen writable
+//! user = "successover_check"   # an account with no privileges (USAGE) is enough
+//! password_file = "/etc/successover/mysql-check.password"   # or password_env
+//! timeout = "1s"           # a source that does not answer within this goes into maintenance
+//!
 //! [haproxy]
 //! config = "/etc/haproxy/haproxy.cfg"       # the file the renderer owns
 //! binary = "/usr/sbin/haproxy"              # for haproxy -c
@@ -53,7 +61,8 @@ use successover_common::config::{
     self as common, ConfigError, Env, Problem, ProblemKind, Problems, RawConsul, RawKv, RawMetrics,
 };
 use successover_common::consul::ConsulConfig;
-use successover_common::contract::Keys;
+use successover_common::contract::{Keys, NodeName};
+use successover_common::secret::{Secret, SecretSource};
 
 use crate::apply::ReloadMethod;
 use crate::template::HaproxySettings;
@@ -74,6 +83,31 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub watch: RawWatch,
+    #[serde(default)]
+    pub render: RawRender,
+    pub source_check: Option<RawSourceCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRender {
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSourceCheck {
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    pub timeout: Option<String>,
+}
+
+/// The account a renderer cut off from Consul checks its sources with
+/// (see [`crate::fallback`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceCheck {
+    pub user: String,
+    pub password: Secret,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +170,9 @@ pub struct Config {
     pub template_vars: BTreeMap<String, String>,
     pub metrics_listen: Option<SocketAddr>,
     pub watch: WatchConfig,
+    /// This proxy's name in KV (`proxy/<name>`).
+    pub name: NodeName,
+    pub source_check: Option<SourceCheck>,
 }
 
 /// Reads and validates a config file. A missing file at the default path
@@ -202,6 +239,12 @@ fn haproxy_duration(d: Duration) -> String {
 }
 
 const SECOND: Duration = Duration::from_secs(1);
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
 /// No HAProxy or Consul operation the renderer waits for takes a day.
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -356,7 +399,75 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
         (Duration::from_millis(1), Duration::from_secs(600)),
     );
 
+    // [render]
+    let name = match raw.render.name {
+        Some(n) => NodeName::parse(&n).unwrap_or_else(|_| {
+            p.push(
+                "render.name",
+                ProblemKind::Expected("a name of letters, digits, '.', '_' or '-'"),
+            );
+            NodeName::parse("invalid").expect("a valid name")
+        }),
+        None => {
+            let host = hostname();
+            NodeName::parse(&host).unwrap_or_else(|_| {
+                p.push(
+                    "render.name",
+                    ProblemKind::Conflict("the hostname is no valid proxy name: set one"),
+                );
+                NodeName::parse("invalid").expect("a valid name")
+            })
+        }
+    };
+
+    // [source_check]
+    let source_check = raw.source_check.map(|c| {
+        let user = p.required("source_check.user", c.user);
+        let well_formed =
+            user.len() <= 80 && user.chars().all(|ch| ch.is_ascii_graphic() && ch != '\'');
+        if !user.is_empty() && !well_formed {
+            p.push(
+                "source_check.user",
+                ProblemKind::Expected("a MySQL user name without quotes or spaces"),
+            );
+        }
+        let src = SecretSource {
+            file: c.password_file,
+            env: c.password_env,
+        };
+        let password = match src.load(env) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                p.push(
+                    "source_check.password_file",
+                    ProblemKind::MissingEither("source_check.password_env"),
+                );
+                Secret::new("")
+            }
+            Err(e) => {
+                p.push(
+                    "source_check.password_file",
+                    ProblemKind::Unusable(Box::new(e)),
+                );
+                Secret::new("")
+            }
+        };
+        let timeout = p.duration(
+            "source_check.timeout",
+            c.timeout.as_deref(),
+            SECOND,
+            (Duration::from_millis(100), 30 * SECOND),
+        );
+        SourceCheck {
+            user,
+            password,
+            timeout,
+        }
+    });
+
     p.finish(Config {
+        name,
+        source_check,
         consul,
         keys,
         haproxy: HaproxyConfig {
@@ -592,5 +703,33 @@ mod tests {
         ] {
             assert_eq!(haproxy_duration(d), text);
         }
+    }
+
+    #[test]
+    fn the_proxy_name_and_the_source_check() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.name.as_str(), hostname());
+        assert_eq!(c.source_check, None);
+        let c = from_str(
+            "[render]\nname = \"edge-1\"\n[source_check]\nuser = \"so_check\"\npassword_env = \"CHECK_PW\"\ntimeout = \"500ms\"\n",
+            &|v| (v == "CHECK_PW").then(|| "s3cret".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(c.name.as_str(), "edge-1");
+        let check = c.source_check.unwrap();
+        assert_eq!(check.user, "so_check");
+        assert_eq!(check.password.expose(), "s3cret");
+        assert_eq!(check.timeout, Duration::from_millis(500));
+        assert!(!format!("{check:?}").contains("s3cret"));
+        let errors: Vec<String> =
+            from_toml("[render]\nname = \"bad name\"\n[source_check]\nuser = \"o'neil\"\n")
+                .unwrap_err()
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+        let all = errors.join("\n");
+        assert!(all.contains("render.name"), "{all}");
+        assert!(all.contains("source_check.user"), "{all}");
+        assert!(all.contains("source_check.password_file"), "{all}");
     }
 }

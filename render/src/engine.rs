@@ -17,12 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApiError, ApplyPlan, Executed, Haproxy, Observed, ReloadReason, Target};
 use crate::config::{Config, WatchConfig};
+use crate::fallback::Overrides;
 use crate::metrics::Metrics;
 use crate::model::{self, Built, Model, Tree};
+use crate::presence::{Contact, Served};
 use crate::template::{Template, TemplateError};
 use crate::validate::{ValidateError, Validator};
 use crate::watch::{self, Snapshot, Update};
 use crate::write::{self, WriteError, WriteOutcome};
+use successover_common::contract::{ProxyServing, ServedCluster};
+use tokio::sync::{watch as tokio_watch, Notify};
 
 /// `error: cause: cause`, for log lines.
 pub use successover_common::telemetry::report;
@@ -84,6 +88,13 @@ pub struct Engine {
     reported: BTreeSet<String>,
     /// A new config or template was swapped in since the last apply.
     reconfigured: bool,
+    /// What HAProxy serves, after every successful apply: published under
+    /// `proxy/<name>` ([`crate::presence`]) and watched by the fallback.
+    served: tokio_watch::Sender<Served>,
+    /// Clusters the fallback took out while Consul was away.
+    overrides: Overrides,
+    /// The highest modify index of the KV state being rendered.
+    kv_index: u64,
 }
 
 fn validator(cfg: &Config) -> Validator {
@@ -125,7 +136,53 @@ impl Engine {
             written_since_apply: false,
             reported: BTreeSet::new(),
             reconfigured: false,
+            served: tokio_watch::channel(None).0,
+            overrides: Overrides::default(),
+            kv_index: 0,
             cfg,
+        }
+    }
+
+    /// What HAProxy serves, updated after every successful apply.
+    pub fn served(&self) -> tokio_watch::Receiver<Served> {
+        self.served.subscribe()
+    }
+
+    pub fn overrides(&self) -> Overrides {
+        self.overrides.clone()
+    }
+
+    pub fn haproxy(&self) -> Haproxy {
+        self.haproxy.clone()
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    /// The record of what `model` makes HAProxy serve.
+    fn record(&self, model: &Model) -> ProxyServing {
+        ProxyServing {
+            proxy: self.cfg.name.clone(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            kv_index: self.kv_index,
+            clusters: model
+                .clusters
+                .values()
+                .map(|c| {
+                    let fenced = c.fenced() || self.overrides.get(c.name.as_str()).is_some();
+                    (
+                        c.name.clone(),
+                        ServedCluster {
+                            source: Some(c.source.addr.clone()),
+                            fenced,
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -155,6 +212,14 @@ impl Engine {
         if cfg.keys != old.keys {
             kept.push("kv.prefix");
             cfg.keys = old.keys.clone();
+        }
+        if cfg.name != old.name {
+            kept.push("render.name");
+            cfg.name = old.name.clone();
+        }
+        if cfg.source_check != old.source_check {
+            kept.push("source_check");
+            cfg.source_check = old.source_check.clone();
         }
         if cfg.metrics_listen != old.metrics_listen {
             kept.push("metrics.listen");
@@ -339,6 +404,17 @@ impl Engine {
                 "applied: {plan}"
             );
         }
+        let record = self.record(&built.model);
+        // Only a change of what is served is news (the time alone is not).
+        self.served.send_if_modified(|old| {
+            let same = old
+                .as_ref()
+                .is_some_and(|o| o.clusters == record.clusters && o.kv_index == record.kv_index);
+            if !same {
+                *old = Some(record);
+            }
+            !same
+        });
         self.applied = Some(built.model);
         self.written_since_apply = false;
         self.reconfigured = false;
@@ -370,13 +446,18 @@ impl Engine {
                 (None, Host::Name(_)) if !source_changed && running.is_some() => running,
                 (None, Host::Name(host)) => self.resolve(host, c.source.addr.port, running).await,
             };
+            let overridden = self.overrides.get(&name);
             out.push(Target {
-                name,
                 bind_port: c.bind_port,
                 addr,
                 port: c.source.addr.port,
-                fenced: c.fenced(),
-                fence_reason: c.fence.as_ref().map(|f| f.to_string()),
+                fenced: c.fenced() || overridden.is_some(),
+                fence_reason: c
+                    .fence
+                    .as_ref()
+                    .map(|f| f.to_string())
+                    .or_else(|| overridden.map(|why| format!("cut off from Consul: {why}"))),
+                name,
                 source: c.source.addr.to_string(),
                 source_changed,
             });
@@ -413,6 +494,8 @@ pub async fn run(
     mut engine: Engine,
     consul: successover_common::consul::Consul,
     mut reconfig: mpsc::Receiver<Reconfig>,
+    contact: Contact,
+    poke: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     // The watches keep the settings they start with (see `reconfigure`).
@@ -451,9 +534,10 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = sleep_until_opt(ping_every.map(|_| next_ping)) => continue,
             update = rx.recv() => match update {
-                Some(u) => dirty |= absorb(&mut snapshot, u, &mut pending_since, &engine.metrics),
+                Some(u) => dirty |= absorb(&mut snapshot, u, &mut pending_since, &engine.metrics, &contact),
                 None => break,
             },
+            _ = poke.notified() => dirty = true,
             _ = sleep_until_opt(retry_at) => dirty = true,
             Some(r) = reconfig.recv() => {
                 let tree = snapshot.complete().then(|| snapshot.tree());
@@ -478,7 +562,13 @@ pub async fn run(
         }
         // Fold in everything already queued: render the latest state once.
         while let Ok(u) = rx.try_recv() {
-            dirty |= absorb(&mut snapshot, u, &mut pending_since, &engine.metrics);
+            dirty |= absorb(
+                &mut snapshot,
+                u,
+                &mut pending_since,
+                &engine.metrics,
+                &contact,
+            );
         }
         if !dirty || !snapshot.complete() {
             continue;
@@ -486,6 +576,7 @@ pub async fn run(
         // Slow HAProxy (a `haproxy -c` or a reload near its timeout) keeps
         // the pings going; a cycle stuck past every timeout stops them.
         let budget = cycle_budget(&engine.cfg);
+        engine.kv_index = snapshot.max_index();
         match systemd::watch(engine.cycle(&snapshot.tree()), budget).await {
             Ok(r) => {
                 engine
@@ -548,9 +639,11 @@ fn absorb(
     update: Update,
     pending_since: &mut Option<Instant>,
     metrics: &Metrics,
+    contact: &Contact,
 ) -> bool {
     match update.result {
         Ok(pairs) => {
+            contact.touch();
             let changed = snapshot.set(update.part, pairs);
             if changed {
                 pending_since.get_or_insert(update.seen);

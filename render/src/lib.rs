@@ -5,8 +5,10 @@
 pub mod apply;
 pub mod config;
 pub mod engine;
+pub mod fallback;
 pub mod metrics;
 pub mod model;
+pub mod presence;
 pub mod template;
 pub mod validate;
 pub mod watch;

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use successover_render::config::{self, Config};
 use successover_render::engine::{self, report, Engine, Reconfig};
+use successover_render::fallback;
 use successover_render::metrics::{self, Metrics};
+use successover_render::presence::{self, Contact};
 use successover_render::template::Template;
 use successover_render::watch;
 
@@ -221,7 +223,32 @@ async fn async_main(
         config = %cfg.haproxy.config.display(),
         "watching Consul"
     );
-    engine::run(engine, consul, reconfig_rx, cancel.clone()).await;
+    // Its own session and `proxy/<name>`, and the direct source checks for
+    // when Consul is away (DESIGN.md rule 10).
+    let contact = Contact::default();
+    let poke = Arc::new(tokio::sync::Notify::new());
+    let presence_stop = CancellationToken::new();
+    let presence = tokio::spawn(presence::run(
+        consul.clone(),
+        cfg.keys.clone(),
+        cfg.name.clone(),
+        contact.clone(),
+        engine.served(),
+        presence_stop.clone(),
+    ));
+    tasks.push(tokio::spawn(fallback::run(
+        cfg.source_check.clone(),
+        contact.clone(),
+        engine.served(),
+        engine.overrides(),
+        engine.haproxy(),
+        poke.clone(),
+        cancel.clone(),
+    )));
+    engine::run(engine, consul, reconfig_rx, contact, poke, cancel.clone()).await;
+    // The proxy's key goes with its session now, not when the check expires.
+    presence_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), presence).await;
     // Also when the loop ended on its own (its watches gone).
     systemd::stopping();
     cancel.cancel();

@@ -71,6 +71,18 @@ impl Snapshot {
         self.parts.iter().all(Option::is_some)
     }
 
+    /// The highest modify index of what is held: the KV state a render
+    /// of [`Snapshot::tree`] stands for.
+    pub fn max_index(&self) -> u64 {
+        self.parts
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|p| p.modify_index)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn tree(&self) -> Tree {
         to_tree(self.parts.iter().flatten().flatten())
     }

@@ -27,6 +27,7 @@ pub mod mariadb;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod relay;
 pub mod render_config;
 pub mod scenario;
 pub mod stack;
@@ -40,6 +41,7 @@ pub use mariadb::{global_var, status_var, MariaDb, MariaDbOptions, Topology};
 pub use netns::NetHost;
 pub use ports::{reserve_port, PortLease};
 pub use process::{Proc, Scratch};
+pub use relay::Relay;
 pub use render_config::RenderConfig;
 pub use wait::{wait_for, wait_until, TimedOut};
 

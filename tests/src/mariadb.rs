@@ -32,6 +32,10 @@ pub const ROOT_PASSWORD: &str = "Root-pw.x7Kq2";
 /// BINLOG MONITOR).
 pub const REPL_USER: &str = "repl";
 pub const REPL_PASSWORD: &str = "Repl-pw.m4Zt8";
+/// The renderers' source check (`'so_check'@'%'`, no privileges: it only
+/// reads `@@global.read_only`).
+pub const CHECK_USER: &str = "so_check";
+pub const CHECK_PASSWORD: &str = "Check-pw.q9Lr3";
 /// An application account: data privileges only. Unlike root it holds no
 /// READ_ONLY ADMIN, so `read_only=1` stops its writes the way it stops a
 /// real application's.
@@ -79,6 +83,7 @@ CREATE USER 'app'@'%' IDENTIFIED BY 'app';
 GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'app'@'%';
 CREATE USER 'appadmin'@'%' IDENTIFIED BY 'appadmin';
 GRANT ALL PRIVILEGES ON *.* TO 'appadmin'@'%';
+CREATE USER 'so_check'@'%' IDENTIFIED BY 'Check-pw.q9Lr3';
 ";
 
 /// The same accounts on MySQL, run by `--initialize-insecure --init-file`
@@ -96,6 +101,7 @@ CREATE USER 'app'@'%' IDENTIFIED BY 'app';
 GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER ON *.* TO 'app'@'%';
 CREATE USER 'appadmin'@'%' IDENTIFIED BY 'appadmin';
 GRANT ALL PRIVILEGES ON *.* TO 'appadmin'@'%';
+CREATE USER 'so_check'@'%' IDENTIFIED BY 'Check-pw.q9Lr3';
 ";
 
 /// How to start one server.

@@ -24,6 +24,30 @@ pub struct RenderConfig {
     pub metrics: MetricsSection,
     #[serde(skip_serializing_if = "WatchSection::is_empty")]
     pub watch: WatchSection,
+    pub render: RenderSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_check: Option<SourceCheckSection>,
+}
+
+/// `[render]`: the proxy's name in KV. Every harness renderer gets its
+/// own: renderers of several tests share one Consul and prefix.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RenderSection {
+    pub name: String,
+}
+
+/// `[source_check]`: the account a renderer cut off from Consul checks its
+/// sources with.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceCheckSection {
+    pub user: String,
+    pub password_file: PathBuf,
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -126,7 +150,12 @@ impl RenderConfig {
     /// with `binary`, binding cluster ports on loopback; everything else
     /// at the renderer's defaults.
     pub fn new(paths: &HaProxyPaths, binary: &Path) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RenderConfig {
+            render: RenderSection {
+                name: format!("proxy-{}-{n}", std::process::id()),
+            },
             haproxy: HaproxySection {
                 config: paths.cfg.clone(),
                 binary: binary.to_owned(),
@@ -152,6 +181,27 @@ impl RenderConfig {
 
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.kv.prefix = Some(prefix.to_owned());
+        self
+    }
+
+    pub fn name(mut self, name: &str) -> Self {
+        self.render.name = name.to_owned();
+        self
+    }
+
+    /// The harness's check account (`CHECK_USER`, no privileges), its
+    /// password written to `password_file`.
+    pub fn source_check(mut self, password_file: &Path) -> Self {
+        std::fs::write(
+            password_file,
+            format!("{}\n", crate::mariadb::CHECK_PASSWORD),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", password_file.display()));
+        self.source_check = Some(SourceCheckSection {
+            user: crate::mariadb::CHECK_USER.to_owned(),
+            password_file: password_file.to_owned(),
+            timeout: None,
+        });
         self
     }
 

@@ -133,6 +133,7 @@ impl Stack {
         let config_path = dir.path().join("render.toml");
         RenderConfig::for_harness(render_consul, &haproxy)
             .test_timing()
+            .source_check(&dir.path().join("check.pw"))
             .write(&config_path);
         let mut cmd = Command::new(bins::successover_render());
         cmd.arg("-c").arg(&config_path).env("RUST_LOG", "info");

@@ -282,6 +282,8 @@ struct RigOptions {
     prefix: String,
     template: Option<String>,
     wait: Duration,
+    /// Configure `[source_check]` with the harness's check account.
+    source_check: bool,
 }
 
 impl RigOptions {
@@ -293,6 +295,7 @@ impl RigOptions {
             prefix: format!("{prefix}/mysql/"),
             template: None,
             wait: Duration::from_secs(300),
+            source_check: false,
         }
     }
 }
@@ -322,6 +325,9 @@ impl Rig {
             .metrics(SocketAddr::from(([127, 0, 0, 1], metrics.port())))
             .test_timing();
         config.watch.wait = Some(opts.wait);
+        if opts.source_check {
+            config = config.source_check(&dir.path().join("check.pw"));
+        }
         config.template.path = template;
         config.template.vars.insert("rev".into(), "1".into());
         let config_path = dir.path().join("render.toml");
@@ -879,6 +885,7 @@ async fn consul_outage_keeps_the_last_good_config_serving() {
         // Short, so a query blocking on an index the new agent has not
         // reached yet returns soon.
         wait: Duration::from_secs(2),
+        source_check: false,
     };
     let mut rig = Rig::start(opts).await;
     let mut open = connect(rig.c1.port()).await.unwrap();
@@ -928,5 +935,191 @@ async fn consul_outage_keeps_the_last_good_config_serving() {
     eprintln!("consul back: c1 moved {took:?} after the new agent became reachable");
     assert_eq!(new_server_id(rig.c2.port()).await.unwrap(), 3);
     assert_closed(&mut open, "c1 after the move").await;
+    rig.renderer.assert_running();
+}
+
+/// `proxy/<name>`, what this proxy serves, bound to the renderer's own
+/// session.
+async fn proxy_record(rig: &Rig) -> Option<(successover_common::contract::ProxyServing, bool)> {
+    let key = rig.key(&format!("proxy/{}", rig.config.render.name));
+    let kv = rig.consul.kv_get(&key).await.ok()??;
+    let record = successover_common::contract::ProxyServing::parse(kv.value.as_deref()?).ok()?;
+    Some((record, kv.session.is_some()))
+}
+
+async fn wait_record(
+    rig: &Rig,
+    what: &str,
+    f: impl Fn(&successover_common::contract::ServedCluster) -> bool,
+) {
+    let c1 = successover_common::contract::ClusterName::parse("c1").unwrap();
+    let ok = wait_until(ROUTE_TIMEOUT, || async {
+        proxy_record(rig)
+            .await
+            .is_some_and(|(r, live)| live && r.clusters.get(&c1).is_some_and(&f))
+    })
+    .await;
+    assert!(
+        ok.is_ok(),
+        "{what}: proxy record is {:?}\n{}",
+        proxy_record(rig).await,
+        rig.renderer.proc.log_tail(30)
+    );
+}
+
+/// DESIGN.md rule 10b: every renderer publishes what its HAProxy serves
+/// under its own session, follows each source change and fence, and its
+/// key goes with the renderer (at once on SIGTERM, within seconds on
+/// kill -9), so a coordinator never waits for a dead proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_record_follows_what_haproxy_serves() {
+    let mut rig = Rig::start(RigOptions::shared("record").await).await;
+    let dbs = dbs().await;
+    let (db1, db2) = (dbs.server(0).addr(), dbs.server(1).addr());
+    let is = |addr: &str| {
+        let want = successover_common::contract::HostPort::parse(addr).unwrap();
+        move |c: &successover_common::contract::ServedCluster| {
+            !c.fenced && c.source.as_ref().is_some_and(|s| s.same(&want))
+        }
+    };
+    wait_record(&rig, "at start", is(&db1)).await;
+    let (first, _) = proxy_record(&rig).await.unwrap();
+    assert_eq!(first.proxy.as_str(), rig.config.render.name);
+    assert!(first.kv_index > 0);
+
+    rig.put("master/c1", &db2).await;
+    wait_record(&rig, "after the switch", is(&db2)).await;
+    wait_routed(rig.c1.port(), 2, "c1 on db2").await;
+    rig.put("master/c1/failed", "").await;
+    wait_record(&rig, "fenced", |c| c.fenced).await;
+    rig.delete("master/c1/failed").await;
+    wait_record(&rig, "unfenced", is(&db2)).await;
+
+    let key = rig.key(&format!("proxy/{}", rig.config.render.name));
+    rig.renderer.proc.stop().await;
+    let gone = Instant::now();
+    wait_until(Duration::from_secs(3), || async {
+        rig.consul.kv_get(&key).await.is_ok_and(|k| k.is_none())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{key} outlived a SIGTERM"));
+    eprintln!("SIGTERM -> proxy key gone in {:?}", gone.elapsed());
+
+    rig.renderer = Renderer::start(
+        &rig.config_path,
+        rig.renderer.metrics_port,
+        &rig.dir.path().join("render-2.log"),
+    )
+    .await;
+    wait_record(&rig, "after a restart", is(&db2)).await;
+    rig.renderer.proc.kill9().await;
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(20), || async {
+        rig.consul.kv_get(&key).await.is_ok_and(|k| k.is_none())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{key} outlived the renderer"));
+    eprintln!("kill -9 -> proxy key gone in {:?}", killed.elapsed());
+    rig.put("master/c1", &db1).await;
+}
+
+/// DESIGN.md rule 10c: cut off from Consul, a renderer keeps routing a
+/// cluster only to a source it sees writable itself. A Consul outage alone
+/// changes nothing; a source that turns read-only or stops answering goes
+/// into maintenance and stays there, even if it turns writable again,
+/// until Consul answers; then KV decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn cut_off_from_consul_a_renderer_routes_only_to_writable_sources() {
+    let consul = shared_consul().await;
+    let relay = successover_tests::Relay::start(http_socket(consul)).await;
+    let dbs = dbs().await;
+    // c2 also goes to db1 (the only writable server), through a relay
+    // the test stops to make that source unreachable for c2 only.
+    let db1 = dbs.server(0);
+    let db1_relay =
+        successover_tests::Relay::start(SocketAddr::from(([127, 0, 0, 1], db1.port()))).await;
+    let mut opts = RigOptions::shared("cutoff").await;
+    opts.consul_addr = relay.http_addr();
+    opts.source_check = true;
+    let mut rig = Rig::start(opts).await;
+    rig.put("master/c2", &db1_relay.addr().to_string()).await;
+    wait_routed(rig.c2.port(), 1, "c2 through its relay").await;
+    let c1 = successover_common::contract::ClusterName::parse("c1").unwrap();
+    wait_until(ROUTE_TIMEOUT, || async {
+        proxy_record(&rig)
+            .await
+            .is_some_and(|(r, _)| r.clusters.contains_key(&c1))
+    })
+    .await
+    .unwrap();
+
+    relay.stop();
+    let cut = Instant::now();
+    // Consul away, sources writable: nothing changes.
+    while cut.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            new_server_id(rig.c1.port()).await.unwrap(),
+            1,
+            "c1 during the outage"
+        );
+        assert_eq!(
+            new_server_id(rig.c2.port()).await.unwrap(),
+            1,
+            "c2 during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // c2's source unreachable: maintenance; c1 keeps routing.
+    db1_relay.stop();
+    wait_until(ROUTE_TIMEOUT, || async {
+        new_server_id(rig.c2.port()).await.is_err()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("c2 still routed to an unreachable source"));
+    db1_relay.resume();
+    assert_eq!(new_server_id(rig.c1.port()).await.unwrap(), 1);
+
+    // db1 read-only: c1 goes into maintenance.
+    db1.set_read_only(true).await.unwrap();
+    let ro = Instant::now();
+    let out = wait_until(ROUTE_TIMEOUT, || async {
+        new_server_id(rig.c1.port()).await.is_err()
+    })
+    .await;
+    db1.set_read_only(false).await.unwrap();
+    out.unwrap_or_else(|_| {
+        panic!(
+            "c1 still routed to a read-only db1\n{}",
+            rig.renderer.proc.log_tail(30)
+        )
+    });
+    eprintln!(
+        "cut off: db1 read-only -> c1 in maintenance in {:?}",
+        ro.elapsed()
+    );
+
+    // Sticky: writable and reachable again, but only KV may say so.
+    let sticky = Instant::now();
+    while sticky.elapsed() < Duration::from_secs(3) {
+        assert!(
+            new_server_id(rig.c1.port()).await.is_err(),
+            "c1 routed again while cut off"
+        );
+        assert!(
+            new_server_id(rig.c2.port()).await.is_err(),
+            "c2 routed again while cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        rig.renderer.log().contains("in maintenance"),
+        "{}",
+        rig.renderer.proc.log_tail(30)
+    );
+
+    relay.resume();
+    wait_routed(rig.c1.port(), 1, "c1 once Consul answers").await;
+    wait_routed(rig.c2.port(), 1, "c2 once Consul answers").await;
     rig.renderer.assert_running();
 }
