@@ -113,7 +113,12 @@ pub struct RouteMonitor {
 
 impl RouteMonitor {
     pub fn start(stack: &Stack) -> RouteMonitor {
-        let port = stack.proxy_port.port();
+        RouteMonitor::start_at("127.0.0.1", stack.proxy_port.port())
+    }
+
+    /// Through the proxy listening on `host:port`.
+    pub fn start_at(host: &str, port: u16) -> RouteMonitor {
+        let host = host.to_owned();
         let stop = CancellationToken::new();
         let s = stop.clone();
         let task = tokio::spawn(async move {
@@ -121,7 +126,7 @@ impl RouteMonitor {
             let mut seen = Vec::new();
             while !s.is_cancelled() {
                 let opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname("127.0.0.1")
+                    .ip_or_hostname(host.clone())
                     .tcp_port(port)
                     .user(Some(APP_USER))
                     .pass(Some(APP_PASSWORD))

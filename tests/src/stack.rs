@@ -287,4 +287,52 @@ impl Stack {
     pub fn render_log_path(&self) -> PathBuf {
         self.renderer.log_path().to_path_buf()
     }
+
+    /// Another proxy host for this cluster: its own HAProxy and renderer
+    /// (named `name`), binding the cluster's port on `bind` (another
+    /// loopback address, say 127.0.0.2), talking to Consul at
+    /// `consul_addr`, with the harness's source-check account.
+    pub async fn start_proxy(&self, name: &str, bind: &str, consul_addr: &str) -> ExtraProxy {
+        let haproxy = HaProxy::start_with(|paths| {
+            format!(
+                "{}\n{}",
+                global_section(&paths.admin_socket),
+                defaults_section()
+            )
+        })
+        .await;
+        let dir = Scratch::new(&format!("proxy-{name}"));
+        let config_path = dir.path().join("render.toml");
+        let mut config = RenderConfig::for_harness(consul_addr, &haproxy)
+            .test_timing()
+            .name(name)
+            .source_check(&dir.path().join("check.pw"));
+        config.haproxy.bind_address = bind.to_owned();
+        config.write(&config_path);
+        let mut cmd = Command::new(bins::successover_render());
+        cmd.arg("-c").arg(&config_path).env("RUST_LOG", "info");
+        let renderer = Proc::spawn(
+            &format!("successover-render {name}"),
+            cmd,
+            dir.path().join("render.log"),
+        )
+        .await
+        .expect("spawn successover-render");
+        ExtraProxy {
+            haproxy,
+            renderer,
+            bind: bind.to_owned(),
+            port: self.proxy_port.port(),
+            _dir: dir,
+        }
+    }
+}
+
+/// A second proxy host of a [`Stack`] ([`Stack::start_proxy`]).
+pub struct ExtraProxy {
+    pub haproxy: HaProxy,
+    pub renderer: Proc,
+    pub bind: String,
+    pub port: u16,
+    _dir: Scratch,
 }

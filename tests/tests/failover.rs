@@ -944,3 +944,102 @@ async fn no_password_reaches_a_log_or_kv() {
         }
     }
 }
+
+/// #12 item 6, the whole fault as a user met it: two proxies, the second
+/// reaching Consul through a relay that is cut, then the source hung
+/// (SIGSTOP), failed over, and woken. Before, a new connection through the
+/// second proxy landed on the old source. Now the coordinator opens the
+/// new source only once the cut-off proxy's session is gone, and that
+/// proxy, checking its source directly, took the unanswering old source
+/// out and keeps it out: after the new source is writable no connection
+/// through either proxy reaches the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_cut_from_consul_during_a_failover_sends_nobody_to_the_old_source() {
+    let (mut stack, w) = prepared("c-f-2px").await;
+    let consul_sock: std::net::SocketAddr = stack
+        .consul_addr
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let relay = successover_tests::Relay::start(consul_sock).await;
+    let edge2 = stack
+        .start_proxy("edge2", "127.0.0.2", &relay.http_addr())
+        .await;
+    let through_edge2 = || async {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.2")
+            .tcp_port(edge2.port)
+            .user(Some(successover_tests::mariadb::APP_USER))
+            .pass(Some(successover_tests::mariadb::APP_PASSWORD))
+            .prefer_socket(false);
+        let mut c = mysql_async::Conn::new(opts).await.ok()?;
+        c.query_first::<u32, _>("SELECT @@server_id").await.ok()?
+    };
+    wait_until(Duration::from_secs(30), || async {
+        through_edge2().await == Some(1)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("edge2 never routed to db1\n{}", edge2.renderer.log_tail(30)));
+    let routes1 = RouteMonitor::start(&stack);
+    let routes2 = RouteMonitor::start_at(&edge2.bind, edge2.port);
+
+    relay.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let crash_ms = unix_ms();
+    stack.topo.server_mut(0).sigstop().unwrap();
+    let entry = finished_failover(&stack, Duration::from_secs(60)).await;
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    let to = entry.to.clone().unwrap();
+    let writable = entry
+        .steps
+        .iter()
+        .find(|s| s.name == "writable" && s.ok)
+        .map(|s| s.started_ms + s.duration_ms)
+        .expect("a writable step");
+    writes_land(&stack, &to, 1).await;
+    stack.topo.server_mut(0).sigcont().unwrap();
+    let woken_ms = unix_ms();
+    // The woken old source and both proxies, for a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    relay.resume();
+    let new_id = stack.node(&to).server_id();
+    wait_until(Duration::from_secs(30), || async {
+        through_edge2().await == Some(new_id)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "edge2 never followed the failover\n{}",
+            edge2.renderer.log_tail(30)
+        )
+    });
+    let log = w.finish().await.unwrap();
+    let (routes1, routes2) = (routes1.finish().await, routes2.finish().await);
+    let c = check(&stack, &entry, &log, &routes1, crash_ms).await;
+    for (proxy, routes) in [("edge1", &routes1), ("edge2", &routes2)] {
+        let stray: Vec<_> = routes
+            .iter()
+            .filter(|(at, id)| *at > writable && *id == 1)
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "{proxy} sent {} connection(s) to the old source after {to} was writable, first at +{} ms\n{}",
+            stray.len(),
+            stray[0].0 - writable,
+            edge2.renderer.log_tail(30)
+        );
+    }
+    assert!(
+        routes2.iter().any(|(at, _)| *at > woken_ms),
+        "nothing went through edge2 after the old source woke"
+    );
+    eprintln!(
+        "edge2 cut from Consul, db1 hung: crash -> first write on {to} after {} ms; proxies waited {} ms; {}",
+        c.crash_to_first_write_ms,
+        entry
+            .evidence
+            .get("proxies_acknowledged_ms")
+            .map_or("-".to_owned(), |v| v.to_string()),
+        phases(&entry, crash_ms)
+    );
+}
