@@ -196,6 +196,18 @@ for stmt in "CREATE USER 'x'@'%'" "SELECT * FROM mysql.user" "CREATE DATABASE ot
 done
 mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$db_port" -urepl -pcheck-repl-secret \
     -e 'SELECT 1' >/dev/null || die "the replication account cannot log in"
+# The renderers' source check: reads read_only, and nothing else.
+check_sql() {
+    mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$db_port" -uso_check \
+        -pcheck-source-secret --batch --skip-column-names -e "$1"
+}
+[ "$(check_sql 'SELECT @@global.read_only')" = 0 ] || [ "$(check_sql 'SELECT @@global.read_only')" = 1 ] ||
+    die "the source-check account cannot read read_only"
+for stmt in "SET GLOBAL read_only = ON" "SELECT * FROM mysql.user" "CREATE DATABASE other"; do
+    if check_sql "$stmt" >/dev/null 2>&1; then
+        die "the source-check account may run more than it needs: $stmt"
+    fi
+done
 
 log "checking the cluster settings in Consul KV"
 kv_want() {
