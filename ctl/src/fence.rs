@@ -47,7 +47,8 @@ async fn in_progress(ctx: &Ctx, cluster: &ClusterName) -> Result<Option<String>,
         .consul
         .kv_get(&key)
         .await?
-        .map(|p| clean(value_text(&p).trim()).into_owned()))
+        .map(|p| clean(value_text(&p).trim()).into_owned())
+        .filter(|id| !id.is_empty()))
 }
 
 pub async fn fence(
@@ -109,7 +110,7 @@ pub async fn fence(
     Ok(Exit::Ok)
 }
 
-pub async fn unfence(ctx: &Ctx, cluster: &ClusterName) -> Result<Exit, Failure> {
+pub async fn unfence(ctx: &Ctx, cluster: &ClusterName, force: bool) -> Result<Exit, Failure> {
     let key = ctx.keys.failed_key(cluster);
     let Some(existing) = ctx.consul.kv_get(&key).await? else {
         if ctx.json {
@@ -125,6 +126,17 @@ pub async fn unfence(ctx: &Ctx, cluster: &ClusterName) -> Result<Exit, Failure> 
         }
         return Ok(Exit::Ok);
     };
+    // A procedure's fence is part of its safety: lifted mid-failover, the
+    // proxies route to the failed source again until the new one is
+    // published. The coordinator lifts it itself when the procedure ends.
+    let running = in_progress(ctx, cluster).await?;
+    if let (Some(id), false) = (&running, force) {
+        return Err(Failure::failed(format!(
+            "procedure {id} is in progress on {cluster} and fenced it on purpose; nothing was \
+             deleted. The coordinator lifts its fence when the procedure ends; to unfence now \
+             anyway, add --force"
+        )));
+    }
     let was = value_text(&existing);
     // Only the fence we looked at: a coordinator that fenced again in the
     // meantime (a failover starting) must keep its fence.
@@ -169,7 +181,7 @@ pub async fn unfence(ctx: &Ctx, cluster: &ClusterName) -> Result<Exit, Failure> 
             ctx.keys.master_key(cluster)
         ),
     }
-    if let Some(id) = in_progress(ctx, cluster).await? {
+    if let Some(id) = running {
         eprintln!(
             "warning: procedure {id} is in progress on {cluster}: the coordinator fenced it on \
              purpose, and clients may now reach a server that is being demoted"

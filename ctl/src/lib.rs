@@ -158,8 +158,15 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Remove the fence (deletes master/<cluster>/failed).
-    Unfence { cluster: ClusterName },
+    /// Remove the fence (deletes master/<cluster>/failed). Refused while a
+    /// procedure runs on the cluster, unless --force.
+    Unfence {
+        cluster: ClusterName,
+        /// Unfence even while a switchover or failover is under way: its
+        /// clients may then reach a server that is being demoted.
+        #[arg(long)]
+        force: bool,
+    },
     /// Bring a quarantined node back as a replica, if it holds nothing the
     /// source lacks; otherwise the answer is "rebuild required".
     Rejoin {
@@ -253,7 +260,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             history::run(&ctx, &cluster, limit as usize, id.as_deref()).await
         }
         Command::Fence { cluster, reason } => fence::fence(&ctx, &cluster, reason.as_deref()).await,
-        Command::Unfence { cluster } => fence::unfence(&ctx, &cluster).await,
+        Command::Unfence { cluster, force } => fence::unfence(&ctx, &cluster, force).await,
         Command::Rejoin {
             cluster,
             node,

@@ -537,7 +537,18 @@ pub async fn run(
                 Some(u) => dirty |= absorb(&mut snapshot, u, &mut pending_since, &engine.metrics, &contact),
                 None => break,
             },
-            _ = poke.notified() => dirty = true,
+            _ = poke.notified() => {
+                if !engine.overrides.is_empty() {
+                    match watch::refresh(&consul, &cfg.keys, &mut snapshot).await {
+                        Ok(()) => {
+                            let lifted = engine.overrides.take_all();
+                            tracing::info!(clusters = ?lifted.keys().collect::<Vec<_>>(), "Consul answers again: KV read afresh, rendering from it");
+                            dirty = true;
+                        }
+                        Err(e) => tracing::warn!("Consul answers again but KV cannot be read yet; clusters stay out: {}", report(&e)),
+                    }
+                }
+            }
             _ = sleep_until_opt(retry_at) => dirty = true,
             Some(r) = reconfig.recv() => {
                 let tree = snapshot.complete().then(|| snapshot.tree());

@@ -54,7 +54,7 @@ impl Overrides {
         self.lock().insert(cluster.to_owned(), why);
     }
 
-    fn take_all(&self) -> BTreeMap<String, String> {
+    pub fn take_all(&self) -> BTreeMap<String, String> {
         std::mem::take(&mut *self.lock())
     }
 
@@ -131,10 +131,12 @@ pub async fn run(
         if contact.since() < CUT_OFF_AFTER {
             if cut_off {
                 cut_off = false;
-                let held = overrides.take_all();
-                if !held.is_empty() {
-                    tracing::info!(clusters = ?held.keys().collect::<Vec<_>>(), "Consul answers again: rendering from KV");
-                }
+                tracing::info!("Consul answers again");
+            }
+            // The engine lifts the overrides only once it has read every
+            // prefix afresh: a render from what the watches held before the
+            // cut would route to the old source again.
+            if !overrides.is_empty() {
                 poke.notify_one();
             }
             continue;

@@ -101,6 +101,23 @@ pub async fn fetch_once(consul: &Consul, keys: &Keys) -> Result<Tree, ConsulErro
     Ok(to_tree(all.iter()))
 }
 
+/// Reads every prefix afresh into `snapshot`; nothing changes unless
+/// every read succeeds.
+pub async fn refresh(
+    consul: &Consul,
+    keys: &Keys,
+    snapshot: &mut Snapshot,
+) -> Result<(), ConsulError> {
+    let mut fresh = Vec::with_capacity(PARTS.len());
+    for part in PARTS {
+        fresh.push((part, consul.kv_get_recurse(&part.prefix(keys)).await?));
+    }
+    for (part, pairs) in fresh {
+        snapshot.set(part, pairs);
+    }
+    Ok(())
+}
+
 /// Starts one watch task per prefix; they stop when `cancel` fires or the
 /// receiver is gone.
 pub fn spawn(

@@ -521,6 +521,33 @@ async fn fence_and_unfence() {
     assert_eq!(run.code, 0, "{run}");
     assert!(run.stdout.contains("c1 was not fenced"), "{run}");
 
+    // A procedure under way: its fence stays unless forced.
+    c.kv_put(&key, "").await.unwrap();
+    c.kv_put(
+        &format!("{p}history/c1/in-progress"),
+        "000000000000001-failover",
+    )
+    .await
+    .unwrap();
+    let run = cli(p, &["unfence", "c1"]).await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr
+            .contains("000000000000001-failover is in progress"),
+        "{run}"
+    );
+    assert!(
+        c.kv_get(&key).await.unwrap().is_some(),
+        "the fence must stay"
+    );
+    let run = cli(p, &["unfence", "c1", "--force"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("fenced it on purpose"), "{run}");
+    assert!(c.kv_get(&key).await.unwrap().is_none());
+    c.kv_delete(&format!("{p}history/c1/in-progress"))
+        .await
+        .unwrap();
+
     let run = cli(p, &["fence", "c9"]).await;
     assert_eq!(run.code, 1, "{run}");
     assert!(c

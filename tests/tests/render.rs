@@ -1118,8 +1118,28 @@ async fn cut_off_from_consul_a_renderer_routes_only_to_writable_sources() {
         rig.renderer.proc.log_tail(30)
     );
 
+    // Meanwhile c1 moved to db2 in KV. Once Consul answers, c1 goes
+    // straight to db2: a render from what the watches held before the cut
+    // would have routed it to db1 again first.
+    let db2 = dbs.server(1);
+    rig.put("master/c1", &db2.addr()).await;
     relay.resume();
-    wait_routed(rig.c1.port(), 1, "c1 once Consul answers").await;
+    let back = Instant::now();
+    let mut seen = Vec::new();
+    while back.elapsed() < ROUTE_TIMEOUT {
+        let id = new_server_id(rig.c1.port()).await.ok();
+        seen.push(id);
+        if id == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.last(), Some(&Some(2)), "c1 never followed KV to db2");
+    assert!(
+        !seen.contains(&Some(1)),
+        "c1 went back to db1 on stale KV after Consul answered: {seen:?}"
+    );
+    eprintln!("Consul back -> c1 on db2 in {:?}", back.elapsed());
     wait_routed(rig.c2.port(), 1, "c2 once Consul answers").await;
     rig.renderer.assert_running();
 }

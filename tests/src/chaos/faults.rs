@@ -132,6 +132,7 @@ impl Runner {
             FaultKind::Switch => self.switch_fault(rec).await,
             FaultKind::Drift => self.drift_fault(rec).await,
             FaultKind::BigTxn => self.big_txn_fault(rec).await,
+            FaultKind::ProxyCut => self.proxy_cut_fault(rec).await,
         }
     }
 
@@ -461,6 +462,41 @@ impl Runner {
                 rec.n
             ));
         }
+        Ok(())
+    }
+
+    /// The renderer loses Consul (its relay stops). Half the time the
+    /// source hangs meanwhile (SIGSTOP) until a failover has finished and
+    /// then wakes, the proxy still cut off: it must send nobody to the old
+    /// source (the route checks), having taken it out by its own look.
+    async fn proxy_cut_fault(&mut self, rec: &mut FaultRecord) -> Result<(), Fatal> {
+        let hang = self.rng.chance(50);
+        let hold = self.rng.millis(2000, 12_000);
+        let after = self.rng.millis(0, 3000);
+        let (si, source) = self.source().await?;
+        rec.label = if hang { "proxycut-source" } else { "proxycut" }.into();
+        rec.target = if hang {
+            format!("renderer and {source}")
+        } else {
+            "renderer".into()
+        };
+        self.w.render_relay.stop();
+        if hang {
+            let before = self.history_ids().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.w.topo.server_mut(si).sigstop().map_err(fatal)?;
+            self.await_failover(&before, rec).await?;
+            self.w.topo.server_mut(si).sigcont().map_err(fatal)?;
+            self.revived.push((source.clone(), unix_ms()));
+            rec.notes
+                .push(format!("{source} continued, the renderer still cut off"));
+            tokio::time::sleep(after).await;
+        } else {
+            rec.notes.push(format!("cut {} ms", hold.as_millis()));
+            tokio::time::sleep(hold).await;
+        }
+        self.w.render_relay.resume();
+        rec.notes.push("renderer reaches Consul again".into());
         Ok(())
     }
 

@@ -90,6 +90,7 @@ impl Runner {
                 && !rec.label.starts_with("sigstop-source")
                 && !rec.label.starts_with("partition-source")
                 && !rec.label.starts_with("bigtxn-source")
+                && !rec.label.starts_with("proxycut-source")
             {
                 rec.notes.push(format!(
                     "unexpected failover {} ({:?}): {}",

@@ -31,10 +31,13 @@ pub enum FaultKind {
     /// transaction (#12 item 4): a commit that waits for its ACK must
     /// never be answered OK unless the new source has it.
     BigTxn,
+    /// The renderer cut from Consul (#12 item 6); half the time the source
+    /// hangs meanwhile and is failed over.
+    ProxyCut,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Kill9,
         FaultKind::SigStop,
         FaultKind::Agent,
@@ -44,6 +47,7 @@ impl FaultKind {
         FaultKind::Switch,
         FaultKind::Drift,
         FaultKind::BigTxn,
+        FaultKind::ProxyCut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +61,7 @@ impl FaultKind {
             FaultKind::Switch => "switch",
             FaultKind::Drift => "drift",
             FaultKind::BigTxn => "bigtxn",
+            FaultKind::ProxyCut => "proxycut",
         }
     }
 
@@ -191,7 +196,7 @@ mod tests {
 
     #[test]
     fn fault_lists_parse() {
-        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 9);
+        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 10);
         assert_eq!(
             FaultKind::parse_list("kill9, switch,kill9").unwrap(),
             vec![FaultKind::Kill9, FaultKind::Switch]

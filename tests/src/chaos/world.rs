@@ -78,6 +78,8 @@ pub(super) struct World {
     /// is no leader).
     pub(super) clients: Vec<Consul>,
     _forwards: Vec<Forward>,
+    /// Between the renderer and its Consul server.
+    pub(super) render_relay: crate::Relay,
     // Dropped after the processes that live in them.
     pub(super) hosts: Vec<NetHost>,
     _dir: Scratch,
@@ -167,9 +169,23 @@ impl World {
         .await;
         let dir = Scratch::new("chaos");
         let render_config = dir.path().join("render.toml");
+        // The renderer reaches its Consul server through a relay the
+        // `proxycut` fault stops.
+        let render_relay = crate::Relay::start(
+            consul
+                .http_addr(RENDER_CONSUL)
+                .trim_start_matches("http://")
+                .parse()
+                .expect("a Consul HTTP address"),
+        )
+        .await;
         std::fs::write(
             &render_config,
-            render_config_text(&consul.http_addr(RENDER_CONSUL), &haproxy),
+            render_config_text(
+                &render_relay.http_addr(),
+                &haproxy,
+                &dir.path().join("check.pw"),
+            ),
         )
         .expect("render config");
         let render_log = dir.path().join("render.log");
@@ -205,6 +221,7 @@ impl World {
             consul,
             clients,
             _forwards: forwards,
+            render_relay,
             hosts,
             _dir: dir,
         }
@@ -448,8 +465,10 @@ async fn spawn_renderer(config: &Path, log: &Path) -> Proc {
         .expect("spawn successover-render")
 }
 
-fn render_config_text(consul_addr: &str, haproxy: &HaProxy) -> String {
+fn render_config_text(consul_addr: &str, haproxy: &HaProxy, check_pw: &Path) -> String {
     crate::RenderConfig::for_harness(consul_addr, haproxy)
         .test_timing()
+        .name("chaos-proxy")
+        .source_check(check_pw)
         .toml()
 }
