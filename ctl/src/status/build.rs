@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use successover_common::consul::KvPair;
 use successover_common::contract::{
     host_is_node, parse_host_port, valid_node_name, ClusterName, ClusterSettings, HealthReport,
-    HostPort, KeyPath, Keys, MasterKeys, MasterProblem, Quarantine, ReplicationReport, ATTR_FAILED,
+    HostPort, KeyPath, Keys, MasterKeys, MasterProblem, ProxyServing, Quarantine,
+    ReplicationReport, ATTR_FAILED,
 };
 use successover_common::procedure::{HistoryEntry, SwitchoverRequest};
 
 use super::fetch::Snapshot;
 use super::model::{
-    ClusterStatus, Coordinator, NodeStatus, Procedure, QuarantinedNode, Replication, SemiSync,
-    StatusDoc,
+    ClusterStatus, Coordinator, NodeStatus, Procedure, ProxyStatus, QuarantinedNode, Replication,
+    SemiSync, StatusDoc,
 };
 use crate::format::value_text;
 
@@ -85,6 +86,21 @@ pub fn build(keys: &Keys, snapshot: &Snapshot, only: Option<&ClusterName>) -> St
     let now_ms = *now_ms;
     let mut raw: BTreeMap<ClusterName, Raw> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut proxies: BTreeMap<ClusterName, Vec<(ProxyServing, bool)>> = BTreeMap::new();
+    let proxy_prefix = keys.proxy_prefix();
+    for pair in pairs.iter().filter(|p| p.key.starts_with(&proxy_prefix)) {
+        match ProxyServing::parse(pair.value.as_deref().unwrap_or_default()) {
+            Ok(record) => {
+                for cluster in record.clusters.keys() {
+                    proxies
+                        .entry(cluster.clone())
+                        .or_default()
+                        .push((record.clone(), pair.session.is_some()));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", pair.key)),
+        }
+    }
     for pair in pairs {
         let Some(path) = keys.classify(&pair.key) else {
             continue;
@@ -146,7 +162,12 @@ pub fn build(keys: &Keys, snapshot: &Snapshot, only: Option<&ClusterName>) -> St
     let clusters = raw
         .into_iter()
         .filter(|(_, r)| r.defined)
-        .map(|(name, r)| cluster_status(keys, &name, r, now_ms))
+        .map(|(name, r)| {
+            let served = proxies.remove(&name).unwrap_or_default();
+            let mut c = cluster_status(keys, &name, r, now_ms);
+            add_proxies(&mut c, &name, &served);
+            c
+        })
         .collect();
     StatusDoc {
         now_ms,
@@ -268,8 +289,40 @@ fn cluster_status(keys: &Keys, name: &ClusterName, r: Raw, now_ms: u64) -> Clust
         procedure,
         quarantined,
         nodes,
+        proxies: Vec::new(),
         problems,
     }
+}
+
+/// The proxies serving `name`, and a problem for each live one that
+/// routes new connections anywhere but the published source.
+fn add_proxies(c: &mut ClusterStatus, name: &ClusterName, served: &[(ProxyServing, bool)]) {
+    let source = c.source.as_deref().and_then(|s| parse_host_port(s).ok());
+    for (record, live) in served {
+        let Some(block) = record.clusters.get(name) else {
+            continue;
+        };
+        let routes_to_source = source.as_ref().is_some_and(|s| block.routes_to(s));
+        if *live && !block.fenced && !routes_to_source && !c.fenced {
+            c.problems.push(format!(
+                "proxy {} routes {name} to {}, not the published source",
+                record.proxy,
+                block
+                    .source
+                    .as_ref()
+                    .map_or("nothing".to_owned(), ToString::to_string)
+            ));
+        }
+        c.proxies.push(ProxyStatus {
+            proxy: record.proxy.to_string(),
+            live: *live,
+            source: block.source.as_ref().map(ToString::to_string),
+            fenced: block.fenced,
+            routes_to_source,
+            at_ms: record.at_ms,
+        });
+    }
+    c.proxies.sort_by(|a, b| a.proxy.cmp(&b.proxy));
 }
 
 /// Whether the published source names this node: its reported address, or
@@ -449,6 +502,68 @@ mod tests {
                 .map(ClusterName::as_str)
                 .collect::<Vec<_>>(),
             ["c1", "c10"]
+        );
+    }
+
+    #[test]
+    fn proxies_and_the_one_that_routes_elsewhere() {
+        let c10 = ClusterName::parse("c10").unwrap();
+        let plain = build(&Keys::default(), &snapshot(tree()), Some(&c10));
+        let source = plain.clusters[0].source.clone().expect("c10 has a source");
+        let elsewhere = "10.9.9.9:3306";
+        let mut pairs = tree();
+        let record = |proxy: &str, source: &str, fenced: bool| {
+            format!(
+                r#"{{"proxy": "{proxy}", "at_ms": 1, "clusters": {{"c10": {{"source": "{source}", "fenced": {fenced}}}}}}}"#
+            )
+        };
+        let mut live = |key: &str, value: String| {
+            let mut p = pair(key, &value);
+            p.session = Some("s".into());
+            pairs.push(p);
+        };
+        live("mysql/proxy/edge1", record("edge1", &source, false));
+        live("mysql/proxy/edge2", record("edge2", elsewhere, false));
+        live("mysql/proxy/edge3", record("edge3", elsewhere, true));
+        pairs.push(pair(
+            "mysql/proxy/edge4",
+            &record("edge4", elsewhere, false),
+        ));
+        pairs.push(pair("mysql/proxy/bad", "{"));
+        let doc = build(&Keys::default(), &snapshot(pairs), Some(&c10));
+        let c = &doc.clusters[0];
+        let names: Vec<&str> = c.proxies.iter().map(|p| p.proxy.as_str()).collect();
+        assert_eq!(names, ["edge1", "edge2", "edge3", "edge4"]);
+        assert!(c.proxies[0].routes_to_source);
+        // Only a live, unfenced proxy on another server is a problem.
+        let routing_elsewhere: Vec<&String> = c
+            .problems
+            .iter()
+            .filter(|p| p.starts_with("proxy "))
+            .collect();
+        assert_eq!(
+            routing_elsewhere,
+            [&format!(
+                "proxy edge2 routes c10 to {elsewhere}, not the published source"
+            )]
+        );
+        assert!(doc
+            .problems
+            .iter()
+            .any(|p| p.starts_with("mysql/proxy/bad")));
+        let shown = text(&doc);
+        assert!(
+            shown.contains(&format!("edge1 -> {source} (the source)")),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("edge2 -> {elsewhere} (NOT the source)")),
+            "{shown}"
+        );
+        assert!(shown.contains("edge3 -> blackholed"), "{shown}");
+        assert!(
+            shown.contains(&format!("edge4 -> {elsewhere} (NOT the source), gone")),
+            "{shown}"
         );
     }
 

@@ -48,6 +48,8 @@ pub async fn fetch(ctx: &Ctx, only: Option<&ClusterName>) -> Result<Snapshot, Fa
         .into_iter()
         .flatten()
         .collect();
+    // One key per proxy, each listing every cluster it serves.
+    pairs.extend(c.kv_get_recurse(&ctx.keys.proxy_prefix()).await?);
     let mut names = cluster_names(&ctx.keys, &pairs);
     if let Some(o) = only {
         names.retain(|n| n == o);

@@ -39,6 +39,10 @@
 //!       "drift": [],
 //!       "problem": null                // the report could not be read (then most fields are null)
 //!     }],
+//!     "proxies": [{"proxy": "edge1", // proxy/<name> records that list this cluster
+//!                  "live": true,        // its renderer's session holds the key
+//!                  "source": "db1:3306", "fenced": false,
+//!                  "routes_to_source": true, "at_ms": 1699999999000}],
 //!     "problems": []                   // values that could not be read, each naming its key
 //!   }],
 //!   "problems": []                     // keys whose cluster name is invalid

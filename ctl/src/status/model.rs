@@ -26,7 +26,24 @@ pub struct ClusterStatus {
     pub procedure: Option<Procedure>,
     pub quarantined: Vec<QuarantinedNode>,
     pub nodes: Vec<NodeStatus>,
+    /// Every proxy that published what it serves for this cluster
+    /// (`proxy/<name>`), by name.
+    pub proxies: Vec<ProxyStatus>,
     pub problems: Vec<String>,
+}
+
+/// One proxy's listen block for the cluster, as its renderer last
+/// published it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyStatus {
+    pub proxy: String,
+    /// Its renderer's session holds the key: coordinators wait for it.
+    pub live: bool,
+    pub source: Option<String>,
+    pub fenced: bool,
+    /// It routes new connections to the published source.
+    pub routes_to_source: bool,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -97,6 +97,25 @@ pub fn render_cluster(c: &ClusterStatus) -> String {
                 .join(", ")
         },
     ));
+    if !c.proxies.is_empty() {
+        f.push((
+            "proxies",
+            c.proxies
+                .iter()
+                .map(|p| {
+                    let what = match (&p.source, p.fenced) {
+                        (_, true) => "blackholed".to_owned(),
+                        (Some(s), false) if p.routes_to_source => format!("{s} (the source)"),
+                        (Some(s), false) => format!("{s} (NOT the source)"),
+                        (None, false) => "nothing".to_owned(),
+                    };
+                    let gone = if p.live { "" } else { ", gone" };
+                    format!("{} -> {what}{gone}", p.proxy)
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
     for p in &c.problems {
         f.push(("problem", p.clone()));
     }
@@ -309,6 +328,7 @@ db3   -        -    -                               -                        -  
                 "nodes",
                 "problems",
                 "procedure",
+                "proxies",
                 "quarantined",
                 "settings",
                 "source",
@@ -428,6 +448,7 @@ db3   -        -    -                               -                        -  
                         problem: Some("mysql/quarantine/c1/db1: invalid JSON".into()),
                     }],
                     nodes: vec![down, lagging],
+                    proxies: Vec::new(),
                     problems: vec!["mysql/cluster/c1: odd".into()],
                 },
                 ClusterStatus {
@@ -445,6 +466,7 @@ db3   -        -    -                               -                        -  
                     procedure: None,
                     quarantined: Vec::new(),
                     nodes: Vec::new(),
+                    proxies: Vec::new(),
                     problems: Vec::new(),
                 },
             ],
