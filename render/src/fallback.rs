@@ -93,17 +93,35 @@ async fn look(check: &SourceCheck, source: &HostPort) -> Seen {
         .wait_timeout(None);
     let attempt = async {
         let mut conn = mysql_async::Conn::new(opts).await?;
-        let ro: Option<u8> = conn.query_first("SELECT @@global.read_only").await?;
+        let ro: Option<mysql_async::Value> = conn.query_first("SELECT @@global.read_only").await?;
         let _ = conn.disconnect().await;
         Ok::<_, mysql_async::Error>(ro)
     };
     match tokio::time::timeout(check.timeout, attempt).await {
-        Ok(Ok(Some(0))) => Seen::Writable,
-        Ok(Ok(Some(_))) => Seen::ReadOnly,
+        Ok(Ok(Some(v))) if read_only_value(&v) => Seen::ReadOnly,
+        Ok(Ok(Some(_))) => Seen::Writable,
         Ok(Ok(None)) => Seen::Unreachable("no answer to SELECT @@global.read_only".into()),
         // The server's message names the account, never the password.
         Ok(Err(e)) => Seen::Unreachable(e.to_string()),
         Err(_) => Seen::Unreachable(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+/// `@@global.read_only` as the server gives it: 0/1 (MariaDB 10, MySQL),
+/// or, where it is an enum (MariaDB 11: OFF, ON, NO_LOCK,
+/// NO_LOCK_NO_ADMIN), its name. Anything but off counts as read-only.
+pub fn read_only_value(v: &mysql_async::Value) -> bool {
+    use mysql_async::Value;
+    match v {
+        Value::Int(i) => *i != 0,
+        Value::UInt(u) => *u != 0,
+        Value::Bytes(b) => {
+            let s = String::from_utf8_lossy(b);
+            let s = s.trim();
+            !(s == "0" || s.eq_ignore_ascii_case("off"))
+        }
+        // NULL or anything else: not a source to trust.
+        _ => true,
     }
 }
 
@@ -227,6 +245,25 @@ mod tests {
             at_ms: 1,
             kv_index: 1,
             clusters,
+        }
+    }
+
+    #[test]
+    fn read_only_in_every_shape_the_servers_give_it() {
+        use mysql_async::Value;
+        for (v, ro) in [
+            (Value::Int(0), false),
+            (Value::Int(1), true),
+            (Value::UInt(0), false),
+            (Value::Bytes(b"0".to_vec()), false),
+            (Value::Bytes(b"1".to_vec()), true),
+            (Value::Bytes(b"OFF".to_vec()), false),
+            (Value::Bytes(b"ON".to_vec()), true),
+            (Value::Bytes(b"NO_LOCK".to_vec()), true),
+            (Value::Bytes(b"NO_LOCK_NO_ADMIN".to_vec()), true),
+            (Value::NULL, true),
+        ] {
+            assert_eq!(read_only_value(&v), ro, "{v:?}");
         }
     }
 

@@ -1043,3 +1043,104 @@ async fn a_proxy_cut_from_consul_during_a_failover_sends_nobody_to_the_old_sourc
         phases(&entry, crash_ms)
     );
 }
+
+/// #12 item 7: a coordinator paused mid-failover (SIGSTOP: a stalled VM)
+/// past its lease. The replicas' appliers are held (a table lock), so the
+/// failover waits in its relay-log step; the coordinator is paused there,
+/// another agent takes the lock and finishes the failover, and the paused
+/// one, resumed, makes no MySQL change: its log shows no step and no
+/// action after it wakes (its local lease, measured from when its last
+/// liveness pass was sent, ran out before Consul could hand the lock on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_paused_mid_failover_touches_nothing_when_it_wakes() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let (mut stack, w) = prepared("c-f-pause").await;
+    let cluster = stack.cluster.clone();
+    writes_land(&stack, "db1", 1).await;
+    let mut holds = Vec::new();
+    for name in ["db2", "db3"] {
+        let mut c = stack.node(name).conn().await.unwrap();
+        c.query_drop("LOCK TABLES successover_check.writes READ")
+            .await
+            .unwrap();
+        holds.push(c);
+    }
+    // Something for the held appliers to wait on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let crash_ms = unix_ms();
+    stack.topo.server_mut(0).kill9().await;
+    // The coordinator is in the failover once its replicas are stopped.
+    let coordinator = wait_for(Duration::from_secs(30), || async {
+        let h = successover_tests::scenario::history(&stack).await;
+        let e = h.iter().rev().find(|e| e.outcome == Outcome::Running)?;
+        e.has_step("stop_io_threads").then_some(())?;
+        let lock = stack
+            .consul
+            .kv_get(&format!("mysql/lock/{cluster}"))
+            .await
+            .ok()??;
+        lock.value_str()?.rsplit('/').next().map(str::to_owned)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the failover never reached its replicas\n{}", stack.logs()));
+    let idx: usize = coordinator
+        .trim_start_matches("db")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    let pid = Pid::from_raw(stack.agents[idx].pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let paused_at = std::time::Instant::now();
+    // Another agent takes over; then the appliers may go on.
+    let successor = wait_for(Duration::from_secs(60), || async {
+        let lock = stack
+            .consul
+            .kv_get(&format!("mysql/lock/{cluster}"))
+            .await
+            .ok()??;
+        lock.session.as_ref()?;
+        let holder = lock.value_str()?.rsplit('/').next()?.to_owned();
+        (holder != coordinator).then_some(holder)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "nobody took the lock from the paused {coordinator}\n{}",
+            stack.logs()
+        )
+    });
+    let took_over = paused_at.elapsed();
+    for mut c in holds {
+        c.query_drop("UNLOCK TABLES").await.unwrap();
+    }
+    let entry = finished_failover(&stack, Duration::from_secs(90)).await;
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    writes_land(&stack, entry.to.as_deref().unwrap(), 1).await;
+    let log_path = stack.agents[idx].log_path().to_path_buf();
+    let before = std::fs::read_to_string(&log_path).unwrap().len();
+    kill(pid, Signal::SIGCONT).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = std::fs::read_to_string(&log_path).unwrap();
+    let woke = &after[before..];
+    let acted: Vec<&str> = woke
+        .lines()
+        .filter(|l| l.contains(" step=") || l.contains("executed") || l.contains("self-fenced"))
+        .collect();
+    assert!(
+        acted.is_empty(),
+        "{coordinator} acted after waking from its pause:\n{}",
+        acted.join("\n")
+    );
+    assert!(
+        woke.contains("lock lost") || woke.contains("local lease ran out"),
+        "{coordinator} did not notice it had lost the lock:\n{woke}"
+    );
+    let log = w.finish().await.unwrap();
+    let c = check(&stack, &entry, &log, &[], crash_ms).await;
+    eprintln!(
+        "coordinator {coordinator} paused in the failover's relay-log step; {successor} took the lock after {took_over:?} and finished: crash -> first write on {} after {} ms; the woken {coordinator} touched nothing",
+        entry.to.as_deref().unwrap(),
+        c.crash_to_first_write_ms,
+    );
+}
