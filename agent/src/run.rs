@@ -433,17 +433,10 @@ impl Agent {
                 }
                 break;
             }
-            // Logged only when it is performed: a coordinator that wakes
-            // past its lease decides, but touches nothing.
-            if co.lost_lock() {
-                self.active = None;
-                reasons.push(format!(
-                    "procedure interrupted, lock lost: before {name} (the local lease ran out or the lock moved)"
-                ));
-                break;
-            }
-            tracing::debug!(step = name, "{}", d.reason);
-            match co.perform(&step, &mut self.active, view, kv).await {
+            match co
+                .perform(&step, &d.reason, &mut self.active, view, kv)
+                .await
+            {
                 Ok(Some(done)) => {
                     reasons.push(done);
                     break;

@@ -5,7 +5,7 @@
 //! and closed at once, so the port stays the relay's); resuming relays
 //! again.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{reserve_port, PortLease};
 
 pub struct Relay {
-    port: PortLease,
+    listen: SocketAddr,
+    _port: PortLease,
     target: SocketAddr,
     stopped: Arc<AtomicBool>,
     /// Fires to end the connections relayed so far.
@@ -24,11 +25,19 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// On 127.0.0.1.
     pub async fn start(target: SocketAddr) -> Relay {
+        Relay::start_on(IpAddr::from([127, 0, 0, 1]), target).await
+    }
+
+    /// On `ip` (a namespace host's root-side address, say, which the
+    /// namespaces reach while they cannot reach 127.0.0.1).
+    pub async fn start_on(ip: IpAddr, target: SocketAddr) -> Relay {
         let port = reserve_port();
-        let listener = TcpListener::bind(("127.0.0.1", port.port()))
+        let listen = SocketAddr::new(ip, port.port());
+        let listener = TcpListener::bind(listen)
             .await
-            .unwrap_or_else(|e| panic!("relay on port {}: {e}", port.port()));
+            .unwrap_or_else(|e| panic!("relay on {listen}: {e}"));
         let stopped = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(Mutex::new(CancellationToken::new()));
         let task = {
@@ -36,6 +45,7 @@ impl Relay {
             tokio::spawn(async move {
                 loop {
                     let Ok((mut client, _)) = listener.accept().await else {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     };
                     if stopped.load(Ordering::SeqCst) {
@@ -56,7 +66,8 @@ impl Relay {
             })
         };
         Relay {
-            port,
+            listen,
+            _port: port,
             target,
             stopped,
             generation,
@@ -65,7 +76,7 @@ impl Relay {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port.port()))
+        self.listen
     }
 
     /// `http://127.0.0.1:<port>`, for a Consul address.

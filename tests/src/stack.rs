@@ -120,26 +120,10 @@ impl Stack {
             .kv_put(&format!("mysql/cluster/{cluster}"), settings.to_string())
             .await
             .expect("cluster settings");
-        let haproxy = HaProxy::start_with(|paths| {
-            format!(
-                "{}\n{}",
-                global_section(&paths.admin_socket),
-                defaults_section()
-            )
-        })
-        .await;
         let dir = Scratch::new(&format!("stack-{cluster}"));
         let render_consul = opts.render_consul_addr.as_deref().unwrap_or(consul_addr);
-        let config_path = dir.path().join("render.toml");
-        RenderConfig::for_harness(render_consul, &haproxy)
-            .test_timing()
-            .source_check(&dir.path().join("check.pw"))
-            .write(&config_path);
-        let mut cmd = Command::new(bins::successover_render());
-        cmd.arg("-c").arg(&config_path).env("RUST_LOG", "info");
-        let renderer = Proc::spawn("successover-render", cmd, dir.path().join("render.log"))
-            .await
-            .expect("spawn successover-render");
+        let (haproxy, renderer) =
+            proxy_host(&dir, "successover-render", render_consul, |c| c).await;
         let agent_opts = |i: usize| {
             let n = &opts.nodes[i];
             let mut o = AgentOptions::new(
@@ -293,31 +277,13 @@ impl Stack {
     /// loopback address, say 127.0.0.2), talking to Consul at
     /// `consul_addr`, with the harness's source-check account.
     pub async fn start_proxy(&self, name: &str, bind: &str, consul_addr: &str) -> ExtraProxy {
-        let haproxy = HaProxy::start_with(|paths| {
-            format!(
-                "{}\n{}",
-                global_section(&paths.admin_socket),
-                defaults_section()
-            )
+        let dir = Scratch::new(&format!("proxy-{name}"));
+        let label = format!("successover-render {name}");
+        let (haproxy, renderer) = proxy_host(&dir, &label, consul_addr, |mut c| {
+            c.haproxy.bind_address = bind.to_owned();
+            c.name(name)
         })
         .await;
-        let dir = Scratch::new(&format!("proxy-{name}"));
-        let config_path = dir.path().join("render.toml");
-        let mut config = RenderConfig::for_harness(consul_addr, &haproxy)
-            .test_timing()
-            .name(name)
-            .source_check(&dir.path().join("check.pw"));
-        config.haproxy.bind_address = bind.to_owned();
-        config.write(&config_path);
-        let mut cmd = Command::new(bins::successover_render());
-        cmd.arg("-c").arg(&config_path).env("RUST_LOG", "info");
-        let renderer = Proc::spawn(
-            &format!("successover-render {name}"),
-            cmd,
-            dir.path().join("render.log"),
-        )
-        .await
-        .expect("spawn successover-render");
         ExtraProxy {
             haproxy,
             renderer,
@@ -326,6 +292,37 @@ impl Stack {
             _dir: dir,
         }
     }
+}
+
+/// A proxy host: a HAProxy of its own (no listen blocks: the renderer's
+/// first cycle adds them) and a `successover-render` driving it, with the
+/// test timing and the harness's source-check account, then `adjust`;
+/// its config and log in `dir`.
+async fn proxy_host(
+    dir: &Scratch,
+    label: &str,
+    consul_addr: &str,
+    adjust: impl FnOnce(RenderConfig) -> RenderConfig,
+) -> (HaProxy, Proc) {
+    let haproxy = HaProxy::start_with(|paths| {
+        format!(
+            "{}\n{}",
+            global_section(&paths.admin_socket),
+            defaults_section()
+        )
+    })
+    .await;
+    let config_path = dir.path().join("render.toml");
+    let config = RenderConfig::for_harness(consul_addr, &haproxy)
+        .test_timing()
+        .source_check(&dir.path().join("check.pw"));
+    adjust(config).write(&config_path);
+    let mut cmd = Command::new(bins::successover_render());
+    cmd.arg("-c").arg(&config_path).env("RUST_LOG", "info");
+    let renderer = Proc::spawn(label, cmd, dir.path().join("render.log"))
+        .await
+        .expect("spawn successover-render");
+    (haproxy, renderer)
 }
 
 /// A second proxy host of a [`Stack`] ([`Stack::start_proxy`]).

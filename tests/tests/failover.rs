@@ -1044,6 +1044,17 @@ async fn a_proxy_cut_from_consul_during_a_failover_sends_nobody_to_the_old_sourc
     );
 }
 
+/// The node whose agent holds the coordinator lock (a session on it).
+async fn lock_holder(stack: &Stack) -> Option<String> {
+    let lock = stack
+        .consul
+        .kv_get(&format!("mysql/lock/{}", stack.cluster))
+        .await
+        .ok()??;
+    lock.session.as_ref()?;
+    lock.value_str()?.rsplit('/').next().map(str::to_owned)
+}
+
 /// #12 item 7: a coordinator paused mid-failover (SIGSTOP: a stalled VM)
 /// past its lease. The replicas' appliers are held (a table lock), so the
 /// failover waits in its relay-log step; the coordinator is paused there,
@@ -1056,7 +1067,6 @@ async fn a_coordinator_paused_mid_failover_touches_nothing_when_it_wakes() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let (mut stack, w) = prepared("c-f-pause").await;
-    let cluster = stack.cluster.clone();
     writes_land(&stack, "db1", 1).await;
     let mut holds = Vec::new();
     for name in ["db2", "db3"] {
@@ -1075,12 +1085,7 @@ async fn a_coordinator_paused_mid_failover_touches_nothing_when_it_wakes() {
         let h = successover_tests::scenario::history(&stack).await;
         let e = h.iter().rev().find(|e| e.outcome == Outcome::Running)?;
         e.has_step("stop_io_threads").then_some(())?;
-        let lock = stack
-            .consul
-            .kv_get(&format!("mysql/lock/{cluster}"))
-            .await
-            .ok()??;
-        lock.value_str()?.rsplit('/').next().map(str::to_owned)
+        lock_holder(&stack).await
     })
     .await
     .unwrap_or_else(|_| panic!("the failover never reached its replicas\n{}", stack.logs()));
@@ -1094,14 +1099,7 @@ async fn a_coordinator_paused_mid_failover_touches_nothing_when_it_wakes() {
     let paused_at = std::time::Instant::now();
     // Another agent takes over; then the appliers may go on.
     let successor = wait_for(Duration::from_secs(60), || async {
-        let lock = stack
-            .consul
-            .kv_get(&format!("mysql/lock/{cluster}"))
-            .await
-            .ok()??;
-        lock.session.as_ref()?;
-        let holder = lock.value_str()?.rsplit('/').next()?.to_owned();
-        (holder != coordinator).then_some(holder)
+        lock_holder(&stack).await.filter(|h| *h != coordinator)
     })
     .await
     .unwrap_or_else(|_| {

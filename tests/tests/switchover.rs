@@ -806,6 +806,20 @@ fn proxy_record(cluster: &str, source: &str, fenced: bool) -> String {
     .to_string()
 }
 
+/// A session standing for a renderer's: no lock-delay, so the test can
+/// take the key again right after destroying one.
+async fn proxy_session(stack: &Stack) -> String {
+    use successover_common::consul::SessionRequest;
+    stack
+        .consul
+        .session_create(&SessionRequest {
+            lock_delay: Duration::ZERO,
+            ..SessionRequest::new("edge1", Duration::from_secs(120))
+        })
+        .await
+        .unwrap()
+}
+
 /// DESIGN.md rule 6: the target opens only once every live proxy stopped
 /// routing the cluster to the old source; a proxy whose session is gone
 /// is not waited for, and the wait is bounded (`timing.proxy_ack_timeout`,
@@ -813,19 +827,11 @@ fn proxy_record(cluster: &str, source: &str, fenced: bool) -> String {
 /// while `edge1` still sent new connections to db1.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_source_opens_only_once_every_live_proxy_stopped_routing_elsewhere() {
-    use successover_common::consul::SessionRequest;
     let stack = Stack::start("c-pxack", &consul_addr().await).await;
     wait_settled(&stack).await;
     let (db1, db2) = (stack.node("db1"), stack.node("db2"));
     let key = "mysql/proxy/edge1";
-    let session = stack
-        .consul
-        .session_create(&SessionRequest {
-            lock_delay: Duration::ZERO,
-            ..SessionRequest::new("edge1", Duration::from_secs(120))
-        })
-        .await
-        .unwrap();
+    let session = proxy_session(&stack).await;
     let put = |source: String, fenced: bool| {
         let (consul, session, cluster) = (&stack.consul, &session, &stack.cluster);
         async move {
@@ -892,14 +898,7 @@ async fn a_new_source_opens_only_once_every_live_proxy_stopped_routing_elsewhere
     wait_settled(&stack).await;
 
     // 3. A live proxy that never moves delays the open by the bound only.
-    let session = stack
-        .consul
-        .session_create(&SessionRequest {
-            lock_delay: Duration::ZERO,
-            ..SessionRequest::new("edge1", Duration::from_secs(120))
-        })
-        .await
-        .unwrap();
+    let session = proxy_session(&stack).await;
     let record = proxy_record(&stack.cluster, &db1.addr(), false);
     assert!(stack
         .consul

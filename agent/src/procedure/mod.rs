@@ -330,6 +330,7 @@ impl Coordinator<'_> {
     pub async fn perform(
         &mut self,
         step: &Step,
+        why: &str,
         active: &mut Option<Active>,
         view: &mut ClusterView,
         kv: &mut KvInputs,
@@ -337,6 +338,9 @@ impl Coordinator<'_> {
         if self.lost_lock() {
             return Err(StepError::LockLost(format!("before {}", step.name())));
         }
+        // Logged only once it is performed: a coordinator that wakes past
+        // its lease still decides, but touches nothing.
+        tracing::debug!(step = step.name(), "{why}");
         if active.is_none() && !starts_procedure(step) {
             // A procedure another coordinator left: adopt its stored entry.
             match (&kv.in_progress, step) {

@@ -23,43 +23,6 @@ use crate::process::{Proc, Scratch};
 use crate::writer::{self, unix_ms};
 use crate::{bins, reserve_port, PortLease};
 
-/// Accepts on a namespace host's root-side address and forwards to a
-/// Consul server on 127.0.0.1 (agents in namespaces cannot reach loopback).
-struct Forward {
-    task: tokio::task::JoinHandle<()>,
-    _port: PortLease,
-}
-
-impl Forward {
-    async fn start(listen: SocketAddr, target: SocketAddr, port: PortLease) -> Forward {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .unwrap_or_else(|e| panic!("forwarder on {listen}: {e}"));
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                conns.spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
-                });
-                while conns.try_join_next().is_some() {}
-            }
-        });
-        Forward { task, _port: port }
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Which Consul server the renderer talks to; agent `i` talks to server `i`.
 pub(super) const RENDER_CONSUL: usize = 1;
 
@@ -77,7 +40,7 @@ pub(super) struct World {
     /// Consul client per server (defaults: 5 s timeout, retried while there
     /// is no leader).
     pub(super) clients: Vec<Consul>,
-    _forwards: Vec<Forward>,
+    _forwards: Vec<crate::Relay>,
     /// Between the renderer and its Consul server.
     pub(super) render_relay: crate::Relay,
     // Dropped after the processes that live in them.
@@ -103,12 +66,15 @@ impl World {
             let http = consul.http_addr(server);
             if let Some(host) = hosts.get(i) {
                 let port: u16 = http.rsplit(':').next().unwrap().parse().unwrap();
-                let lease = reserve_port();
-                let listen = SocketAddr::new(host.host_side_addr().into(), lease.port());
-                forwards.push(
-                    Forward::start(listen, SocketAddr::from(([127, 0, 0, 1], port)), lease).await,
-                );
-                agent_consul.push(format!("http://{listen}"));
+                // Agents in namespaces cannot reach 127.0.0.1: they reach
+                // their Consul server through the host's root-side address.
+                let relay = crate::Relay::start_on(
+                    host.host_side_addr().into(),
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                )
+                .await;
+                agent_consul.push(relay.http_addr());
+                forwards.push(relay);
             } else {
                 agent_consul.push(http);
             }
