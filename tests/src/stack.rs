@@ -14,6 +14,7 @@ use crate::agent::{AgentOptions, AgentProc};
 use crate::haproxy::{defaults_section, global_section, HaProxy};
 use crate::mariadb::{MariaDb, MariaDbOptions, Topology, APP_PASSWORD, APP_USER};
 use crate::process::{Proc, Scratch};
+use crate::relay::Relay;
 use crate::{bins, reserve_port, wait_until, PortLease, RenderConfig};
 
 pub struct Stack {
@@ -25,6 +26,8 @@ pub struct Stack {
     pub proxy_port: PortLease,
     pub agents: Vec<AgentProc>,
     pub renderer: Proc,
+    /// The relays of the nodes advertised through one, by node name.
+    pub relays: std::collections::BTreeMap<String, Relay>,
     _dir: Scratch,
 }
 
@@ -42,6 +45,11 @@ pub struct NodeOptions {
     /// The Consul HTTP address this host's agent talks to (default
     /// [`StackOptions::consul_addr`]): in production, its local Consul agent.
     pub consul_addr: Option<String>,
+    /// Advertise the server through a [`Relay`] on 127.0.0.1 (see
+    /// [`Stack::relays`]): stopping it hides the server from every other
+    /// agent (the coordinator among them) while its replication, which
+    /// connects to the source directly, goes on.
+    pub relayed: bool,
 }
 
 /// How to build a [`Stack`]; [`Stack::start`] is `StackOptions::new`.
@@ -107,6 +115,14 @@ impl Stack {
             })
             .collect();
         let topo = Topology::start_with(servers).await;
+        let mut relays = std::collections::BTreeMap::new();
+        for (i, n) in opts.nodes.iter().enumerate() {
+            if n.relayed {
+                let db = topo.server(i);
+                let target = std::net::SocketAddr::new(db.host(), db.port());
+                relays.insert(format!("db{}", i + 1), Relay::start(target).await);
+            }
+        }
         let proxy_port = reserve_port();
         let mut settings = serde_json::json!({
             "proxy_port": proxy_port.port(),
@@ -132,6 +148,9 @@ impl Stack {
                 n.consul_addr.as_deref().unwrap_or(consul_addr),
             );
             o.netns = n.netns.clone();
+            o.advertise_port = relays
+                .get(&format!("db{}", i + 1))
+                .map(|r: &Relay| r.addr().port());
             o
         };
         let mut agents: Vec<Option<AgentProc>> = (0..opts.nodes.len()).map(|_| None).collect();
@@ -170,6 +189,7 @@ impl Stack {
             proxy_port,
             agents: agents.into_iter().map(|a| a.expect("agent")).collect(),
             renderer,
+            relays,
             _dir: dir,
         };
         let routed = wait_until(Duration::from_secs(60), || async {
@@ -234,6 +254,13 @@ impl Stack {
             .await
             .ok()??;
         let addr = kv.value_str()?.to_owned();
+        if let Some((name, _)) = self
+            .relays
+            .iter()
+            .find(|(_, r)| r.addr().to_string() == addr)
+        {
+            return Some(name.clone());
+        }
         self.topo
             .servers()
             .iter()

@@ -674,6 +674,7 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
             host.host_side_addr(),
             consul.http_port()
         )),
+        relayed: false,
     };
     let stack = Stack::start_with(opts).await;
     let db1 = stack.node("db1");
@@ -1140,5 +1141,138 @@ async fn a_coordinator_paused_mid_failover_touches_nothing_when_it_wakes() {
         "coordinator {coordinator} paused in the failover's relay-log step; {successor} took the lock after {took_over:?} and finished: crash -> first write on {} after {} ms; the woken {coordinator} touched nothing",
         entry.to.as_deref().unwrap(),
         c.crash_to_first_write_ms,
+    );
+}
+
+/// #12 item 1, as a new user met it: the semi-sync replica drops out of the
+/// coordinator's sight (it is advertised through a relay, and the relay
+/// stops) while it goes on replicating from the source and ACKing. Before,
+/// the flag moved to db3 within seconds: the source had two semi-sync
+/// clients, two servers whose ACK released a commit, one of them out of
+/// the coordinator's sight. Now no flag moves while the source counts a
+/// client nobody sees. The source killed under four writers, the failover
+/// is refused while the hidden replica cannot be read (it may hold
+/// acknowledged commits db3 lacks), and that replica holds every
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker() {
+    let mut opts = StackOptions::new("c-f-sight", &consul_addr().await);
+    opts.nodes[1].relayed = true;
+    let mut stack = Stack::start_with(opts).await;
+    let flag = async |stack: &Stack, node: &str| -> Option<String> {
+        let mut c = stack.node(node).conn().await.ok()?;
+        global_var(&mut c, "rpl_semi_sync_slave_enabled").await.ok()
+    };
+    wait_until(Duration::from_secs(30), || async {
+        flag(&stack, "db2").await.as_deref() == Some("1")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("db2 never got the semi-sync flag\n{}", stack.logs()));
+    // The coordinator observes its own server directly: it must be
+    // another agent for db2 to leave its sight.
+    if lock_holder(&stack).await.as_deref() == Some("db2") {
+        let opts = stack.agents[1].opts.clone();
+        stack.agents[1].stop().await;
+        wait_until(Duration::from_secs(30), || async {
+            lock_holder(&stack).await.is_some_and(|h| h != "db2")
+        })
+        .await
+        .expect("another agent takes the lock");
+        stack.agents[1] = AgentProc::start(opts, stack.topo.server(1)).await;
+    }
+    let db1 = stack.node("db1");
+    writer::prepare(&db1.url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for id in 1..=4 {
+        writers.push(WriterProc::start(stack.proxy_port.port(), id).await);
+    }
+    for id in 1..=4 {
+        writes_land(&stack, "db1", id).await;
+    }
+
+    stack.relays["db2"].stop();
+    let hidden = std::time::Instant::now();
+    let mut looks = 0;
+    while hidden.elapsed() < Duration::from_secs(20) {
+        let mut c = db1.conn().await.unwrap();
+        let clients: u32 =
+            successover_tests::mariadb::status_var(&mut c, "Rpl_semi_sync_master_clients")
+                .await
+                .unwrap()
+                .parse()
+                .unwrap();
+        assert!(
+            clients <= 1,
+            "db1 has {clients} semi-sync clients for 1 slot {:?} after db2 left the coordinator's sight; db3's flag: {:?}\n{}",
+            hidden.elapsed(),
+            flag(&stack, "db3").await,
+            stack.logs()
+        );
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(flag(&stack, "db3").await.as_deref(), Some("0"));
+    assert_eq!(flag(&stack, "db2").await.as_deref(), Some("1"));
+    // Writes went on: db2 still ACKs.
+    for id in 1..=4 {
+        writes_land(&stack, "db1", id).await;
+    }
+
+    stack.topo.server_mut(0).kill9().await;
+    // db2 may hold acknowledged commits db3 lacks: while it cannot be read
+    // nothing is promoted; the failover is refused, naming it.
+    let refused = wait_for(Duration::from_secs(30), || async {
+        successover_tests::scenario::failovers(&stack)
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e.outcome != Outcome::Running)
+    })
+    .await;
+    let Ok(refused) = refused else {
+        panic!("no failover decision after the kill\n{}", stack.logs())
+    };
+    assert_eq!(
+        refused.outcome,
+        Outcome::Refused,
+        "{refused:?}\n{}",
+        stack.logs()
+    );
+    assert!(
+        refused.reason.contains("possible ACKer db2"),
+        "{}",
+        refused.reason
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.finish().await.unwrap());
+    }
+    // The replica the refusal waited for holds every acknowledged write.
+    stack.relays["db2"].resume();
+    let (mut acked, mut only_db2) = (0, 0);
+    for log in &logs {
+        let lost = writer::missing(&stack.node("db2").url(), log)
+            .await
+            .unwrap();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged writes not on db2",
+            lost.len()
+        );
+        acked += log.acked.len();
+        only_db2 += writer::missing(&stack.node("db3").url(), log)
+            .await
+            .unwrap()
+            .len();
+    }
+    eprintln!(
+        "db2 out of the coordinator's sight 20 s under 4 writers: db1 never had more than 1 semi-sync client ({looks} looks), db3 never got the flag; db1 killed: failover refused ({}); db2 holds all {acked} acknowledged writes, {only_db2} of them not on db3",
+        refused.reason
     );
 }

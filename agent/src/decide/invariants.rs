@@ -66,6 +66,14 @@ pub enum Action {
     RecordAckers {
         ackers: BTreeMap<String, Option<GtidState>>,
     },
+    /// Ends every replica's binlog dump connection on the source. A
+    /// replica the coordinator cannot see that the source still counts as
+    /// a semi-sync client (a hung host keeps its socket open) is then
+    /// provably no ACKer until it connects again; the replicas that are
+    /// alive reconnect at once.
+    CutReplicaConnections {
+        node: String,
+    },
     /// Writes `master` (+ `/hostname`, `/port`) in one txn guarded by the
     /// coordinator lock.
     Publish {
@@ -466,6 +474,27 @@ fn acking_replica_of(node: &NodeView, source: &NodeView) -> bool {
             .is_some_and(|r| r.source.same(&source.addr) && r.io_running)
 }
 
+/// Semi-sync clients the source counts that no replica the coordinator
+/// sees accounts for: replicas it cannot observe (advertised through a
+/// path that broke, a hung host) that may still be connected and ACKing.
+/// A flag granted while they are there would make the source wait for
+/// more ACKers than `semi_sync_replicas`, one of them out of sight.
+pub fn unseen_semi_clients(view: &ClusterView, source: &NodeView) -> u64 {
+    let seen = view
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.reachable
+                && n.name != source.name
+                && n.semi_sync_replica_active
+                && n.replica
+                    .as_ref()
+                    .is_some_and(|r| r.source.same(&source.addr) && r.io_running)
+        })
+        .count() as u64;
+    source.semi.clients.saturating_sub(seen)
+}
+
 /// Keeps the replica flag on exactly `N` replicas: those that have it and
 /// still ACK keep it (moving it costs an IO-thread restart), the
 /// rest lose it, and healthy replicas without it fill the gap in name order
@@ -487,12 +516,20 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
         .filter(|n| n.semi_sync_replica && acking_replica_of(n, source))
         .collect();
     keep.truncate(want);
+    let unseen = usize::try_from(unseen_semi_clients(view, source)).unwrap_or(usize::MAX);
     let missing = want.saturating_sub(keep.len());
+    let grantable = missing.saturating_sub(unseen);
+    if grantable < missing {
+        reasons.push(format!(
+            "{} counts {unseen} semi-sync client(s) the coordinator cannot see: no replica gets the flag while they may ACK",
+            source.name
+        ));
+    }
     let additions: Vec<&NodeView> = replicas
         .iter()
         .copied()
         .filter(|n| !n.semi_sync_replica && healthy_replica_of(n, source))
-        .take(missing)
+        .take(grantable)
         .collect();
     // A flagged replica that does not ACK now (its IO thread still
     // connecting after a repoint, or stopped) keeps the flag while no
@@ -548,7 +585,7 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
         });
         reasons.push(format!("{} chosen as semi-sync replica", node.name));
     }
-    if keep.len() + additions.len() < want {
+    if keep.len() + additions.len() + unseen < want {
         reasons.push(format!(
             "only {} healthy replica(s) for {want} semi-sync slot(s): commits on {} wait for an ACK",
             keep.len() + additions.len(),
@@ -828,6 +865,7 @@ mod tests {
                     let n = node(v, "db2");
                     n.semi_sync_replica = false;
                     n.semi_sync_replica_active = false;
+                    node(v, "db1").semi.clients = 0;
                 },
                 actions: vec![semi("db2", true)],
                 reason: "db2 chosen as semi-sync replica",
@@ -844,15 +882,30 @@ mod tests {
             },
             Case {
                 name: "semi-sync replica stopped replicating: flag moves",
-                breaks: |v| node(v, "db2").replica.as_mut().unwrap().io_running = false,
+                breaks: |v| {
+                    node(v, "db2").replica.as_mut().unwrap().io_running = false;
+                    node(v, "db1").semi.clients = 0;
+                },
                 actions: vec![semi("db2", false), semi("db3", true)],
                 reason: "semi-sync replica db2 is not replicating from the source; db3 chosen as semi-sync replica",
             },
             Case {
                 name: "semi-sync replica died: flag moves to the live one",
-                breaks: |v| node(v, "db2").reachable = false,
+                breaks: |v| {
+                    node(v, "db2").reachable = false;
+                    node(v, "db1").semi.clients = 0;
+                },
                 actions: vec![semi("db3", true)],
                 reason: "db3 chosen as semi-sync replica",
+            },
+            // #12 item 1: the flag moved when the coordinator merely could
+            // not observe the semi-sync replica, while it still ACKed: two
+            // servers whose ACK releases a commit, one out of sight.
+            Case {
+                name: "semi-sync replica out of the coordinator's sight, still counted by the source: no flag moves",
+                breaks: |v| node(v, "db2").reachable = false,
+                actions: vec![],
+                reason: "db1 counts 1 semi-sync client(s) the coordinator cannot see: no replica gets the flag while they may ACK",
             },
             Case {
                 name: "flag set but IO thread not restarted",
@@ -946,6 +999,7 @@ mod tests {
     fn no_healthy_replica_keeps_the_source_waiting_and_says_so() {
         let mut v = healthy();
         node(&mut v, "db2").reachable = false;
+        node(&mut v, "db1").semi.clients = 0;
         node(&mut v, "db3").replica.as_mut().unwrap().sql_running = false;
         let d = enforce(&v);
         assert!(d.actions.is_empty());
@@ -981,13 +1035,13 @@ mod tests {
         let mut v = healthy();
         node(&mut v, "db2").replica.as_mut().unwrap().io_running = false;
         node(&mut v, "db3").replica.as_mut().unwrap().io_running = false;
+        node(&mut v, "db1").semi.clients = 0;
         let d = enforce(&v);
         assert!(d.actions.is_empty(), "{:?}", d.actions);
         assert!(d.reason.contains("keeps the flag"), "{}", d.reason);
 
         // With a healthy replica to take it, the flag moves.
-        let mut v = healthy();
-        node(&mut v, "db2").replica.as_mut().unwrap().io_running = false;
+        node(&mut v, "db3").replica.as_mut().unwrap().io_running = true;
         let d = enforce(&v);
         assert_eq!(d.actions, vec![semi("db2", false), semi("db3", true)]);
     }
@@ -1041,6 +1095,7 @@ mod tests {
             n.semi_sync_replica_active = false;
             n.replica.as_mut().unwrap().source = addr(4444);
         }
+        node(&mut v, "db1").semi.clients = 0;
         let d = enforce(&v);
         assert_eq!(
             d.actions,

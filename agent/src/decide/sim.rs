@@ -480,6 +480,8 @@ impl Sim {
             }
             Life::Hung => {
                 s.life = Life::Up;
+                // Its IO thread reconnects if its connection was ended.
+                s.semi_active = s.semi_replica;
                 self.log(format!("HEAL resume {name}"));
             }
             Life::Up if s.cut || s.hidden || s.isolated => {
@@ -526,13 +528,7 @@ impl Sim {
                         last_sql_errno: 0,
                     }
                 });
-                let clients = self
-                    .servers
-                    .iter()
-                    .filter(|r| {
-                        r.source == Some(i) && r.semi_active && r.io_on && r.up() && !r.isolated
-                    })
-                    .count() as u64;
+                let clients = self.semi_clients(i);
                 let mut per_server: BTreeMap<u32, u64> = BTreeMap::new();
                 for t in &s.log {
                     let e = per_server.entry(t.server).or_default();
@@ -1189,6 +1185,20 @@ impl Sim {
                     self.raise_floor(node, f);
                 }
                 if let Some(i) = by(self, node) {
+                    // #12 item 1: a flag granted while the source already
+                    // counts a client for its one slot (one the coordinator
+                    // may not see) makes a second server whose ACK can
+                    // release a commit.
+                    let src = self.servers[i].source;
+                    if let Some(src) = src.filter(|_| *enabled) {
+                        let clients = self.semi_clients(src);
+                        if clients >= 1 {
+                            self.violation(format!(
+                                "{node} got the semi-sync flag while {} counts {clients} semi-sync client(s) for 1 slot",
+                                self.servers[src].name
+                            ));
+                        }
+                    }
                     let s = &mut self.servers[i];
                     s.semi_replica = *enabled;
                     s.semi_active = *enabled;
@@ -1209,6 +1219,17 @@ impl Sim {
             Action::RecordAckers { ackers } => {
                 if !self.kv_write_lost() {
                     self.kv.ack_floors = ackers.clone();
+                }
+            }
+            Action::CutReplicaConnections { node } => {
+                if let Some(src) = by(self, node) {
+                    // Live replicas reconnect at once with their flag; a
+                    // hung one is disconnected until it wakes.
+                    for r in self.servers.iter_mut().filter(|r| r.source == Some(src)) {
+                        if r.life == Life::Hung {
+                            r.semi_active = false;
+                        }
+                    }
                 }
             }
             Action::RestartIoThread { node } => {
@@ -1266,6 +1287,23 @@ impl Sim {
             self.kv.in_progress,
             self.trace.join("\n")
         )
+    }
+
+    /// Replicas the source counts as semi-sync clients: a hung one stays
+    /// connected (nothing closes its socket) though it ACKs nothing.
+    fn semi_clients(&self, i: usize) -> u64 {
+        self.servers
+            .iter()
+            .filter(|r| {
+                r.source == Some(i)
+                    && r.semi_active
+                    && r.io_on
+                    && !r.io_error
+                    && matches!(r.life, Life::Up | Life::Hung)
+                    && !r.cut
+                    && !r.isolated
+            })
+            .count() as u64
     }
 
     fn check(&mut self) {

@@ -55,6 +55,23 @@ pub fn check(
     if memory.stalled_cycles < STALLED_CYCLES {
         return None;
     }
+    // A client the source counts and the coordinator cannot see holds
+    // the ACK slot (no flag is granted while it is there): when commits
+    // stand still, it is a hung replica, and ending its connection is what
+    // frees the slot. One that is alive connects again and goes on ACKing.
+    let unseen = super::invariants::unseen_semi_clients(view, source);
+    if unseen > 0 {
+        memory.stalled_cycles = 0;
+        return Some(Ok((
+            Intent::Enforce(vec![super::Action::CutReplicaConnections {
+                node: source.name.clone(),
+            }]),
+            format!(
+                "{waiting} commit(s) on {} stalled while it counts {unseen} semi-sync client(s) the coordinator cannot see; ending its replicas' connections",
+                source.name
+            ),
+        )));
+    }
     let mut possible: Vec<&str> = ackers
         .keys()
         .map(String::as_str)
@@ -145,6 +162,37 @@ mod tests {
             v.nodes[0].semi.yes_tx = yes;
             assert!(check(&v, &ackers, &mut m).is_none());
         }
+    }
+
+    /// #12 item 1: no flag is granted while the source counts a client
+    /// the coordinator cannot see; when that client is a hung replica the
+    /// source's commits would wait for it forever. Its connection is ended
+    /// once the source stands still, and only then.
+    #[test]
+    fn a_stall_behind_a_client_out_of_sight_ends_the_replica_connections() {
+        let mut v = healthy();
+        v.nodes[1].reachable = false;
+        v.nodes[0].semi.wait_sessions = 2;
+        let mut m = Memory::default();
+        let ackers = set(&["db2"]);
+        for _ in 1..STALLED_CYCLES {
+            assert!(check(&v, &ackers, &mut m).is_none());
+        }
+        let Some(Ok((Intent::Enforce(actions), why))) = check(&v, &ackers, &mut m) else {
+            panic!()
+        };
+        assert_eq!(
+            actions,
+            vec![crate::decide::Action::CutReplicaConnections { node: "db1".into() }]
+        );
+        assert!(why.contains("cannot see"), "{why}");
+        // With the client gone the stall is the ordinary kind again.
+        v.nodes[0].semi.clients = 0;
+        let mut last = None;
+        for _ in 0..=STALLED_CYCLES {
+            last = check(&v, &ackers, &mut m);
+        }
+        assert!(matches!(last, Some(Err(_))), "{last:?}");
     }
 
     #[test]

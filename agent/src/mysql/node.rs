@@ -700,6 +700,24 @@ impl Node {
         client_threads(&rows, own).map_err(|e| self.parse_error(OP, e))
     }
 
+    /// Kills every binlog dump thread (each replica's connection, as the
+    /// source sees it). Returns the ids it killed.
+    pub async fn kill_binlog_dumps(&mut self) -> Result<Vec<u64>> {
+        const OP: &str = "kill_binlog_dumps";
+        let rows = self.query_rows(OP, dialect::SHOW_PROCESSLIST).await?;
+        let dumps =
+            super::status::binlog_dump_threads(&rows).map_err(|e| self.parse_error(OP, e))?;
+        let mut killed = Vec::new();
+        for id in dumps {
+            match self.query_drop(OP, &dialect::kill_connection(id)).await {
+                Ok(()) => killed.push(id),
+                Err(e) if e.server_error_code() == Some(dialect::ER_NO_SUCH_THREAD) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(killed)
+    }
+
     /// Kills the client connections whose commit waits for a semi-sync ACK
     /// (their clients get an error, never an OK), except `except_users`'.
     /// Returns the ids it killed.

@@ -698,6 +698,19 @@ impl ClientThread {
     }
 }
 
+/// The ids of the binlog dump threads in a processlist: one per connected
+/// replica (`Binlog Dump`, or `Binlog Dump GTID` on MySQL).
+pub fn binlog_dump_threads(rows: &[RowMap]) -> Result<Vec<u64>, ParseError> {
+    let mut out = Vec::new();
+    for r in rows {
+        let t = ClientThread::parse(r)?;
+        if t.command.starts_with("Binlog Dump") {
+            out.push(t.id);
+        }
+    }
+    Ok(out)
+}
+
 /// The client connections in a processlist: not server threads, not `own_id` (our connection).
 pub fn client_threads(rows: &[RowMap], own_id: u64) -> Result<Vec<ClientThread>, ParseError> {
     let mut out = Vec::new();

@@ -871,6 +871,19 @@ impl Coordinator<'_> {
                 Action::RecordAckers { ackers } => {
                     ("record_ackers", self.record_ackers(ackers, kv).await)
                 }
+                Action::CutReplicaConnections { node } => (
+                    "cut_replica_connections",
+                    self.on_node(node, async |n: &mut Node| {
+                        let cut = n.kill_binlog_dumps().await?;
+                        tracing::warn!(
+                            node,
+                            connections = cut.len(),
+                            "ended replica connections on the source"
+                        );
+                        Ok(())
+                    })
+                    .await,
+                ),
                 Action::RestartIoThread { node } => (
                     "restart_io_thread",
                     self.on_node(node, async |n: &mut Node| {
