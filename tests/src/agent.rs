@@ -58,10 +58,10 @@ pub struct AgentOptions {
     pub netns: Option<String>,
     /// The MySQL account the agent uses, (user, password); default root.
     pub account: Option<(String, String)>,
-    /// The port the agent advertises for its server (default the server's
-    /// own): a [`crate::relay::Relay`]'s, so that the other agents reach
-    /// it through a path the test can cut.
-    pub advertise_port: Option<u16>,
+    /// The address the agent advertises for its server (default the
+    /// server's own): a [`crate::relay::Relay`]'s, so that the other agents
+    /// reach it through a path the test can cut.
+    pub advertise: Option<std::net::SocketAddr>,
 }
 
 impl AgentOptions {
@@ -76,7 +76,7 @@ impl AgentOptions {
             prefix: "mysql/".to_owned(),
             netns: None,
             account: None,
-            advertise_port: None,
+            advertise: None,
         }
     }
 }
@@ -112,7 +112,7 @@ prefix = "{prefix}"
 [mysql]
 host = "{host}"
 port = {port}
-advertise_host = "{host}"
+advertise_host = "{advertise_host}"
 advertise_port = {advertise_port}
 user = "{user}"
 password_file = "{pw}"
@@ -128,7 +128,8 @@ address = "{consul}"
                 prefix = opts.prefix,
                 host = db.host(),
                 port = db.port(),
-                advertise_port = opts.advertise_port.unwrap_or(db.port()),
+                advertise_host = opts.advertise.map_or(db.host(), |a| a.ip()),
+                advertise_port = opts.advertise.map_or(db.port(), |a| a.port()),
                 pw = pw.display(),
                 repl_pw = repl_pw.display(),
                 // The harness runs MariaDB 11.4 without TLS (see

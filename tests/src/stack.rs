@@ -148,9 +148,9 @@ impl Stack {
                 n.consul_addr.as_deref().unwrap_or(consul_addr),
             );
             o.netns = n.netns.clone();
-            o.advertise_port = relays
+            o.advertise = relays
                 .get(&format!("db{}", i + 1))
-                .map(|r: &Relay| r.addr().port());
+                .map(|r: &Relay| r.addr());
             o
         };
         let mut agents: Vec<Option<AgentProc>> = (0..opts.nodes.len()).map(|_| None).collect();

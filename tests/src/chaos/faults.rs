@@ -133,6 +133,7 @@ impl Runner {
             FaultKind::Drift => self.drift_fault(rec).await,
             FaultKind::BigTxn => self.big_txn_fault(rec).await,
             FaultKind::ProxyCut => self.proxy_cut_fault(rec).await,
+            FaultKind::Hide => self.hide_fault(rec).await,
         }
     }
 
@@ -469,6 +470,74 @@ impl Runner {
     /// source hangs meanwhile (SIGSTOP) until a failover has finished and
     /// then wakes, the proxy still cut off: it must send nobody to the old
     /// source (the route checks), having taken it out by its own look.
+    /// The replica with the semi-sync flag (another replica if none has
+    /// it) drops out of every agent's sight for 3–12 s: its relay stops,
+    /// and its replication, carried by the source's relay, goes on. Half
+    /// the time the source hangs 1–3 s in, until the end: a failover must
+    /// then refuse (the hidden replica may hold acknowledged commits) and
+    /// be taken up once the source answers. While the source runs, its
+    /// semi-sync clients are counted every 200 ms: more than one is a
+    /// second server whose ACK releases a commit.
+    async fn hide_fault(&mut self, rec: &mut FaultRecord) -> Result<(), Fatal> {
+        let (si, source) = self.source().await?;
+        let mut flagged = None;
+        for (i, db) in self.w.topo.servers().iter().enumerate() {
+            if i == si {
+                continue;
+            }
+            let Ok(mut c) = db.conn().await else { continue };
+            let on = crate::mariadb::global_var(&mut c, "rpl_semi_sync_slave_enabled").await;
+            if on.is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("on")) {
+                flagged = Some(i);
+            }
+        }
+        let (i, name) = match flagged {
+            Some(i) => (i, self.w.topo.server(i).name().to_owned()),
+            None => self.pick(Role::Replica).await?,
+        };
+        let hang = self.rng.chance(50);
+        let hold = self.rng.millis(3000, 12_000);
+        let hang_at = self.rng.millis(1000, 3000);
+        rec.label = if hang { "hide-source" } else { "hide" }.into();
+        rec.target = if hang {
+            format!("{name}, {source} hung")
+        } else {
+            name.clone()
+        };
+        self.w.relays[i].stop();
+        let t = Instant::now();
+        let (mut hung, mut looks, mut most) = (false, 0, 0);
+        while t.elapsed() < hold {
+            if hang && !hung && t.elapsed() >= hang_at {
+                self.w.topo.server_mut(si).sigstop().map_err(fatal)?;
+                hung = true;
+            }
+            if !hung {
+                if let Ok(st) = super::checks::node_state(self.w.topo.server(si)).await {
+                    looks += 1;
+                    most = most.max(st.semi_sync_clients);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.w.relays[i].resume();
+        if hung {
+            self.w.topo.server_mut(si).sigcont().map_err(fatal)?;
+            self.revived.push((source.clone(), unix_ms()));
+        }
+        rec.notes.push(format!(
+            "{name} hidden {} ms; {source} had at most {most} semi-sync client(s) in {looks} looks",
+            hold.as_millis()
+        ));
+        if most > 1 {
+            self.violation(format!(
+                "fault #{}: {source} had {most} semi-sync clients while {name} was out of the coordinator's sight",
+                rec.n
+            ));
+        }
+        Ok(())
+    }
+
     async fn proxy_cut_fault(&mut self, rec: &mut FaultRecord) -> Result<(), Fatal> {
         let hang = self.rng.chance(50);
         let hold = self.rng.millis(2000, 12_000);

@@ -111,8 +111,11 @@ impl Runner {
                 if !st.read_only {
                     return Err(format!("{} is writable", db.name()));
                 }
+                let relay = self.w.relays[si].addr();
                 let ok = st.replicating.as_ref().is_some_and(|(h, p, io, sql)| {
-                    *h == sdb.host().to_string() && *p == sdb.port() && *io && *sql
+                    let direct = *h == sdb.host().to_string() && *p == sdb.port();
+                    let relayed = *h == relay.ip().to_string() && *p == relay.port();
+                    (direct || relayed) && *io && *sql
                 });
                 if !ok {
                     return Err(format!(

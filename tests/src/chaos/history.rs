@@ -66,6 +66,11 @@ impl Runner {
                     self.report.failovers_refused += 1;
                     rec.refusals += 1;
                 }
+                (ProcedureKind::Failover, Outcome::Aborted) => {
+                    self.report.failovers_aborted += 1;
+                    rec.notes
+                        .push(format!("failover {} aborted: {}", e.id, e.reason));
+                }
                 (ProcedureKind::Switchover, Outcome::Done) => {
                     self.report.switches += 1;
                     rec.switches += 1;
@@ -91,6 +96,7 @@ impl Runner {
                 && !rec.label.starts_with("partition-source")
                 && !rec.label.starts_with("bigtxn-source")
                 && !rec.label.starts_with("proxycut-source")
+                && !rec.label.starts_with("hide-source")
             {
                 rec.notes.push(format!(
                     "unexpected failover {} ({:?}): {}",

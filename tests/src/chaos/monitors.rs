@@ -67,12 +67,7 @@ impl Monitors {
                 stop.clone(),
             )));
         }
-        let addrs: Vec<(String, String)> = w
-            .topo
-            .servers()
-            .iter()
-            .map(|db| (db.addr(), db.name().to_owned()))
-            .collect();
+        let addrs = w.addrs();
         tasks.push(tokio::spawn(kv_poller(
             w.consul.http_addrs(),
             w.cluster.clone(),

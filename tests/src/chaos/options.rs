@@ -34,10 +34,15 @@ pub enum FaultKind {
     /// The renderer cut from Consul (#12 item 6); half the time the source
     /// hangs meanwhile and is failed over.
     ProxyCut,
+    /// The semi-sync replica out of the coordinator's sight (its relay
+    /// stops) while it goes on replicating and ACKing (#12 item 1); half
+    /// the time the source hangs meanwhile. The source must never count
+    /// more semi-sync clients than its one slot.
+    Hide,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill9,
         FaultKind::SigStop,
         FaultKind::Agent,
@@ -48,6 +53,7 @@ impl FaultKind {
         FaultKind::Drift,
         FaultKind::BigTxn,
         FaultKind::ProxyCut,
+        FaultKind::Hide,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +68,7 @@ impl FaultKind {
             FaultKind::Drift => "drift",
             FaultKind::BigTxn => "bigtxn",
             FaultKind::ProxyCut => "proxycut",
+            FaultKind::Hide => "hide",
         }
     }
 

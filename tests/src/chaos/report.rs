@@ -33,6 +33,9 @@ pub struct Report {
     pub faults: Vec<FaultRecord>,
     pub failovers: u32,
     pub failovers_refused: u32,
+    /// Ended with nothing promoted: the source answered again (a refused
+    /// failover taken up again ends so).
+    pub failovers_aborted: u32,
     pub switches: u32,
     pub switches_refused: u32,
     pub switches_aborted: u32,
@@ -119,8 +122,8 @@ impl Report {
         row(
             "failovers",
             format!(
-                "{} done, {} refused",
-                self.failovers, self.failovers_refused
+                "{} done, {} refused, {} aborted",
+                self.failovers, self.failovers_refused, self.failovers_aborted
             ),
         );
         row(

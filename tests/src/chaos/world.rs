@@ -43,6 +43,12 @@ pub(super) struct World {
     _forwards: Vec<crate::Relay>,
     /// Between the renderer and its Consul server.
     pub(super) render_relay: crate::Relay,
+    /// Each server is advertised through its own relay (on its host's
+    /// root-side address): the `hide` fault stops one, and the server
+    /// drops out of every agent's sight (the coordinator's among them)
+    /// while its replication, which the relays of the others carry, goes
+    /// on.
+    pub(super) relays: Vec<crate::Relay>,
     // Dropped after the processes that live in them.
     pub(super) hosts: Vec<NetHost>,
     _dir: Scratch,
@@ -156,11 +162,21 @@ impl World {
         .expect("render config");
         let render_log = dir.path().join("render.log");
         let renderer = spawn_renderer(&render_config, &render_log).await;
+        let mut relays = Vec::new();
+        for (i, db) in topo.servers().iter().enumerate() {
+            let on = hosts
+                .get(i)
+                .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |h| {
+                    h.host_side_addr().into()
+                });
+            relays.push(crate::Relay::start_on(on, SocketAddr::new(db.host(), db.port())).await);
+        }
         let mut agents = Vec::new();
         let mut agent_opts = Vec::new();
         for (i, db) in topo.servers().iter().enumerate() {
             let mut o = AgentOptions::new(&opts.cluster, db.name(), &agent_consul[i]);
             o.netns = hosts.get(i).map(|h| h.ns_name().to_owned());
+            o.advertise = Some(relays[i].addr());
             agents.push(AgentProc::start(o.clone(), db).await);
             agent_opts.push(o);
         }
@@ -188,6 +204,7 @@ impl World {
             clients,
             _forwards: forwards,
             render_relay,
+            relays,
             hosts,
             _dir: dir,
         }
@@ -220,8 +237,19 @@ impl World {
         self.topo
             .servers()
             .iter()
-            .find(|d| d.addr() == addr.trim())
-            .map(|d| d.name().to_owned())
+            .zip(&self.relays)
+            .find(|(d, r)| d.addr() == addr.trim() || r.addr().to_string() == addr.trim())
+            .map(|(d, _)| d.name().to_owned())
+    }
+
+    /// Every address a server is known by: its own, and its relay's.
+    pub(super) fn addrs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (d, r) in self.topo.servers().iter().zip(&self.relays) {
+            out.push((d.addr(), d.name().to_owned()));
+            out.push((r.addr().to_string(), d.name().to_owned()));
+        }
+        out
     }
 
     pub(super) async fn published(&self) -> Option<String> {
