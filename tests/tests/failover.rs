@@ -1253,8 +1253,26 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
     for w in writers {
         logs.push(w.finish().await.unwrap());
     }
-    // The replica the refusal waited for holds every acknowledged write.
+    // The replica the refusal waited for holds every acknowledged write
+    // (received: its applier works through its relay log meanwhile).
     stack.relays["db2"].resume();
+    let db2 = stack.node("db2").url();
+    let applied = wait_until(Duration::from_secs(60), || async {
+        for log in &logs {
+            if !writer::missing(&db2, log).await.is_ok_and(|m| m.is_empty()) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    if applied.is_err() {
+        let mut n = 0;
+        for log in &logs {
+            n += writer::missing(&db2, log).await.unwrap().len();
+        }
+        panic!("{n} acknowledged writes not on db2\n{}", stack.logs());
+    }
     let (mut acked, mut only_db2) = (0, 0);
     for log in &logs {
         let lost = writer::missing(&stack.node("db2").url(), log)
