@@ -28,6 +28,8 @@ pub struct ClusterKv {
     /// The fence's value, when fenced: a procedure's fence names it.
     pub fence: Option<String>,
     pub quarantined: BTreeSet<String>,
+    /// Nodes to take the semi-sync ACK role from (`drain/<cluster>/<node>`).
+    pub drained: BTreeSet<String>,
     pub settings: Option<ClusterSettings>,
     pub settings_error: Option<String>,
     /// Valid reports by node name.
@@ -173,12 +175,16 @@ pub async fn read(
     let quarantine = consul
         .kv_get_recurse(&keys.quarantine_cluster_prefix(cluster))
         .await?;
+    let drain = consul
+        .kv_get_recurse(&keys.drain_cluster_prefix(cluster))
+        .await?;
     let settings = consul.kv_get(&keys.cluster_settings_key(cluster)).await?;
     let in_progress = consul.kv_get(&keys.in_progress_key(cluster)).await?;
     let switchover = consul.kv_get(&keys.switchover_key(cluster)).await?;
     let mut pairs = master;
     pairs.extend(agents);
     pairs.extend(quarantine);
+    pairs.extend(drain);
     pairs.extend(settings);
     let mut out = interpret(keys, cluster, &pairs);
     out.in_progress = in_progress.and_then(|kv| kv.value_str().map(|v| v.trim().to_owned()));
@@ -208,6 +214,14 @@ pub fn interpret(keys: &Keys, cluster: &ClusterName, pairs: &[KvPair]) -> Cluste
                 // The key alone quarantines: an unreadable value must not
                 // let a failed source back in.
                 out.quarantined.insert(node.to_owned());
+            }
+            Some(KeyPath::Drain { cluster: c, node }) if c == cluster.as_str() => {
+                if successover_common::contract::valid_node_name(node).is_ok() {
+                    out.drained.insert(node.to_owned());
+                } else {
+                    out.rejected
+                        .push((kv.key.clone(), "not a valid node name".into()));
+                }
             }
             Some(KeyPath::ClusterSettings { cluster: c }) if c == cluster.as_str() => {
                 match ClusterSettings::parse(kv.value.as_deref().unwrap_or_default()) {

@@ -811,5 +811,6 @@ pub fn build_view(
         procedure_running: kv.in_progress.is_some(),
         maintenance: kv.settings.as_ref().is_some_and(|s| s.maintenance),
         semi_sync_replicas: kv.semi_sync_replicas(),
+        drained: kv.drained.clone(),
     }
 }

@@ -11,6 +11,7 @@
 //!   [--max-lag <s>] [--wait] [--timeout <s>]`: see [`switchover`].
 //! - `history <cluster> [-n <count>] [<id>]`: see [`history`].
 //! - `fence <cluster> [--reason <text>]`, `unfence <cluster>`: see [`fence`].
+//! - `drain <cluster> <node> [--undo] [--wait]`: see [`drain`].
 //! - `rejoin <cluster> <node> [--wait] [--timeout <s>]`: see [`rejoin`].
 //!
 //! With `--json`, stdout carries one JSON document (shapes in each
@@ -25,6 +26,7 @@
 //! `CONSUL_HTTP_TOKEN_FILE`, never from a flag: a flag would end up in shell
 //! history and in `ps` output.
 
+pub mod drain;
 pub mod fence;
 pub mod format;
 pub mod history;
@@ -167,6 +169,21 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Move the semi-sync ACK role off a node before taking it down (make
+    /// before break: no commit waits); --undo ends the drain.
+    Drain {
+        cluster: ClusterName,
+        node: String,
+        /// End the drain (delete drain/<cluster>/<node>).
+        #[arg(long)]
+        undo: bool,
+        /// Wait until the node holds no ACK role.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Bring a quarantined node back as a replica, if it holds nothing the
     /// source lacks; otherwise the answer is "rebuild required".
     Rejoin {
@@ -261,6 +278,23 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Fence { cluster, reason } => fence::fence(&ctx, &cluster, reason.as_deref()).await,
         Command::Unfence { cluster, force } => fence::unfence(&ctx, &cluster, force).await,
+        Command::Drain {
+            cluster,
+            node,
+            undo,
+            wait,
+            timeout,
+        } => {
+            drain::run(
+                &ctx,
+                &cluster,
+                &node,
+                undo,
+                wait,
+                Duration::from_secs(timeout),
+            )
+            .await
+        }
         Command::Rejoin {
             cluster,
             node,

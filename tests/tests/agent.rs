@@ -783,12 +783,27 @@ async fn a_restart_of_the_semi_sync_replica_under_writers_loses_no_ack() {
     // other replica, which already received the pending commits
     // asynchronously; they are released (the new ACKer holds them), and
     // no commit is ever acknowledged without a replica's ACK.
+    acker_restart_under_writers("c-acker-restart", false).await;
+}
+
+/// #13 item 7: drained first (`drain/<cluster>/<node>`, what `successover
+/// drain` writes), the ACK role moves make before break: the other replica
+/// is connected in semi-sync mode before the drained one's flag goes, so
+/// the source always has an ACKer (its semi-sync client count, read as
+/// fast as one connection goes through the move, never drops to 0), no commit is released with an
+/// error, and the restart that follows costs the writers nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drained_acker_hands_over_its_role_before_its_restart() {
+    acker_restart_under_writers("c-acker-drain", true).await;
+}
+
+async fn acker_restart_under_writers(cluster: &str, drain: bool) {
     let mut topo = Topology::source_with_replicas(2).await;
     topo.source()
         .exec("CREATE DATABASE IF NOT EXISTS successover_check; CREATE TABLE successover_check.t4 (id BIGINT PRIMARY KEY)")
         .await
         .unwrap();
-    let agents = healthy_agents("c-acker-restart", &topo).await;
+    let agents = healthy_agents(cluster, &topo).await;
     let flags = semi_flags(&topo).await;
     let semi = (1..3).find(|&i| flags[i].1).expect("one semi-sync replica");
     let source_url = format!(
@@ -797,9 +812,11 @@ async fn a_restart_of_the_semi_sync_replica_under_writers_loses_no_ack() {
     );
     let stop = tokio_util::sync::CancellationToken::new();
     let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..4u64 {
         let (stop, acked, url) = (stop.clone(), acked.clone(), source_url.clone());
+        let errors = errors.clone();
         writers.push(tokio::spawn(async move {
             let opts = mysql_async::Opts::from_url(&url).unwrap();
             let mut conn = None;
@@ -819,7 +836,10 @@ async fn a_restart_of_the_semi_sync_replica_under_writers_loses_no_ack() {
                 {
                     Ok(()) => acked.lock().unwrap().push((id, Instant::now())),
                     // A released commit: an error, never an OK.
-                    Err(_) => conn = None,
+                    Err(_) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        conn = None;
+                    }
                 }
             }
         }));
@@ -829,6 +849,68 @@ async fn a_restart_of_the_semi_sync_replica_under_writers_loses_no_ack() {
     })
     .await
     .expect("the writers commit");
+    let other = if semi == 1 { 2 } else { 1 };
+    let no_tx_before: u64 = status(topo.source(), "Rpl_semi_sync_master_no_tx")
+        .await
+        .parse()
+        .unwrap();
+    if drain {
+        let consul = client().await;
+        let node = topo.server(semi).name().to_owned();
+        let key = format!("mysql/drain/{cluster}/{node}");
+        // The source's semi-sync clients, read as fast as one connection
+        // goes, from before the request until the role has moved.
+        let looking = tokio_util::sync::CancellationToken::new();
+        let sampler = {
+            let (looking, opts) = (looking.clone(), topo.source().opts());
+            tokio::spawn(async move {
+                let mut c = mysql_async::Conn::new(opts).await.unwrap();
+                let (mut fewest, mut looks) = (u32::MAX, 0u32);
+                while !looking.is_cancelled() {
+                    let clients: u32 = status_var(&mut c, "Rpl_semi_sync_master_clients")
+                        .await
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    fewest = fewest.min(clients);
+                    looks += 1;
+                }
+                (fewest, looks)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        consul.kv_put(&key, "{\"by\": \"test\"}").await.unwrap();
+        let asked = Instant::now();
+        loop {
+            let flags = semi_flags(&topo).await;
+            if !flags[semi].1 && flags[other].1 && flags[other].2 {
+                break;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(30),
+                "the ACK role never left the drained {node}: {flags:?}\n{}",
+                dump_logs(&agents)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let moved = asked.elapsed();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        looking.cancel();
+        let (fewest, looks) = sampler.await.unwrap();
+        eprintln!(
+            "drained {node}: the ACK role moved in {moved:?}; the source's semi-sync clients never below {fewest} ({looks} looks)"
+        );
+        assert!(
+            fewest >= 1,
+            "the source had no ACKer during the move\n{}",
+            dump_logs(&agents)
+        );
+        assert_eq!(
+            errors.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a commit was released with an error during the move"
+        );
+    }
     let restarted = Instant::now();
     topo.server_mut(semi).restart().await;
     let resumed = wait_until(Duration::from_secs(20), || async {
@@ -850,6 +932,25 @@ async fn a_restart_of_the_semi_sync_replica_under_writers_loses_no_ack() {
         "commits did not resume after the restart\n{}",
         dump_logs(&agents)
     );
+    let no_tx: u64 = status(topo.source(), "Rpl_semi_sync_master_no_tx")
+        .await
+        .parse()
+        .unwrap();
+    let errors = errors.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        no_tx - no_tx_before <= errors,
+        "commits went asynchronous: no_tx {no_tx_before} -> {no_tx}, {errors} released with an error"
+    );
+    if drain {
+        // The drained node restarted holding no role: nothing stalled, so
+        // nothing was released, and the role did not come back to it.
+        assert_eq!(
+            errors, 0,
+            "a commit was released with an error across the restart"
+        );
+        let flags = semi_flags(&topo).await;
+        assert!(!flags[semi].1 && flags[other].1, "{flags:?}");
+    }
     // Every acknowledged commit is on every server once they caught up.
     topo.wait_replicated(Duration::from_secs(30)).await.unwrap();
     let acked_ids: Vec<u64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
@@ -871,7 +972,10 @@ async fn a_restart_of_the_semi_sync_replica_under_writers_loses_no_ack() {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
-    eprintln!("longest commit gap across the ACKer's restart: {longest:?}");
+    eprintln!(
+        "longest commit gap across the {}ACKer's restart: {longest:?}",
+        if drain { "drained " } else { "" }
+    );
 }
 
 /// The agent's account with exactly the privileges the Ansible role grants

@@ -79,6 +79,7 @@ pub fn healthy() -> ClusterView {
         procedure_running: false,
         maintenance: false,
         semi_sync_replicas: 1,
+        drained: Default::default(),
     }
 }
 

@@ -510,12 +510,29 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
         .collect();
     replicas.sort_by(|a, b| a.name.cmp(&b.name));
 
+    let drained = |n: &NodeView| view.drained.contains(&n.name);
     let mut keep: Vec<&NodeView> = replicas
         .iter()
         .copied()
-        .filter(|n| n.semi_sync_replica && acking_replica_of(n, source))
+        .filter(|n| n.semi_sync_replica && acking_replica_of(n, source) && !drained(n))
         .collect();
     keep.truncate(want);
+    // Make before break: a drained ACKer keeps its flag until replicas
+    // that are not drained hold every slot and ACK (connected in
+    // semi-sync mode), so no commit waits while the role moves.
+    let ready = keep.iter().filter(|n| n.semi_sync_replica_active).count() >= want;
+    let draining: Vec<&NodeView> = replicas
+        .iter()
+        .copied()
+        .filter(|n| n.semi_sync_replica && acking_replica_of(n, source) && drained(n))
+        .take(if ready { 0 } else { want })
+        .collect();
+    for node in &draining {
+        reasons.push(format!(
+            "{} is drained and keeps the semi-sync flag until another replica ACKs",
+            node.name
+        ));
+    }
     let unseen = usize::try_from(unseen_semi_clients(view, source)).unwrap_or(usize::MAX);
     let missing = want.saturating_sub(keep.len());
     let grantable = missing.saturating_sub(unseen);
@@ -528,7 +545,7 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
     let additions: Vec<&NodeView> = replicas
         .iter()
         .copied()
-        .filter(|n| !n.semi_sync_replica && healthy_replica_of(n, source))
+        .filter(|n| !n.semi_sync_replica && healthy_replica_of(n, source) && !drained(n))
         .take(grantable)
         .collect();
     // A flagged replica that does not ACK now (its IO thread still
@@ -538,8 +555,8 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
     let waiting: Vec<&NodeView> = replicas
         .iter()
         .copied()
-        .filter(|n| n.semi_sync_replica && !acking_replica_of(n, source))
-        .take(missing - additions.len())
+        .filter(|n| n.semi_sync_replica && !acking_replica_of(n, source) && !drained(n))
+        .take(missing.saturating_sub(additions.len() + draining.len()))
         .collect();
     for node in replicas.iter().filter(|n| n.semi_sync_replica) {
         if waiting.iter().any(|k| k.name == node.name) {
@@ -547,13 +564,18 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
                 "semi-sync replica {} is not replicating from the source; it keeps the flag, no healthy replica can take it",
                 node.name
             ));
-        } else if !keep.iter().any(|k| k.name == node.name) {
+        } else if !keep.iter().chain(&draining).any(|k| k.name == node.name) {
             actions.push(Action::SetSemiSyncReplica {
                 node: node.name.clone(),
                 enabled: false,
                 floor: None,
             });
-            reasons.push(if acking_replica_of(node, source) {
+            reasons.push(if drained(node) {
+                format!(
+                    "{} is drained and another replica ACKs: its semi-sync flag goes",
+                    node.name
+                )
+            } else if acking_replica_of(node, source) {
                 format!(
                     "{} was a semi-sync replica beyond the {want} wanted",
                     node.name
@@ -585,7 +607,7 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
         });
         reasons.push(format!("{} chosen as semi-sync replica", node.name));
     }
-    if keep.len() + additions.len() + unseen < want {
+    if keep.len() + additions.len() + unseen + draining.len() < want {
         reasons.push(format!(
             "only {} healthy replica(s) for {want} semi-sync slot(s): commits on {} wait for an ACK",
             keep.len() + additions.len(),
@@ -1044,6 +1066,61 @@ mod tests {
         node(&mut v, "db3").replica.as_mut().unwrap().io_running = true;
         let d = enforce(&v);
         assert_eq!(d.actions, vec![semi("db2", false), semi("db3", true)]);
+    }
+
+    /// #13 item 7: patching the ACKer stopped every commit until the
+    /// coordinator noticed and moved the flag. Drained first, the role
+    /// moves make before break: the other replica is granted the flag
+    /// while the drained one keeps ACKing, and the drained one's flag goes
+    /// only once the new ACKer is connected in semi-sync mode.
+    #[test]
+    fn a_drained_acker_keeps_its_flag_until_another_replica_acks() {
+        let mut v = healthy();
+        v.drained.insert("db2".into());
+        let d = enforce(&v);
+        assert_eq!(d.actions, vec![semi("db3", true)], "{}", d.reason);
+        assert!(
+            d.reason.contains("db2 is drained and keeps"),
+            "{}",
+            d.reason
+        );
+
+        // Granted, its IO thread not yet in semi-sync mode: db2 stays.
+        {
+            let n = node(&mut v, "db3");
+            n.semi_sync_replica = true;
+            n.semi_sync_replica_active = false;
+        }
+        let d = enforce(&v);
+        assert!(
+            !d.actions.contains(&semi("db2", false)),
+            "{:?}: {}",
+            d.actions,
+            d.reason
+        );
+
+        // db3 ACKs: the drained db2 loses the flag.
+        node(&mut v, "db3").semi_sync_replica_active = true;
+        v.nodes[0].semi.clients = 2;
+        let d = enforce(&v);
+        assert_eq!(d.actions, vec![semi("db2", false)], "{}", d.reason);
+        assert!(
+            d.reason.contains("db2 is drained and another replica ACKs"),
+            "{}",
+            d.reason
+        );
+
+        // With no replica to take the role, the drained ACKer keeps it.
+        let mut v = healthy();
+        v.drained.insert("db2".into());
+        node(&mut v, "db3").replica.as_mut().unwrap().sql_running = false;
+        let d = enforce(&v);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert!(
+            d.reason.contains("db2 is drained and keeps"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub struct ClusterView {
     /// Automation suspended by an operator.
     pub maintenance: bool,
     pub semi_sync_replicas: usize,
+    /// Nodes an operator drains: the ACK role moves off them, a new ACKer
+    /// connected before the old one's flag goes (make before break).
+    pub drained: BTreeSet<String>,
 }
 
 impl ClusterView {

@@ -147,6 +147,8 @@ struct Kv {
     rejoins: Vec<KvPair>,
     last_failover_ms: Option<u64>,
     ack_floors: BTreeMap<String, Option<GtidState>>,
+    /// `drain/c1/<node>`: an operator moving the ACK role off a node.
+    drained: BTreeSet<String>,
     index: u64,
 }
 
@@ -410,7 +412,7 @@ impl Sim {
             .iter()
             .filter(|s| s.life != Life::Up || s.cut || s.hidden || s.isolated)
             .count();
-        match self.rng.below(11) {
+        match self.rng.below(12) {
             0 | 1 if down < 2 && self.servers[i].life == Life::Up => {
                 let s = &mut self.servers[i];
                 s.life = Life::Down;
@@ -426,6 +428,14 @@ impl Sim {
                 self.log(format!("FAULT cut {name} off the network"));
             }
             4 => self.heal(i),
+            11 => {
+                if self.kv.drained.remove(&name) {
+                    self.log(format!("REQUEST undrain {name}"));
+                } else {
+                    self.kv.drained.insert(name.clone());
+                    self.log(format!("REQUEST drain {name}"));
+                }
+            }
             10 if down < 2 && !self.servers[i].isolated => {
                 self.servers[i].isolated = true;
                 self.log(format!("FAULT cut {name} off from the other servers"));
@@ -571,6 +581,7 @@ impl Sim {
             procedure_running: self.kv.in_progress.is_some(),
             maintenance: false,
             semi_sync_replicas: 1,
+            drained: self.kv.drained.clone(),
         }
     }
 
@@ -1191,10 +1202,43 @@ impl Sim {
                     // release a commit.
                     let src = self.servers[i].source;
                     if let Some(src) = src.filter(|_| *enabled) {
-                        let clients = self.semi_clients(src);
-                        if clients >= 1 {
+                        let unseen = self.semi_clients_out_of_sight(src);
+                        if unseen >= 1 {
                             self.violation(format!(
-                                "{node} got the semi-sync flag while {} counts {clients} semi-sync client(s) for 1 slot",
+                                "{node} got the semi-sync flag while {} counts {unseen} semi-sync client(s) out of the coordinator's sight",
+                                self.servers[src].name
+                            ));
+                        }
+                    }
+                    // A drain moves the role make before break: the
+                    // drained ACKer's flag goes only while another replica
+                    // of its source ACKs.
+                    if let Some(src) = src.filter(|_| !*enabled && self.kv.drained.contains(node)) {
+                        let (me, ss) = (&self.servers[i], &self.servers[src]);
+                        let acking = me.semi_active
+                            && me.io_on
+                            && !me.io_error
+                            && me.up()
+                            && !me.isolated
+                            && ss.up()
+                            && !ss.isolated;
+                        let others = self
+                            .servers
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, r)| {
+                                *j != i
+                                    && r.source == Some(src)
+                                    && r.semi_active
+                                    && r.io_on
+                                    && !r.io_error
+                                    && r.up()
+                                    && !r.isolated
+                            })
+                            .count();
+                        if acking && others == 0 {
+                            self.violation(format!(
+                                "drained {node} lost the semi-sync flag before another replica of {} ACKed",
                                 self.servers[src].name
                             ));
                         }
@@ -1302,6 +1346,22 @@ impl Sim {
                     && matches!(r.life, Life::Up | Life::Hung)
                     && !r.cut
                     && !r.isolated
+            })
+            .count() as u64
+    }
+
+    fn semi_clients_out_of_sight(&self, i: usize) -> u64 {
+        self.servers
+            .iter()
+            .filter(|r| {
+                r.source == Some(i)
+                    && r.semi_active
+                    && r.io_on
+                    && !r.io_error
+                    && matches!(r.life, Life::Up | Life::Hung)
+                    && !r.cut
+                    && !r.isolated
+                    && !r.visible()
             })
             .count() as u64
     }

@@ -10,6 +10,7 @@
 //! | `mysql/master/<cluster>/failed` | present (any value) = fenced; [`Fence`] as JSON |
 //! | `mysql/cluster/<cluster>` | [`ClusterSettings`] as JSON |
 //! | `mysql/quarantine/<cluster>/<node>` | [`Quarantine`] as JSON |
+//! | `mysql/drain/<cluster>/<node>` | present (any value): the node gives up the semi-sync ACK role, make before break |
 //! | `mysql/agent/<cluster>/<node>` | a host's [`HealthReport`] as JSON |
 //! | `mysql/lock/<cluster>` | coordinator lock |
 //! | `mysql/switchover/<cluster>` | planned-switch request (target node) |
@@ -442,6 +443,11 @@ pub enum KeyPath<'a> {
         cluster: &'a str,
         node: &'a str,
     },
+    /// `drain/<cluster>/<node>`.
+    Drain {
+        cluster: &'a str,
+        node: &'a str,
+    },
     /// `agent/<cluster>/<node>`.
     Agent {
         cluster: &'a str,
@@ -519,6 +525,16 @@ impl Keys {
         format!("{}quarantine/{cluster}/{node}", self.prefix)
     }
 
+    /// `drain/<cluster>/`: nodes an operator is about to take down (a
+    /// patch, a reboot). The key alone drains; its value is free text.
+    pub fn drain_cluster_prefix(&self, cluster: &ClusterName) -> String {
+        format!("{}drain/{cluster}/", self.prefix)
+    }
+
+    pub fn drain_key(&self, cluster: &ClusterName, node: &NodeName) -> String {
+        format!("{}drain/{cluster}/{node}", self.prefix)
+    }
+
     pub fn agent_cluster_prefix(&self, cluster: &ClusterName) -> String {
         format!("{}agent/{cluster}/", self.prefix)
     }
@@ -574,6 +590,12 @@ impl Keys {
             ("cluster", None) => Some(KeyPath::ClusterSettings { cluster: first }),
             ("quarantine", Some(node)) if !node.is_empty() && !node.contains('/') => {
                 Some(KeyPath::Quarantine {
+                    cluster: first,
+                    node,
+                })
+            }
+            ("drain", Some(node)) if !node.is_empty() && !node.contains('/') => {
+                Some(KeyPath::Drain {
                     cluster: first,
                     node,
                 })
@@ -873,6 +895,21 @@ mod tests {
                 node: "db1"
             })
         );
+        assert_eq!(
+            keys.classify("mysql/drain/c1/db2"),
+            Some(KeyPath::Drain {
+                cluster: "c1",
+                node: "db2"
+            })
+        );
+        assert_eq!(
+            keys.drain_key(
+                &ClusterName::parse("c1").unwrap(),
+                &NodeName::parse("db1").unwrap()
+            ),
+            "mysql/drain/c1/db1"
+        );
+        assert_eq!(keys.classify("mysql/drain/c1/db2/x"), None);
         assert_eq!(keys.classify("mysql/quarantine/c1"), None);
         assert_eq!(keys.classify("mysql/quarantine/c1/db1/x"), None);
         assert_eq!(

@@ -48,6 +48,7 @@ struct Raw<'a> {
     request: Option<&'a KvPair>,
     agents: Vec<(&'a str, &'a KvPair)>,
     quarantine: Vec<(&'a str, &'a KvPair)>,
+    drained: Vec<&'a str>,
     history: BTreeMap<&'a str, &'a KvPair>,
 }
 
@@ -109,6 +110,7 @@ pub fn build(keys: &Keys, snapshot: &Snapshot, only: Option<&ClusterName>) -> St
             KeyPath::Master { cluster, .. }
             | KeyPath::ClusterSettings { cluster }
             | KeyPath::Quarantine { cluster, .. }
+            | KeyPath::Drain { cluster, .. }
             | KeyPath::Agent { cluster, .. }
             | KeyPath::Lock { cluster }
             | KeyPath::Switchover { cluster }
@@ -152,6 +154,7 @@ pub fn build(keys: &Keys, snapshot: &Snapshot, only: Option<&ClusterName>) -> St
                 r.agents.push((node, pair));
             }
             KeyPath::Quarantine { node, .. } => r.quarantine.push((node, pair)),
+            KeyPath::Drain { node, .. } => r.drained.push(node),
             KeyPath::Lock { .. } => r.lock = Some(pair),
             KeyPath::Switchover { .. } => r.request = Some(pair),
             KeyPath::History { rest, .. } => {
@@ -288,6 +291,7 @@ fn cluster_status(keys: &Keys, name: &ClusterName, r: Raw, now_ms: u64) -> Clust
         switchover_request,
         procedure,
         quarantined,
+        drained: r.drained.iter().map(|n| (*n).to_owned()).collect(),
         nodes,
         proxies: Vec::new(),
         problems,

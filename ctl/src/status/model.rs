@@ -25,6 +25,8 @@ pub struct ClusterStatus {
     pub switchover_request: Option<SwitchoverRequest>,
     pub procedure: Option<Procedure>,
     pub quarantined: Vec<QuarantinedNode>,
+    /// Nodes drained of the ACK role (`drain/<cluster>/<node>`).
+    pub drained: Vec<String>,
     pub nodes: Vec<NodeStatus>,
     /// Every proxy that published what it serves for this cluster
     /// (`proxy/<name>`), by name.

@@ -97,6 +97,9 @@ pub fn render_cluster(c: &ClusterStatus) -> String {
                 .join(", ")
         },
     ));
+    if !c.drained.is_empty() {
+        f.push(("drained", c.drained.join(", ")));
+    }
     if !c.proxies.is_empty() {
         f.push((
             "proxies",
@@ -323,6 +326,7 @@ db3   -        -    -                               -                        -  
             [
                 "cluster",
                 "coordinator",
+                "drained",
                 "failed",
                 "fenced",
                 "nodes",
@@ -447,6 +451,7 @@ db3   -        -    -                               -                        -  
                         at_ms: None,
                         problem: Some("mysql/quarantine/c1/db1: invalid JSON".into()),
                     }],
+                    drained: Vec::new(),
                     nodes: vec![down, lagging],
                     proxies: Vec::new(),
                     problems: vec!["mysql/cluster/c1: odd".into()],
@@ -465,6 +470,7 @@ db3   -        -    -                               -                        -  
                     switchover_request: None,
                     procedure: None,
                     quarantined: Vec::new(),
+                    drained: Vec::new(),
                     nodes: Vec::new(),
                     proxies: Vec::new(),
                     problems: Vec::new(),
