@@ -580,3 +580,54 @@ async fn usage_errors_exit_2_and_write_nothing() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_and_undrain() {
+    let p = "t-cli-drain/";
+    realistic_tree(p).await;
+    let c = client().await;
+    let key = format!("{p}drain/c1/db2");
+
+    let run = cli(p, &["drain", "c1", "db2", "--json"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    let doc = run.json();
+    assert_eq!(doc["drained"], true, "{doc}");
+    assert_eq!(doc["acker"], true, "db2's report shows the flag: {doc}");
+    let stored = c.kv_get(&key).await.unwrap().expect("drain key written");
+    let v: Value = serde_json::from_slice(stored.value.as_deref().unwrap()).unwrap();
+    assert_eq!(v["by"], "cli");
+    let status = cli(p, &["status", "c1", "--json"]).await;
+    assert_eq!(status.json()["clusters"][0]["drained"], json!(["db2"]));
+    let status = cli(p, &["status", "c1"]).await;
+    assert!(status.stdout.contains("drained"), "{status}");
+
+    // Nobody takes the role in this tree: --wait runs out.
+    let run = cli(p, &["drain", "c1", "db2", "--wait", "--timeout", "1"]).await;
+    assert_eq!(run.code, 3, "{run}");
+    assert!(run.stdout.contains("still holds the ACK role"), "{run}");
+
+    // Its agent reports the flag off: --wait returns.
+    c.kv_put(
+        &format!("{p}agent/c1/db2"),
+        report("db2", false, false).to_string(),
+    )
+    .await
+    .unwrap();
+    let run = cli(p, &["drain", "c1", "db2", "--wait", "--timeout", "10"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("holds no ACK role"), "{run}");
+
+    let run = cli(p, &["drain", "c1", "db2", "--undo"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(c.kv_get(&key).await.unwrap().is_none());
+
+    let run = cli(p, &["drain", "c9", "db2"]).await;
+    assert_eq!(run.code, 1, "{run}");
+    assert!(c
+        .kv_get(&format!("{p}drain/c9/db2"))
+        .await
+        .unwrap()
+        .is_none());
+    let run = cli(p, &["drain", "c1", "db 2"]).await;
+    assert_eq!(run.code, 2, "{run}");
+}

@@ -15,7 +15,7 @@ pub struct Snapshot {
     /// measured from here.
     pub now_ms: u64,
     /// Everything under `master/`, `cluster/`, `agent/`, `lock/`,
-    /// `switchover/` and `quarantine/` (or their `<cluster>` subtrees), and
+    /// `switchover/`, `quarantine/` and `drain/` (or their `<cluster>` subtrees), and
     /// per cluster `history/<cluster>/in-progress` with the entry it names.
     pub pairs: Vec<KvPair>,
 }
@@ -23,13 +23,14 @@ pub struct Snapshot {
 /// Reads what `status` shows: one recursive read per kind of key, then the
 /// in-progress marker (and the entry it names) per cluster.
 pub async fn fetch(ctx: &Ctx, only: Option<&ClusterName>) -> Result<Snapshot, Failure> {
-    let [master, settings, agents, locks, requests, quarantine] = [
+    let [master, settings, agents, locks, requests, quarantine, drain] = [
         "master",
         "cluster",
         "agent",
         "lock",
         "switchover",
         "quarantine",
+        "drain",
     ]
     .map(|kind| match only {
         Some(c) => format!("{}{kind}/{c}", ctx.keys.prefix()),
@@ -43,8 +44,9 @@ pub async fn fetch(ctx: &Ctx, only: Option<&ClusterName>) -> Result<Snapshot, Fa
         c.kv_get_recurse(&locks),
         c.kv_get_recurse(&requests),
         c.kv_get_recurse(&quarantine),
+        c.kv_get_recurse(&drain),
     )?;
-    let mut pairs: Vec<KvPair> = [read.0, read.1, read.2, read.3, read.4, read.5]
+    let mut pairs: Vec<KvPair> = [read.0, read.1, read.2, read.3, read.4, read.5, read.6]
         .into_iter()
         .flatten()
         .collect();

@@ -1,5 +1,8 @@
-//! `successover-bench-ack-move [--restarts N]`: what patching the ACKing
-//! replica costs the writers. Four writers commit as fast as they can,
+//! `successover-bench-ack-move [--restarts N] [--drain]`: what patching the
+//! ACKing replica costs the writers. With `--drain` each restart is
+//! preceded by `drain/<cluster>/<node>` (what `successover drain` writes),
+//! as the rolling-upgrade runbook says, and the gap is measured from the
+//! drain request through the restart. Four writers commit as fast as they can,
 //! straight to the source (as the application account); the replica that
 //! holds the semi-sync flag is restarted cleanly, the flag moves to the
 //! other replica, and the longest wait between two acknowledged commits
@@ -31,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(10);
+    let drain = args.iter().any(|a| a == "--drain");
     let consul = ConsulDev::start().await;
     let mut stack = Stack::start("bench-ack", &consul.http_addr()).await;
     let source = stack.node("db1");
@@ -81,6 +85,24 @@ async fn main() -> anyhow::Result<()> {
         let name = flagged.ok_or_else(|| anyhow::anyhow!("no flagged replica"))?;
         let i: usize = name[2..].parse::<usize>()? - 1;
         let restarted = Instant::now();
+        let drain_key = format!("mysql/drain/{}/{name}", stack.cluster);
+        if drain {
+            stack
+                .consul
+                .kv_put(&drain_key, "{\"by\": \"bench\"}")
+                .await?;
+            wait_until(Duration::from_secs(30), || async {
+                let Ok(mut c) = stack.node(name).conn().await else {
+                    return false;
+                };
+                global_var(&mut c, "rpl_semi_sync_slave_enabled")
+                    .await
+                    .is_ok_and(|v| v == "0")
+                    && stack.semi_sync_healthy().await
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the ACK role never left the drained {name}"))?;
+        }
         stack.topo.server_mut(i).restart().await;
         wait_until(Duration::from_secs(30), || async {
             acked
@@ -93,6 +115,9 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
         .map_err(|_| anyhow::anyhow!("commits never resumed after restarting {name}"))?;
+        if drain {
+            stack.consul.kv_delete(&drain_key).await?;
+        }
         let mut at: Vec<Instant> = acked
             .lock()
             .unwrap()
@@ -120,9 +145,10 @@ async fn main() -> anyhow::Result<()> {
     }
     longest.sort();
     println!(
-        "\nsuccessover benchmark: {restarts} clean restarts of the ACKing replica, 4 writers straight at the source\n\
+        "\nsuccessover benchmark: {restarts} clean restarts of the ACKing replica{}, 4 writers straight at the source\n\
          longest commit gap per restart (ms): min {} p50 {} p99 {} max {}\n\
          acknowledged commits {}, missing on some server {lost}",
+        if drain { ", each drained first" } else { "" },
         longest[0],
         percentile(&longest, 0.5),
         percentile(&longest, 0.99),
