@@ -43,6 +43,7 @@ pub fn build(
         client_connections: None,
         drift: Vec::new(),
         read_only_writers: Default::default(),
+        coordinating: None,
     };
     let o = match obs {
         Ok(o) => o,

@@ -38,6 +38,8 @@ pub struct Agent {
     nodes: Nodes,
     membership: Option<Membership>,
     last_report: Option<HealthReport>,
+    /// The last cycle's reason while this agent coordinates, for its report.
+    last_reason: Option<String>,
     last_report_write: Option<Instant>,
     /// The local server's accounts that write through `read_only`, and
     /// when they were listed (grants change rarely).
@@ -100,6 +102,7 @@ impl Agent {
             node,
             membership: None,
             last_report: None,
+            last_reason: None,
             last_report_write: None,
             read_only_writers: None,
             prober: crate::probe::Prober::new(Default::default()),
@@ -205,6 +208,10 @@ impl Agent {
 
     pub async fn cycle(&mut self) -> CycleOutcome {
         let outcome = self.cycle_inner().await;
+        // Kept short: a KV value, rewritten whenever it changes.
+        self.last_reason = outcome
+            .coordinator
+            .then(|| outcome.reason.chars().take(1000).collect());
         self.metrics.cycle(
             outcome.coordinator,
             self.last_report.as_ref().is_some_and(|r| r.up),
@@ -573,6 +580,7 @@ impl Agent {
             now_ms,
             local,
         );
+        report.coordinating = self.last_reason.clone().filter(|_| self.coordinating);
         if let Ok(o) = local {
             let stale = self
                 .read_only_writers

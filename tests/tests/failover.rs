@@ -1218,6 +1218,27 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
     }
     assert_eq!(flag(&stack, "db3").await.as_deref(), Some("0"));
     assert_eq!(flag(&stack, "db2").await.as_deref(), Some("1"));
+    // The coordinator says why in its report (`successover status` shows
+    // it as "it says").
+    let holder = lock_holder(&stack).await.expect("a coordinator");
+    let says = wait_for(Duration::from_secs(10), || async {
+        let kv = stack
+            .consul
+            .kv_get(&format!("mysql/agent/{}/{holder}", stack.cluster))
+            .await
+            .ok()??;
+        let report =
+            successover_common::contract::HealthReport::parse(kv.value.as_deref()?).ok()?;
+        report
+            .coordinating
+            .filter(|s| s.contains("semi-sync client(s) the coordinator cannot see"))
+    })
+    .await;
+    assert!(
+        says.is_ok(),
+        "the coordinator's report never said why\n{}",
+        stack.logs()
+    );
     // Writes went on: db2 still ACKs.
     for id in 1..=4 {
         writes_land(&stack, "db1", id).await;

@@ -72,6 +72,11 @@ pub struct HealthReport {
     /// server, so they are worth knowing.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub read_only_writers: std::collections::BTreeMap<String, u64>,
+    /// On the coordinator's report only: what it decided in its last cycle,
+    /// in the words it logs ("healthy: db1 is the source", or why it
+    /// waits, refuses or acts). `successover status` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinating: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

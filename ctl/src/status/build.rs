@@ -286,6 +286,18 @@ fn cluster_status(keys: &Keys, name: &ClusterName, r: Raw, now_ms: u64) -> Clust
                 .filter(|p| p.value.is_some())
                 .map(|p| value_text(p).trim().to_owned()),
             held: r.lock.is_some_and(|p| p.session.is_some()),
+            says: r
+                .lock
+                .filter(|p| p.session.is_some())
+                .and_then(|p| {
+                    let holder = value_text(p);
+                    let node = holder.trim().rsplit('/').next()?.to_owned();
+                    let (_, report) = r.agents.iter().find(|(n, _)| **n == node)?;
+                    HealthReport::parse(report.value.as_deref().unwrap_or_default())
+                        .ok()?
+                        .coordinating
+                })
+                .map(|s| crate::format::clean(&s).into_owned()),
         },
         settings,
         switchover_request,
@@ -446,6 +458,35 @@ mod tests {
     use crate::status::render::text;
     use successover_common::procedure::Outcome;
 
+    /// #13 "status shows each stall reason in words": the lock holder's
+    /// report carries what it decided last.
+    #[test]
+    fn the_coordinators_words_come_from_its_report() {
+        use crate::status::fixtures::{held, report};
+        const WHY: &str =
+            "only 0 healthy replica(s) for 1 semi-sync slot(s): commits on db1 wait for an ACK";
+        let c1 = ClusterName::parse("c1").unwrap();
+        let mut pairs = tree();
+        let mut r = report("db3", "replica", crate::status::fixtures::NOW - 1_000);
+        r["coordinating"] = serde_json::json!(WHY);
+        for p in &mut pairs {
+            if p.key == "mysql/agent/c1/db3" {
+                *p = held(pair("mysql/agent/c1/db3", &r.to_string()));
+            }
+        }
+        let doc = build(&Keys::default(), &snapshot(pairs), Some(&c1));
+        let c = &doc.clusters[0];
+        assert_eq!(c.coordinator.says.as_deref(), Some(WHY));
+        assert!(
+            text(&doc).contains(&format!("it says      {WHY}")),
+            "{}",
+            text(&doc)
+        );
+        // Another agent's words are not the coordinator's.
+        let doc = build(&Keys::default(), &snapshot(tree()), Some(&c1));
+        assert_eq!(doc.clusters[0].coordinator.says, None);
+    }
+
     #[test]
     fn one_cluster_from_kv_pairs() {
         let c1 = ClusterName::parse("c1").unwrap();
@@ -461,7 +502,8 @@ mod tests {
             c.coordinator,
             Coordinator {
                 holder: Some("c1/db3".into()),
-                held: true
+                held: true,
+                says: None,
             }
         );
         assert_eq!(c.settings.as_ref().unwrap().proxy_port, 13306);

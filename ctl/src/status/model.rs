@@ -54,6 +54,9 @@ pub struct Coordinator {
     /// kept after a release, so it may name a past holder.
     pub holder: Option<String>,
     pub held: bool,
+    /// What the holder decided in its last cycle, from its health report:
+    /// "healthy: …", or why it waits, refuses or acts.
+    pub says: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -58,6 +58,9 @@ pub fn render_cluster(c: &ClusterStatus) -> String {
             (None, false) => "none".to_owned(),
         },
     ));
+    if let Some(says) = &c.coordinator.says {
+        f.push(("it says", says.clone()));
+    }
     if let Some(s) = &c.settings {
         let mut line = format!(
             "proxy port {}, {} semi-sync replica(s), auto-failover {}, max lag {} s",
@@ -422,6 +425,7 @@ db3   -        -    -                               -                        -  
                     coordinator: Coordinator {
                         holder: Some("c1/db2".into()),
                         held: false,
+                        says: None,
                     },
                     settings: Some(settings),
                     switchover_request: Some(SwitchoverRequest {
@@ -465,6 +469,7 @@ db3   -        -    -                               -                        -  
                     coordinator: Coordinator {
                         holder: None,
                         held: false,
+                        says: None,
                     },
                     settings: None,
                     switchover_request: None,
