@@ -122,6 +122,13 @@ impl HealthReport {
             for n in r.read_only_writers.values_mut() {
                 *n = 0;
             }
+            // Counts and times in the coordinator's words ("3 commit(s)
+            // wait", "(2)") change every cycle; the heartbeat carries them.
+            r.coordinating = r.coordinating.as_ref().map(|s| {
+                s.chars()
+                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                    .collect()
+            });
             if let Some(s) = r.semi_sync.as_mut() {
                 s.yes_tx = 0;
                 s.no_tx = 0;
@@ -192,5 +199,14 @@ mod tests {
         let mut d = a.clone();
         d.drift.push("semi-sync timeout".into());
         assert!(a.differs_materially(&d));
+        // The coordinator's words matter, their numbers do not.
+        let mut e = a.clone();
+        e.coordinating = Some("3 commit(s) on db1 wait (1)".into());
+        assert!(a.differs_materially(&e));
+        let mut f = e.clone();
+        f.coordinating = Some("4 commit(s) on db1 wait (2)".into());
+        assert!(!e.differs_materially(&f));
+        f.coordinating = Some("healthy: db1 is the source".into());
+        assert!(e.differs_materially(&f));
     }
 }
