@@ -95,17 +95,20 @@ pub async fn coordinator_inputs(
             }),
         _ => None,
     };
-    let last_failover_ms = consul
+    let last_failover = consul
         .kv_get(&keys.last_failover_key(cluster))
         .await
-        .map_err(e)?
-        .map(|kv| {
-            LastFailover::parse(kv.value.as_deref().unwrap_or_default())
-                .map(|l| l.at_ms)
-                // An unreadable marker still counts: a cooldown that is
-                // too long is safer than a second failover.
-                .unwrap_or(u64::MAX / 2)
-        });
+        .map_err(e)?;
+    let last_failover_held = last_failover
+        .as_ref()
+        .is_some_and(|kv| kv.session.is_some());
+    let last_failover_ms = last_failover.map(|kv| {
+        LastFailover::parse(kv.value.as_deref().unwrap_or_default())
+            .map(|l| l.at_ms)
+            // An unreadable marker still counts: a cooldown that is
+            // too long is safer than a second failover.
+            .unwrap_or(u64::MAX / 2)
+    });
     let rejoins = consul
         .kv_get_recurse(&keys.rejoin_prefix(cluster))
         .await
@@ -151,6 +154,7 @@ pub async fn coordinator_inputs(
         switchover: kv.switchover.clone(),
         rejoins,
         last_failover_ms,
+        last_failover_held,
         auto_failover: settings.is_none_or(|s| s.auto_failover),
         failover_cooldown_ms: settings
             .map(|s| s.failover_cooldown_seconds)

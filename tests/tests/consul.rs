@@ -150,6 +150,45 @@ async fn an_expired_session_frees_its_lock() {
     b.session_destroy(&sb).await.unwrap();
 }
 
+/// What the failover cooldown rests on (#13 item 12): a key held by a
+/// session with a TTL, no node check and `delete` behaviour, never
+/// renewed, stays at least the TTL on Consul's clock and is then deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_held_by_an_unrenewed_ttl_session_outlives_the_ttl_then_goes() {
+    let c = client().await;
+    let key = "t-cooldown/last-failover";
+    let mut req = SessionRequest::new("cooldown", Duration::from_secs(10));
+    req.behavior = SessionBehavior::Delete;
+    req.node_checks = Vec::new();
+    req.lock_delay = Duration::ZERO;
+    let s = c.session_create(&req).await.unwrap();
+    let held = std::time::Instant::now();
+    let written = c
+        .txn(&[TxnOp::Lock {
+            key: key.into(),
+            value: b"{}".to_vec(),
+            session: s.clone(),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(written, TxnOutcome::Committed(_)), "{written:?}");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let kv = c
+        .kv_get(key)
+        .await
+        .unwrap()
+        .expect("still there before the TTL");
+    assert_eq!(kv.session.as_deref(), Some(s.as_str()));
+    wait_until(Duration::from_secs(45), || async {
+        c.kv_get(key).await.unwrap().is_none()
+    })
+    .await
+    .expect("the key outlived twice its session's TTL");
+    let gone = held.elapsed();
+    assert!(gone >= Duration::from_secs(10), "gone after {gone:?}");
+    eprintln!("a key held by a 10 s TTL session went {gone:?} after it was written");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_released_session_with_delete_behavior_removes_its_keys() {
     let c = client().await;

@@ -68,6 +68,29 @@ async fn kill_9_of_the_source_fails_over_without_losing_a_write() {
         "{:?}",
         entry.evidence
     );
+    // #13 item 12: the cooldown runs on Consul's clock: the marker is held
+    // by a session with the cooldown as its TTL (the stack's default,
+    // 3600 s), no node check and `delete` behaviour.
+    let marker = stack
+        .consul
+        .kv_get(&format!("mysql/history/{}/last-failover", stack.cluster))
+        .await
+        .unwrap()
+        .expect("the last-failover marker");
+    let session = marker
+        .session
+        .expect("the marker is held by its cooldown session");
+    let info = stack
+        .consul
+        .session_info(&session)
+        .await
+        .unwrap()
+        .expect("the cooldown session");
+    assert_eq!(info.ttl, "3600000ms");
+    assert_eq!(
+        info.behavior,
+        successover_common::consul::SessionBehavior::Delete
+    );
     eprintln!(
         "kill -9: crash -> first acknowledged write on {} after {} ms; {}",
         entry.to.as_deref().unwrap(),

@@ -208,6 +208,17 @@ pub fn failover_forbidden(input: &Input<'_>) -> Option<String> {
     let at = input.kv.last_failover_ms?;
     let age_ms = input.wall_ms.saturating_sub(at);
     let cooldown_ms = input.kv.failover_cooldown_ms;
+    // Held by its session, the marker lasts until Consul's own clock ends
+    // the cooldown: no comparison of wall clocks across hosts, whose skew
+    // could cut it short.
+    if input.kv.last_failover_held {
+        return Some(format!(
+            "the last failover was {}s ago by this host's clock and its cooldown ({}s, on Consul's clock) has not ended; acknowledge it by deleting history/{}/last-failover",
+            age_ms / 1000,
+            cooldown_ms / 1000,
+            input.view.cluster
+        ));
+    }
     (age_ms < cooldown_ms).then(|| {
         format!(
             "the last failover was {}s ago (cooldown {}s); acknowledge it by deleting history/{}/last-failover",
@@ -499,6 +510,33 @@ mod tests {
             last = watch(&input(&v, &kv, now), &mut m);
         }
         assert!(last.unwrap().reason.contains("last-failover"));
+
+        // #13 item 12: held by its session, the marker refuses whatever
+        // this host's clock says (a clock ahead would have cut the
+        // cooldown short); unheld, the wall-clock rule.
+        let mut kv = self::kv();
+        kv.last_failover_ms = Some(1);
+        let mut m = Memory::default();
+        let mut last = None;
+        for now in [0, 1000, 2000] {
+            last = watch(&input(&v, &kv, now), &mut m);
+        }
+        assert!(
+            matches!(last.as_ref().map(|d| &d.intent), Some(Intent::Step(_))),
+            "an old unheld marker allows the failover: {last:?}"
+        );
+        kv.last_failover_held = true;
+        let mut m = Memory::default();
+        let mut last = None;
+        for now in [0, 1000, 2000] {
+            last = watch(&input(&v, &kv, now), &mut m);
+        }
+        let last = last.unwrap();
+        assert!(
+            matches!(last.intent, Intent::RecordRefusal { .. }),
+            "{last:?}"
+        );
+        assert!(last.reason.contains("on Consul's clock"), "{}", last.reason);
     }
 
     #[test]

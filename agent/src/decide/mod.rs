@@ -199,6 +199,9 @@ pub struct KvInputs {
     pub rejoins: Vec<KvPair>,
     /// When the last counted failover finished (Unix ms), if any.
     pub last_failover_ms: Option<u64>,
+    /// The `last-failover` marker is held by its cooldown session: the
+    /// cooldown runs on Consul's clock, until Consul deletes the marker.
+    pub last_failover_held: bool,
     pub auto_failover: bool,
     pub failover_cooldown_ms: u64,
     pub max_lag_seconds: u32,

@@ -602,6 +602,7 @@ impl Sim {
             switchover: self.kv.switchover.clone(),
             rejoins: self.kv.rejoins.clone(),
             last_failover_ms: self.kv.last_failover_ms,
+            last_failover_held: false,
             auto_failover: true,
             // Short, so a run sees several failovers.
             failover_cooldown_ms: 2_000,

@@ -16,7 +16,7 @@ mod rejoin;
 mod switchover;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use successover_common::consul::{Consul, TxnOp, TxnOutcome};
 use successover_common::contract::{ClusterName, Fence, Keys, NodeName, Quarantine};
@@ -396,8 +396,16 @@ impl Coordinator<'_> {
                 lift_fence,
             } => {
                 let mut a = active.take().expect("adopted above");
+                let cooldown_ms = kv.failover_cooldown_ms;
                 let r = self
-                    .finish(&mut a, *outcome, reason, *counted, restart_io, *lift_fence)
+                    .finish(
+                        &mut a,
+                        *outcome,
+                        reason,
+                        counted.then_some(cooldown_ms),
+                        restart_io,
+                        *lift_fence,
+                    )
                     .await;
                 view.procedure_running = false;
                 kv.in_progress = None;
@@ -677,7 +685,7 @@ impl Coordinator<'_> {
         a: &mut Active,
         outcome: Outcome,
         reason: &str,
-        counted: bool,
+        cooldown_ms: Option<u64>,
         restart_io: &[String],
         lift_fence: bool,
     ) -> String {
@@ -713,11 +721,17 @@ impl Coordinator<'_> {
         if lift_fence {
             ops.extend(self.lift_own_fence(&entry.id).await);
         }
-        if counted {
-            ops.push(TxnOp::set(
-                self.keys.last_failover_key(self.cluster),
-                LastFailover::new(entry.id.clone(), now_ms()).to_json(),
-            ));
+        if let Some(cooldown_ms) = cooldown_ms {
+            let key = self.keys.last_failover_key(self.cluster);
+            let value = LastFailover::new(entry.id.clone(), now_ms()).to_json();
+            ops.push(match self.cooldown_session(cooldown_ms).await {
+                Some(session) => TxnOp::Lock {
+                    key,
+                    value: value.into_bytes(),
+                    session,
+                },
+                None => TxnOp::set(key, value),
+            });
         }
         if let Err(e) = self.guarded_txn(ops).await {
             tracing::warn!(error = e, "cannot record the procedure's outcome");
@@ -735,6 +749,35 @@ impl Coordinator<'_> {
             ),
         }
         format!("{kind} {}: {reason}", outcome.as_str())
+    }
+
+    /// A session that ends the cooldown on Consul's clock: TTL = the
+    /// cooldown, never renewed, bound to no node check, `delete` behaviour.
+    /// The `last-failover` marker held by it disappears between one and two
+    /// cooldowns later (Consul lets a session live up to twice its TTL, and
+    /// restarts the count on a new leader), whatever the agents' wall clocks
+    /// say. `None` outside Consul's TTL range (10 s to 24 h) or when Consul
+    /// refuses: the marker is then written unbound and its `at_ms` compared
+    /// with the coordinator's wall clock, as before.
+    async fn cooldown_session(&self, cooldown_ms: u64) -> Option<String> {
+        let ttl = Duration::from_millis(cooldown_ms);
+        if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86_400) {
+            return None;
+        }
+        let mut req = successover_common::consul::SessionRequest::new(
+            format!("successover cooldown {}", self.cluster),
+            ttl,
+        );
+        req.behavior = successover_common::consul::SessionBehavior::Delete;
+        req.node_checks = Vec::new();
+        req.lock_delay = Duration::ZERO;
+        match self.consul.session_create(&req).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the cooldown session; the cooldown follows wall clocks");
+                None
+            }
+        }
     }
 
     /// Records `node`'s ACK floor before it is granted the semi-sync flag
