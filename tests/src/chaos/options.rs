@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn fault_lists_parse() {
-        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 10);
+        assert_eq!(FaultKind::parse_list("all").unwrap().len(), 11);
         assert_eq!(
             FaultKind::parse_list("kill9, switch,kill9").unwrap(),
             vec![FaultKind::Kill9, FaultKind::Switch]
