@@ -1,5 +1,7 @@
-//! `successover-bench-ack-move [--restarts N] [--drain]`: what patching the
-//! ACKing replica costs the writers. With `--drain` each restart is
+//! `successover-bench-ack-move [--restarts N] [--drain | --hang]`: what
+//! patching the ACKing replica costs the writers. With `--hang` the ACKer
+//! is not restarted but hung (SIGSTOP, a hung host), and woken once commits
+//! resumed: the gap is what a hung ACKer costs. With `--drain` each restart is
 //! preceded by `drain/<cluster>/<node>` (what `successover drain` writes),
 //! as the rolling-upgrade runbook says, and the gap is measured from the
 //! drain request through the restart. Four writers commit as fast as they can,
@@ -35,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(10);
     let drain = args.iter().any(|a| a == "--drain");
+    let hang = args.iter().any(|a| a == "--hang");
+    anyhow::ensure!(!(drain && hang), "--drain and --hang exclude each other");
     let consul = ConsulDev::start().await;
     let mut stack = Stack::start("bench-ack", &consul.http_addr()).await;
     let source = stack.node("db1");
@@ -103,7 +107,11 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|_| anyhow::anyhow!("the ACK role never left the drained {name}"))?;
         }
-        stack.topo.server_mut(i).restart().await;
+        if hang {
+            stack.topo.server_mut(i).sigstop()?;
+        } else {
+            stack.topo.server_mut(i).restart().await;
+        }
         wait_until(Duration::from_secs(30), || async {
             acked
                 .lock()
@@ -118,6 +126,9 @@ async fn main() -> anyhow::Result<()> {
         if drain {
             stack.consul.kv_delete(&drain_key).await?;
         }
+        if hang {
+            stack.topo.server_mut(i).sigcont()?;
+        }
         let mut at: Vec<Instant> = acked
             .lock()
             .unwrap()
@@ -127,7 +138,10 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         at.sort();
         let gap = at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-        eprintln!("restart {round} of {name}: longest commit gap {gap:?}");
+        eprintln!(
+            "{} {round} of {name}: longest commit gap {gap:?}",
+            if hang { "hang" } else { "restart" }
+        );
         longest.push(gap.as_millis() as u64);
     }
     stop.cancel();
@@ -145,9 +159,10 @@ async fn main() -> anyhow::Result<()> {
     }
     longest.sort();
     println!(
-        "\nsuccessover benchmark: {restarts} clean restarts of the ACKing replica{}, 4 writers straight at the source\n\
+        "\nsuccessover benchmark: {restarts} {} of the ACKing replica{}, 4 writers straight at the source\n\
          longest commit gap per restart (ms): min {} p50 {} p99 {} max {}\n\
          acknowledged commits {}, missing on some server {lost}",
+        if hang { "hangs (SIGSTOP)" } else { "clean restarts" },
         if drain { ", each drained first" } else { "" },
         longest[0],
         percentile(&longest, 0.5),
