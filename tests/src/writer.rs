@@ -211,7 +211,23 @@ impl WriterProc {
 
     /// A writer logging in as `user` (e.g. an account with `ALL`).
     pub async fn start_as(port: u16, writer_id: u32, user: &str, password: &str) -> WriterProc {
-        let (dir, out, cmd) = Self::command("127.0.0.1", port, writer_id, user, password);
+        Self::start_paced(port, writer_id, user, password, Duration::ZERO).await
+    }
+
+    /// [`WriterProc::start_as`] with a pause of `interval` after each
+    /// write (zero: as fast as it goes).
+    pub async fn start_paced(
+        port: u16,
+        writer_id: u32,
+        user: &str,
+        password: &str,
+        interval: Duration,
+    ) -> WriterProc {
+        let (dir, out, mut cmd) = Self::command("127.0.0.1", port, writer_id, user, password);
+        if !interval.is_zero() {
+            cmd.arg("--interval-ms")
+                .arg(interval.as_millis().to_string());
+        }
         let proc =
             crate::process::Proc::spawn("successover-writer", cmd, dir.path().join("writer.log"))
                 .await

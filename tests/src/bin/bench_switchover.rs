@@ -1,11 +1,14 @@
-//! `successover-bench-switchover [--switches N] [--writers W]`: write
+//! `successover-bench-switchover [--switches N] [--writers W] [--interval-ms M]`: write
 //! unavailability per planned successover, measured by writers in their own
 //! processes going through HAProxy (W, default 4, as fast as they go; every
 //! second one logs in with an account holding `ALL`): for each writer, the
 //! longest wait between two acknowledged writes that overlaps the switch.
 //! Also reports the coordinator's own measurement (old source read-only →
 //! new source writable) and the count of acknowledged writes lost (must
-//! be 0). Runs on the flavour `SUCCESSOVER_FLAVOUR` names.
+//! be 0), the commit rate the writers reached, and whether every server
+//! ends with the same GTID state. `--interval-ms` paces each writer (a
+//! pause after each write; default none). Runs on the flavour
+//! `SUCCESSOVER_FLAVOUR` names.
 
 use std::time::Duration;
 
@@ -49,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let switches = flag("--switches", 20)?;
     let writers = flag("--writers", 4)?;
+    let interval = Duration::from_millis(flag("--interval-ms", 0)? as u64);
     anyhow::ensure!(switches > 0, "--switches must be at least 1");
     anyhow::ensure!(writers > 0, "--writers must be at least 1");
     let consul = ConsulDev::start().await;
@@ -63,7 +67,14 @@ async fn main() -> anyhow::Result<()> {
             (APP_USER, APP_PASSWORD)
         };
         procs.push(
-            WriterProc::start_as(stack.proxy_port.port(), i as u32 + 1, user, password).await,
+            WriterProc::start_paced(
+                stack.proxy_port.port(),
+                i as u32 + 1,
+                user,
+                password,
+                interval,
+            )
+            .await,
         );
     }
     // Long enough for the replicas to fall behind the writers.
@@ -151,6 +162,18 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     eprintln!("old source's commit block held after each switch (ms): {held:?}");
     stack.topo.wait_replicated(Duration::from_secs(30)).await?;
+    // Every server ends with the same GTID state.
+    let mut states = Vec::new();
+    for db in stack.topo.servers() {
+        let mut c = db.conn().await?;
+        let var = if db.flavour().is_mysql() {
+            "gtid_executed"
+        } else {
+            "gtid_binlog_state"
+        };
+        states.push((db.name().to_owned(), global_var(&mut c, var).await?));
+    }
+    let identical = states.windows(2).all(|w| w[0].1 == w[1].1);
     let source = stack.published_node().await.unwrap_or_default();
     let mut lost = Vec::new();
     for log in &logs {
@@ -193,12 +216,22 @@ async fn main() -> anyhow::Result<()> {
     for (name, durations) in steps {
         row(&format!("  step {name}"), durations);
     }
+    let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
+    let seconds = logs
+        .iter()
+        .map(|l| l.elapsed.as_secs_f64())
+        .fold(0.0, f64::max);
+    println!(
+        "commit rate reached (all writers, whole run, switches included): {:.0}/s; GTID state identical on every server: {identical}",
+        acked as f64 / seconds.max(0.001)
+    );
     println!(
         "acknowledged writes {}, failed attempts {}, lost acknowledged writes {}",
-        logs.iter().map(|l| l.acked.len()).sum::<usize>(),
+        acked,
         logs.iter().map(|l| l.failed).sum::<u64>(),
         lost.len()
     );
     anyhow::ensure!(lost.is_empty(), "acknowledged writes lost");
+    anyhow::ensure!(identical, "GTID states differ: {states:?}");
     Ok(())
 }
