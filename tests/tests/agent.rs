@@ -937,11 +937,14 @@ async fn acker_restart_under_writers(cluster: &str, drain: bool) {
         .parse()
         .unwrap();
     let errors = errors.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        no_tx - no_tx_before <= errors,
-        "commits went asynchronous: no_tx {no_tx_before} -> {no_tx}, {errors} released with an error"
-    );
     if drain {
+        // Nothing waited, so nothing was ended: the source counts no
+        // commit without an ACK. (Without the drain the count also takes
+        // in the agent's own writes ended with the stalled ones.)
+        assert_eq!(
+            no_tx, no_tx_before,
+            "the source counted commits without an ACK across a drained restart"
+        );
         // The drained node restarted holding no role: nothing stalled, so
         // nothing was released, and the role did not come back to it.
         assert_eq!(

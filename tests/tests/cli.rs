@@ -223,7 +223,10 @@ async fn status_shows_source_nodes_and_coordinator() {
     assert_eq!(c1["source_node"], "db1");
     assert_eq!(c1["fenced"], false);
     assert_eq!(c1["failed"], Value::Null);
-    assert_eq!(c1["coordinator"], json!({"holder": "c1/db3", "held": true}));
+    assert_eq!(
+        c1["coordinator"],
+        json!({"holder": "c1/db3", "held": true, "says": null})
+    );
     assert_eq!(c1["settings"]["proxy_port"], 13306);
     assert_eq!(c1["procedure"], Value::Null);
     assert_eq!(c1["problems"], json!([]));

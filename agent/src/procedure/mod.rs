@@ -972,7 +972,18 @@ impl Coordinator<'_> {
             // acknowledge the waiting commits. Released now, not after the
             // stall rule's looks (the role moved when its old holder
             // restarted, say: a patch).
-            if let Some(acker) = granted.filter(|_| waiting > 0) {
+            // A drain grants the flag while the drained replica still
+            // ACKs: nothing is stalled then, and a release would end
+            // commits that are about to get their ACK.
+            let still_acked = view.nodes.iter().any(|n| {
+                n.reachable
+                    && Some(&n.name) != granted.as_ref()
+                    && n.semi_sync_replica_active
+                    && n.replica
+                        .as_ref()
+                        .is_some_and(|r| r.source.same(&source.addr) && r.io_running)
+            });
+            if let Some(acker) = granted.filter(|_| waiting > 0 && !still_acked) {
                 let outcome = self.release_stalled(&name, &acker, waiting).await;
                 tracing::info!(source = name, acker, "{outcome}");
             }
