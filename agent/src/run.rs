@@ -685,17 +685,29 @@ impl Agent {
             .published
             .as_ref()
             .is_some_and(|p| p.same(&self.advertise()));
+        // An agent whose own server does not answer pays that server's read
+        // timeout on every cycle, and every decision waits for the cycle:
+        // like one on the source, it leaves the lock to an agent whose
+        // server answers.
+        let local_down = self.last_report.as_ref().is_some_and(|r| !r.up);
+        let unsuited = on_source || local_down;
         let other_live_agent = kv
             .reports
             .values()
             .any(|r| r.node != self.node.as_str() && r.up);
-        match member::lock_move(holder, on_source, other_live_agent, self.free_lock_seen) {
+        match member::lock_move(holder, unsuited, other_live_agent, self.free_lock_seen) {
             LockMove::Keep => Ok(true),
             LockMove::Wait => Ok(false),
             LockMove::Release => {
                 membership.unlock(&key).await?;
                 self.free_lock_seen = 0;
-                tracing::info!("handing the coordinator lock to an agent not on the source");
+                if on_source {
+                    tracing::info!("handing the coordinator lock to an agent not on the source");
+                } else {
+                    tracing::info!(
+                        "handing the coordinator lock to an agent whose server answers: this one's does not"
+                    );
+                }
                 Ok(false)
             }
             LockMove::Acquire => {
@@ -728,8 +740,7 @@ impl Agent {
         let local_is_source = source.is_some_and(|s| s.same(&me));
         let mut local = Some(local);
         if !local_is_source {
-            let first = local.take().and_then(Result::ok);
-            let again = observe(&mut self.nodes.local).await.ok().or(first);
+            let again = self.look_again(local.take()).await;
             out.insert(self.node.as_str().to_owned(), (me.clone(), again));
         }
         let is_source = |addr: &HostPort| source.is_some_and(|s| s.same(addr));
@@ -770,11 +781,24 @@ impl Agent {
             }
         }
         if local_is_source {
-            let first = local.take().and_then(Result::ok);
-            let again = observe(&mut self.nodes.local).await.ok().or(first);
+            let again = self.look_again(local.take()).await;
             out.insert(self.node.as_str().to_owned(), (me, again));
         }
         out
+    }
+
+    /// The local server looked at again, after KV was read. One that did
+    /// not answer the cycle's first look is not asked again: a hung server
+    /// would cost the cycle a second read timeout (each hung look is one),
+    /// and every decision waits for the cycle.
+    async fn look_again(
+        &mut self,
+        first: Option<Result<Observation, String>>,
+    ) -> Option<Observation> {
+        match first {
+            Some(Ok(first)) => Some(observe(&mut self.nodes.local).await.unwrap_or(first)),
+            _ => None,
+        }
     }
 
     /// Ordered shutdown: release the lock, destroy the session (which also

@@ -57,19 +57,20 @@ pub enum LockMove {
 }
 
 /// `free_seen` counts consecutive cycles the lock was seen free, this one
-/// included.
+/// included. `unsuited`: this agent is on the published source, or its own
+/// server does not answer; it leaves the lock to another live agent.
 pub fn lock_move(
     holder: Holder,
-    on_source: bool,
+    unsuited: bool,
     other_live_agent: bool,
     free_seen: u32,
 ) -> LockMove {
     match holder {
-        Holder::Me if on_source && other_live_agent => LockMove::Release,
+        Holder::Me if unsuited && other_live_agent => LockMove::Release,
         Holder::Me => LockMove::Keep,
         Holder::Other => LockMove::Wait,
         Holder::Nobody
-            if on_source && other_live_agent && free_seen <= SOURCE_AGENT_LOCK_PATIENCE =>
+            if unsuited && other_live_agent && free_seen <= SOURCE_AGENT_LOCK_PATIENCE =>
         {
             LockMove::Wait
         }
