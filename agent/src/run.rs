@@ -580,7 +580,7 @@ impl Agent {
             now_ms,
             local,
         );
-        report.coordinating = self.last_reason.clone().filter(|_| self.coordinating);
+        report.coordinating = self.last_reason.clone();
         if let Ok(o) = local {
             let stale = self
                 .read_only_writers

@@ -11,7 +11,7 @@ use std::time::Duration;
 use successover_common::consul::{Consul, ConsulConfig};
 
 use crate::agent::{AgentOptions, AgentProc};
-use crate::haproxy::{defaults_section, global_section, HaProxy};
+use crate::haproxy::HaProxy;
 use crate::mariadb::{MariaDb, MariaDbOptions, Topology, APP_PASSWORD, APP_USER};
 use crate::process::{Proc, Scratch};
 use crate::relay::Relay;
@@ -331,14 +331,7 @@ async fn proxy_host(
     consul_addr: &str,
     adjust: impl FnOnce(RenderConfig) -> RenderConfig,
 ) -> (HaProxy, Proc) {
-    let haproxy = HaProxy::start_with(|paths| {
-        format!(
-            "{}\n{}",
-            global_section(&paths.admin_socket),
-            defaults_section()
-        )
-    })
-    .await;
+    let haproxy = HaProxy::start("").await;
     let config_path = dir.path().join("render.toml");
     let config = RenderConfig::for_harness(consul_addr, &haproxy)
         .test_timing()

@@ -32,6 +32,25 @@ async fn consul_addr() -> String {
         .http_addr()
 }
 
+/// The writers' table on db1, replicated, then four writers through
+/// HAProxy, each with writes landed on db1.
+async fn four_writers_on_db1(stack: &Stack) -> Vec<WriterProc> {
+    writer::prepare(&stack.node("db1").url()).await.unwrap();
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for id in 1..=4 {
+        writers.push(WriterProc::start(stack.proxy_port.port(), id).await);
+    }
+    for id in 1..=4 {
+        writes_land(stack, "db1", id).await;
+    }
+    writers
+}
+
 async fn prepared(cluster: &str) -> (Stack, WriterProc) {
     let stack = Stack::start(cluster, &consul_addr().await).await;
     writer::prepare(&stack.node("db1").url()).await.unwrap();
@@ -857,19 +876,7 @@ async fn a_consul_outage_alone_costs_the_writers_nothing() {
     let consul = ConsulDev::start().await;
     let stack = Stack::start("c-f-cout", &consul.http_addr()).await;
     let db1 = stack.node("db1");
-    writer::prepare(&db1.url()).await.unwrap();
-    stack
-        .topo
-        .wait_replicated(Duration::from_secs(20))
-        .await
-        .unwrap();
-    let mut writers = Vec::new();
-    for id in 1..=4 {
-        writers.push(WriterProc::start(stack.proxy_port.port(), id).await);
-    }
-    for id in 1..=4 {
-        writes_land(&stack, "db1", id).await;
-    }
+    let writers = four_writers_on_db1(&stack).await;
     let pid = Pid::from_raw(consul.pid() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
     let outage = std::time::Instant::now();
@@ -1204,19 +1211,7 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
         stack.agents[1] = AgentProc::start(opts, stack.topo.server(1)).await;
     }
     let db1 = stack.node("db1");
-    writer::prepare(&db1.url()).await.unwrap();
-    stack
-        .topo
-        .wait_replicated(Duration::from_secs(20))
-        .await
-        .unwrap();
-    let mut writers = Vec::new();
-    for id in 1..=4 {
-        writers.push(WriterProc::start(stack.proxy_port.port(), id).await);
-    }
-    for id in 1..=4 {
-        writes_land(&stack, "db1", id).await;
-    }
+    let writers = four_writers_on_db1(&stack).await;
 
     stack.relays["db2"].stop();
     let hidden = std::time::Instant::now();

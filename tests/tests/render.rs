@@ -22,7 +22,6 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use nix::sys::signal::Signal;
 use successover_common::consul::{Consul, ConsulConfig};
-use successover_tests::haproxy::{defaults_section, global_section};
 use successover_tests::mariadb::{ROOT_PASSWORD, ROOT_USER};
 use successover_tests::process::log_tail;
 use successover_tests::{
@@ -304,15 +303,7 @@ impl Rig {
     async fn start(opts: RigOptions) -> Rig {
         init_tracing();
         let dbs = dbs().await;
-        let haproxy = HaProxy::start_with(|paths| {
-            // No listen blocks: the renderer's first cycle adds them.
-            format!(
-                "{}\n{}",
-                global_section(&paths.admin_socket),
-                defaults_section()
-            )
-        })
-        .await;
+        let haproxy = HaProxy::start("").await;
         let dir = Scratch::new("render-e2e");
         let template = opts.template.as_ref().map(|text| {
             let path = dir.path().join("haproxy.cfg.j2");

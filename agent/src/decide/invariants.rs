@@ -480,19 +480,24 @@ fn acking_replica_of(node: &NodeView, source: &NodeView) -> bool {
 /// A flag granted while they are there would make the source wait for
 /// more ACKers than `semi_sync_replicas`, one of them out of sight.
 pub fn unseen_semi_clients(view: &ClusterView, source: &NodeView) -> u64 {
-    let seen = view
-        .nodes
-        .iter()
-        .filter(|n| {
-            n.reachable
-                && n.name != source.name
-                && n.semi_sync_replica_active
-                && n.replica
-                    .as_ref()
-                    .is_some_and(|r| r.source.same(&source.addr) && r.io_running)
-        })
-        .count() as u64;
+    let seen = seen_ackers(view, source).count() as u64;
     source.semi.clients.saturating_sub(seen)
+}
+
+/// The replicas the coordinator sees connected to `source` in semi-sync
+/// mode: those whose ACK can release a commit there now.
+pub fn seen_ackers<'a>(
+    view: &'a ClusterView,
+    source: &'a NodeView,
+) -> impl Iterator<Item = &'a NodeView> + 'a {
+    view.nodes.iter().filter(move |n| {
+        n.reachable
+            && n.name != source.name
+            && n.semi_sync_replica_active
+            && n.replica
+                .as_ref()
+                .is_some_and(|r| r.source.same(&source.addr) && r.io_running)
+    })
 }
 
 /// Keeps the replica flag on exactly `N` replicas: those that have it and

@@ -1336,7 +1336,7 @@ impl Sim {
 
     /// Replicas the source counts as semi-sync clients: a hung one stays
     /// connected (nothing closes its socket) though it ACKs nothing.
-    fn semi_clients(&self, i: usize) -> u64 {
+    fn semi_clients_where(&self, i: usize, also: impl Fn(&Server) -> bool) -> u64 {
         self.servers
             .iter()
             .filter(|r| {
@@ -1347,24 +1347,17 @@ impl Sim {
                     && matches!(r.life, Life::Up | Life::Hung)
                     && !r.cut
                     && !r.isolated
+                    && also(r)
             })
             .count() as u64
     }
 
+    fn semi_clients(&self, i: usize) -> u64 {
+        self.semi_clients_where(i, |_| true)
+    }
+
     fn semi_clients_out_of_sight(&self, i: usize) -> u64 {
-        self.servers
-            .iter()
-            .filter(|r| {
-                r.source == Some(i)
-                    && r.semi_active
-                    && r.io_on
-                    && !r.io_error
-                    && matches!(r.life, Life::Up | Life::Hung)
-                    && !r.cut
-                    && !r.isolated
-                    && !r.visible()
-            })
-            .count() as u64
+        self.semi_clients_where(i, |r| !r.visible())
     }
 
     fn check(&mut self) {

@@ -975,14 +975,8 @@ impl Coordinator<'_> {
             // A drain grants the flag while the drained replica still
             // ACKs: nothing is stalled then, and a release would end
             // commits that are about to get their ACK.
-            let still_acked = view.nodes.iter().any(|n| {
-                n.reachable
-                    && Some(&n.name) != granted.as_ref()
-                    && n.semi_sync_replica_active
-                    && n.replica
-                        .as_ref()
-                        .is_some_and(|r| r.source.same(&source.addr) && r.io_running)
-            });
+            let still_acked = crate::decide::invariants::seen_ackers(view, source)
+                .any(|n| Some(&n.name) != granted.as_ref());
             if let Some(acker) = granted.filter(|_| waiting > 0 && !still_acked) {
                 let outcome = self.release_stalled(&name, &acker, waiting).await;
                 tracing::info!(source = name, acker, "{outcome}");

@@ -40,7 +40,6 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use successover_common::consul::{Consul, ConsulConfig};
 use successover_tests::agent::{AgentOptions, AgentProc};
-use successover_tests::haproxy::{defaults_section, global_section};
 use successover_tests::mariadb::{global_var, status_var, ROOT_PASSWORD, ROOT_USER};
 use successover_tests::{
     bins, reserve_port, wait_until, ConsulDev, HaProxy, MariaDb, MariaDbOptions, Proc,
@@ -468,14 +467,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = Scratch::new("bench-compare");
 
     // A: successover-render.
-    let haproxy_a = HaProxy::start_with(|paths| {
-        format!(
-            "{}\n{}",
-            global_section(&paths.admin_socket),
-            defaults_section()
-        )
-    })
-    .await;
+    let haproxy_a = HaProxy::start("").await;
     let port_a = reserve_port();
     let metrics_port = reserve_port();
     consul

@@ -19,7 +19,6 @@ use anyhow::{bail, Context};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use successover_common::consul::{Consul, ConsulConfig};
-use successover_tests::haproxy::{defaults_section, global_section};
 use successover_tests::mariadb::{ROOT_PASSWORD, ROOT_USER};
 use successover_tests::{
     bins, reserve_port, wait_until, ConsulDev, HaProxy, MariaDb, MariaDbOptions, Proc,
@@ -154,14 +153,7 @@ async fn main() -> anyhow::Result<()> {
         MariaDb::start(MariaDbOptions::new("db2", 2)),
     );
     let servers = [&db1, &db2];
-    let haproxy = HaProxy::start_with(|paths| {
-        format!(
-            "{}\n{}",
-            global_section(&paths.admin_socket),
-            defaults_section()
-        )
-    })
-    .await;
+    let haproxy = HaProxy::start("").await;
     let consul = Consul::new(ConsulConfig::new(consul_agent.http_addr()))?;
     let proxy = reserve_port();
     let metrics_port = reserve_port();

@@ -16,7 +16,7 @@ use super::say::Say;
 use super::{PREFIX, WRITES_STALLED};
 use crate::agent::{AgentOptions, AgentProc};
 use crate::consul::ConsulCluster;
-use crate::haproxy::{defaults_section, global_section, HaProxy};
+use crate::haproxy::HaProxy;
 use crate::mariadb::{MariaDbOptions, Topology, APP_PASSWORD, APP_USER};
 use crate::netns::NetHost;
 use crate::process::{Proc, Scratch};
@@ -131,14 +131,7 @@ impl World {
             )
             .await
             .expect("cluster settings");
-        let haproxy = HaProxy::start_with(|paths| {
-            format!(
-                "{}\n{}",
-                global_section(&paths.admin_socket),
-                defaults_section()
-            )
-        })
-        .await;
+        let haproxy = HaProxy::start("").await;
         let dir = Scratch::new("chaos");
         let render_config = dir.path().join("render.toml");
         // The renderer reaches its Consul server through a relay the
@@ -234,12 +227,10 @@ impl World {
     }
 
     fn node_of_addr(&self, addr: &str) -> Option<String> {
-        self.topo
-            .servers()
-            .iter()
-            .zip(&self.relays)
-            .find(|(d, r)| d.addr() == addr.trim() || r.addr().to_string() == addr.trim())
-            .map(|(d, _)| d.name().to_owned())
+        self.addrs()
+            .into_iter()
+            .find(|(a, _)| a == addr.trim())
+            .map(|(_, name)| name)
     }
 
     /// Every address a server is known by: its own, and its relay's.
