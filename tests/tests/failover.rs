@@ -1199,16 +1199,29 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
     .await
     .unwrap_or_else(|_| panic!("db2 never got the semi-sync flag\n{}", stack.logs()));
     // The coordinator observes its own server directly: it must be
-    // another agent for db2 to leave its sight.
-    if lock_holder(&stack).await.as_deref() == Some("db2") {
-        let opts = stack.agents[1].opts.clone();
-        stack.agents[1].stop().await;
-        wait_until(Duration::from_secs(30), || async {
-            lock_holder(&stack).await.is_some_and(|h| h != "db2")
-        })
-        .await
-        .expect("another agent takes the lock");
-        stack.agents[1] = AgentProc::start(opts, stack.topo.server(1)).await;
+    // another agent for db2 to leave its sight, and not db1's, which hands
+    // the lock on (possibly to db2) because it runs on the source.
+    let settle = std::time::Instant::now();
+    loop {
+        match lock_holder(&stack).await.as_deref() {
+            Some("db3") => break,
+            Some("db2") => {
+                let opts = stack.agents[1].opts.clone();
+                stack.agents[1].stop().await;
+                wait_until(Duration::from_secs(30), || async {
+                    lock_holder(&stack).await.is_some_and(|h| h != "db2")
+                })
+                .await
+                .expect("another agent takes the lock");
+                stack.agents[1] = AgentProc::start(opts, stack.topo.server(1)).await;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(90),
+            "db3 never held the lock\n{}",
+            stack.logs()
+        );
     }
     let db1 = stack.node("db1");
     let writers = four_writers_on_db1(&stack).await;
