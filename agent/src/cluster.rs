@@ -113,17 +113,18 @@ pub async fn coordinator_inputs(
         .kv_get_recurse(&keys.rejoin_prefix(cluster))
         .await
         .map_err(e)?;
-    let ack_floors = match consul
+    let (ack_floors, acker_started) = match consul
         .kv_get(&keys.ack_floors_key(cluster))
         .await
         .map_err(e)?
     {
-        None => BTreeMap::new(),
+        None => (BTreeMap::new(), BTreeMap::new()),
         Some(kv) => {
             let parsed = AckFloors::parse(kv.value.as_deref().unwrap_or_default())
                 .map_err(|e| e.to_string())
                 .and_then(|f| {
-                    f.floors
+                    let floors = f
+                        .floors
                         .into_iter()
                         .map(|(n, p)| {
                             if p.trim().is_empty() {
@@ -133,7 +134,8 @@ pub async fn coordinator_inputs(
                                 .map(|p| (n, Some(p)))
                                 .map_err(|e| e.to_string())
                         })
-                        .collect::<Result<BTreeMap<_, _>, _>>()
+                        .collect::<Result<BTreeMap<_, _>, _>>()?;
+                    Ok((floors, f.started))
                 });
             match parsed {
                 Ok(f) => f,
@@ -164,6 +166,7 @@ pub async fn coordinator_inputs(
         agent_up: kv.reports.iter().map(|(n, r)| (n.clone(), r.up)).collect(),
         published_invalid: kv.published_invalid.clone(),
         ack_floors,
+        acker_started,
     })
 }
 

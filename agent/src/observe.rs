@@ -112,6 +112,7 @@ pub fn node_view(
         gtid_executed: Some(o.gtid_executed.clone()),
         binlog_state: o.binlog_state.clone(),
         server_uuid: o.info.server_uuid,
+        started_s: o.info.started_s,
         quarantined,
     }
 }

@@ -336,13 +336,20 @@ pub struct AckFloors {
     /// When the last grant was recorded, Unix milliseconds.
     #[serde(default)]
     pub at_ms: u64,
+    /// Node name → when its server started (Unix seconds, that server's
+    /// own clock), as last seen while it replicated from a live source. A
+    /// member that reports the same start after a failover was refused for
+    /// want of it has not restarted since: what it reports received still
+    /// covers every ACK it sent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub started: std::collections::BTreeMap<String, u64>,
 }
 
 impl AckFloors {
     pub fn parse(value: &[u8]) -> Result<AckFloors, ValueError> {
         let floors: AckFloors =
             serde_json::from_slice(value).map_err(|e| ValueError::Json(e.to_string()))?;
-        for node in floors.floors.keys() {
+        for node in floors.floors.keys().chain(floors.started.keys()) {
             valid_node_name(node)?;
         }
         Ok(floors)
@@ -397,7 +404,11 @@ mod tests {
         f.floors.insert("db3".into(), "0-2-123".into());
         f.at_ms = 5;
         assert_eq!(AckFloors::parse(f.to_json().as_bytes()).unwrap(), f);
+        assert!(!f.to_json().contains("started"), "{}", f.to_json());
+        f.started.insert("db3".into(), 1_764_000_000);
+        assert_eq!(AckFloors::parse(f.to_json().as_bytes()).unwrap(), f);
         assert!(AckFloors::parse(br#"{"floors":{"db 3":"0-1-1"}}"#).is_err());
+        assert!(AckFloors::parse(br#"{"floors":{},"started":{"db 3":1}}"#).is_err());
         assert!(AckFloors::parse(b"nonsense").is_err());
         let keys = Keys::default();
         let c1 = ClusterName::parse("c1").unwrap();

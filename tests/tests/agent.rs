@@ -1069,3 +1069,44 @@ async fn an_agent_with_the_ansible_roles_grants_repairs_the_cluster() {
         );
     }
 }
+
+/// What a coordinator records of a possible ACKer's run of its server
+/// (when the server started) must be the same on every connection to one
+/// run and differ after a restart: a refused failover resumes for an ACKer
+/// only in the run it was seen ACKing in, and a restarted one may have lost
+/// acknowledged events from its relay log. Read with the agent's own
+/// connection code, on every flavour.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_servers_start_time_names_one_run_of_it() {
+    use successover_agent::mysql::{Node, NodeConfig};
+    use successover_tests::mariadb::{MariaDbOptions, ROOT_PASSWORD, ROOT_USER};
+    let mut db = MariaDb::start(MariaDbOptions::new("started", 1)).await;
+    let read = async |db: &MariaDb| {
+        let mut node = Node::new(NodeConfig::new(
+            db.host().to_string(),
+            db.port(),
+            ROOT_USER,
+            ROOT_PASSWORD,
+        ));
+        let started = node.server_info().await.unwrap().started_s;
+        node.close().await;
+        started
+    };
+    let first = read(&db).await.expect("the server says when it started");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        first <= now && now - first < 600,
+        "started {first}, now {now}"
+    );
+    // Readings across several seconds of the same run agree exactly.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(read(&db).await, Some(first));
+    }
+    db.restart().await;
+    let again = read(&db).await.expect("the server says when it started");
+    assert!(again > first, "restarted: {again}, first run {first}");
+}

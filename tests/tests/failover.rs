@@ -1184,17 +1184,15 @@ async fn a_coordinator_paused_mid_failover_touches_nothing_when_it_wakes() {
 /// is refused while the hidden replica cannot be read (it may hold
 /// acknowledged commits db3 lacks), and that replica holds every
 /// acknowledged write.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker() {
-    let mut opts = StackOptions::new("c-f-sight", &consul_addr().await);
+/// db2, the semi-sync replica, is advertised through a TCP relay, and the
+/// coordinator is db3's agent: stopping the relay takes db2 out of the
+/// coordinator's sight while it goes on replicating and ACKing.
+async fn acker_behind_a_relay(cluster: &str) -> Stack {
+    let mut opts = StackOptions::new(cluster, &consul_addr().await);
     opts.nodes[1].relayed = true;
     let mut stack = Stack::start_with(opts).await;
-    let flag = async |stack: &Stack, node: &str| -> Option<String> {
-        let mut c = stack.node(node).conn().await.ok()?;
-        global_var(&mut c, "rpl_semi_sync_slave_enabled").await.ok()
-    };
     wait_until(Duration::from_secs(30), || async {
-        flag(&stack, "db2").await.as_deref() == Some("1")
+        semi_flag(&stack, "db2").await.as_deref() == Some("1")
     })
     .await
     .unwrap_or_else(|_| panic!("db2 never got the semi-sync flag\n{}", stack.logs()));
@@ -1223,6 +1221,49 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
             stack.logs()
         );
     }
+    stack
+}
+
+async fn semi_flag(stack: &Stack, node: &str) -> Option<String> {
+    let mut c = stack.node(node).conn().await.ok()?;
+    global_var(&mut c, "rpl_semi_sync_slave_enabled").await.ok()
+}
+
+/// The coordinator's own words in its report (`successover status` shows
+/// them as "it says"), once they contain `needle`.
+async fn coordinator_says(stack: &Stack, needle: &str, limit: Duration) -> Option<String> {
+    wait_for(limit, || async {
+        let holder = lock_holder(stack).await?;
+        let kv = stack
+            .consul
+            .kv_get(&format!("mysql/agent/{}/{holder}", stack.cluster))
+            .await
+            .ok()??;
+        let report =
+            successover_common::contract::HealthReport::parse(kv.value.as_deref()?).ok()?;
+        report.coordinating.filter(|s| s.contains(needle))
+    })
+    .await
+    .ok()
+}
+
+/// The last failover that is no longer running.
+async fn failover_decided(stack: &Stack, limit: Duration) -> Option<HistoryEntry> {
+    wait_for(limit, || async {
+        successover_tests::scenario::failovers(stack)
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e.outcome != Outcome::Running)
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker() {
+    let mut stack = acker_behind_a_relay("c-f-sight").await;
+    let flag = semi_flag;
     let db1 = stack.node("db1");
     let writers = four_writers_on_db1(&stack).await;
 
@@ -1251,22 +1292,14 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
     assert_eq!(flag(&stack, "db2").await.as_deref(), Some("1"));
     // The coordinator says why in its report (`successover status` shows
     // it as "it says").
-    let holder = lock_holder(&stack).await.expect("a coordinator");
-    let says = wait_for(Duration::from_secs(10), || async {
-        let kv = stack
-            .consul
-            .kv_get(&format!("mysql/agent/{}/{holder}", stack.cluster))
-            .await
-            .ok()??;
-        let report =
-            successover_common::contract::HealthReport::parse(kv.value.as_deref()?).ok()?;
-        report
-            .coordinating
-            .filter(|s| s.contains("semi-sync client(s) the coordinator cannot see"))
-    })
+    let says = coordinator_says(
+        &stack,
+        "semi-sync client(s) the coordinator cannot see",
+        Duration::from_secs(10),
+    )
     .await;
     assert!(
-        says.is_ok(),
+        says.is_some(),
         "the coordinator's report never said why\n{}",
         stack.logs()
     );
@@ -1278,15 +1311,7 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
     stack.topo.server_mut(0).kill9().await;
     // db2 may hold acknowledged commits db3 lacks: while it cannot be read
     // nothing is promoted; the failover is refused, naming it.
-    let refused = wait_for(Duration::from_secs(30), || async {
-        successover_tests::scenario::failovers(&stack)
-            .await
-            .into_iter()
-            .rev()
-            .find(|e| e.outcome != Outcome::Running)
-    })
-    .await;
-    let Ok(refused) = refused else {
+    let Some(refused) = failover_decided(&stack, Duration::from_secs(30)).await else {
         panic!("no failover decision after the kill\n{}", stack.logs())
     };
     assert_eq!(
@@ -1301,48 +1326,151 @@ async fn a_semi_sync_replica_out_of_the_coordinators_sight_stays_the_only_acker(
         refused.reason
     );
     assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    let waits = coordinator_says(
+        &stack,
+        "possible ACKer db2 to answer",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        waits.is_some(),
+        "the coordinator never said what the refused failover waits for\n{}",
+        stack.logs()
+    );
     let mut logs = Vec::new();
     for w in writers {
         logs.push(w.finish().await.unwrap());
     }
-    // The replica the refusal waited for holds every acknowledged write
-    // (received: its applier works through its relay log meanwhile).
-    stack.relays["db2"].resume();
-    let db2 = stack.node("db2").url();
-    let applied = wait_until(Duration::from_secs(60), || async {
-        for log in &logs {
-            if !writer::missing(&db2, log).await.is_ok_and(|m| m.is_empty()) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    if applied.is_err() {
-        let mut n = 0;
-        for log in &logs {
-            n += writer::missing(&db2, log).await.unwrap().len();
-        }
-        panic!("{n} acknowledged writes not on db2\n{}", stack.logs());
-    }
     let (mut acked, mut only_db2) = (0, 0);
     for log in &logs {
-        let lost = writer::missing(&stack.node("db2").url(), log)
-            .await
-            .unwrap();
-        assert!(
-            lost.is_empty(),
-            "{} acknowledged writes not on db2",
-            lost.len()
-        );
         acked += log.acked.len();
         only_db2 += writer::missing(&stack.node("db3").url(), log)
             .await
             .unwrap()
             .len();
     }
-    eprintln!(
-        "db2 out of the coordinator's sight 20 s under 4 writers: db1 never had more than 1 semi-sync client ({looks} looks), db3 never got the flag; db1 killed: failover refused ({}); db2 holds all {acked} acknowledged writes, {only_db2} of them not on db3",
-        refused.reason
+    // db2 answers again, as it ran when it was last seen ACKing: what it
+    // reports received covers what it acknowledged, the refused failover is
+    // taken up and promotes it.
+    stack.relays["db2"].resume();
+    let done = wait_for(Duration::from_secs(60), || async {
+        successover_tests::scenario::failovers(&stack)
+            .await
+            .into_iter()
+            .find(|e| e.id == refused.id && e.outcome == Outcome::Done)
+    })
+    .await;
+    let Ok(done) = done else {
+        panic!(
+            "the refused failover was not taken up when db2 returned\n{}",
+            stack.logs()
+        )
+    };
+    assert_eq!(done.to.as_deref(), Some("db2"), "{done:?}");
+    assert_eq!(stack.published_node().await.as_deref(), Some("db2"));
+    let db2 = stack.node("db2").url();
+    let mut lost = 0;
+    for log in &logs {
+        lost += writer::missing(&db2, log).await.unwrap().len();
+    }
+    assert_eq!(
+        lost,
+        0,
+        "acknowledged writes not on the new source db2\n{}",
+        stack.logs()
     );
+    let mut c = stack.node("db2").conn().await.unwrap();
+    assert_eq!(global_var(&mut c, "read_only").await.unwrap(), "0");
+    eprintln!(
+        "db2 out of the coordinator's sight 20 s under 4 writers: db1 never had more than 1 semi-sync client ({looks} looks), db3 never got the flag; db1 killed: failover refused ({}); db2 back: failover taken up and done ({}); {acked} acknowledged writes, 0 lost, {only_db2} of them were on db2 only",
+        refused.reason, done.reason
+    );
+}
+
+/// The same refusal, but the ACKer's server restarts before it answers
+/// again: a restarted GTID replica's relay log is purged, so what it
+/// reports received may be less than what it acknowledged. The failover
+/// stays refused and the coordinator says why; the old source's return
+/// ends it (nothing was promoted) with every acknowledged write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_failover_stays_refused_when_its_acker_restarted() {
+    let mut stack = acker_behind_a_relay("c-f-restarted").await;
+    let writers = four_writers_on_db1(&stack).await;
+    stack.relays["db2"].stop();
+    let says = coordinator_says(
+        &stack,
+        "semi-sync client(s) the coordinator cannot see",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        says.is_some(),
+        "db2 never left the coordinator's sight\n{}",
+        stack.logs()
+    );
+    stack.topo.server_mut(0).kill9().await;
+    let Some(refused) = failover_decided(&stack, Duration::from_secs(30)).await else {
+        panic!("no failover decision after the kill\n{}", stack.logs())
+    };
+    assert_eq!(
+        refused.outcome,
+        Outcome::Refused,
+        "{refused:?}\n{}",
+        stack.logs()
+    );
+    let mut logs = Vec::new();
+    for w in writers {
+        logs.push(w.finish().await.unwrap());
+    }
+    stack.topo.server_mut(1).restart().await;
+    stack.relays["db2"].resume();
+    let why = coordinator_says(
+        &stack,
+        "possible ACKer db2 restarted",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        why.is_some(),
+        "the coordinator never said the ACKer restarted\n{}",
+        stack.logs()
+    );
+    // Still refused, nothing promoted, a few cycles later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = successover_tests::scenario::failovers(&stack)
+        .await
+        .into_iter()
+        .find(|e| e.id == refused.id)
+        .expect("the refused failover's entry");
+    assert_eq!(
+        still.outcome,
+        Outcome::Refused,
+        "{still:?}\n{}",
+        stack.logs()
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    // The old source back: the failover aborts, db1 serves again with
+    // every acknowledged write.
+    stack.topo.server_mut(0).start_again().await;
+    let aborted = wait_for(Duration::from_secs(60), || async {
+        successover_tests::scenario::failovers(&stack)
+            .await
+            .into_iter()
+            .find(|e| e.id == refused.id && e.outcome == Outcome::Aborted)
+    })
+    .await;
+    assert!(
+        aborted.is_ok(),
+        "db1's return did not end the refusal\n{}",
+        stack.logs()
+    );
+    let after = WriterProc::start(stack.proxy_port.port(), 5).await;
+    writes_land(&stack, "db1", 5).await;
+    after.finish().await.unwrap();
+    let db1 = stack.node("db1").url();
+    let mut lost = 0;
+    for log in &logs {
+        lost += writer::missing(&db1, log).await.unwrap().len();
+    }
+    assert_eq!(lost, 0, "{}", stack.logs());
 }

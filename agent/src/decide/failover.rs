@@ -150,21 +150,29 @@ fn nothing_promoted(
 /// Ticks between two reopenings of the same refused failover.
 pub const REOPEN_EVERY_TICKS: u64 = 10;
 
-/// A refused failover leaves its fence and waits. It is taken up again
-/// when the failed source answers: nothing was promoted, so the failover
-/// aborts, the replicas resume and the fence is lifted — at most once every
-/// [`REOPEN_EVERY_TICKS`] ticks.
-///
-/// A candidate that becomes provable later (the semi-sync replica that was
-/// gone comes back) is not enough: a replica that restarted may have lost
-/// relay-log events it had acknowledged (MariaDB purges the relay log when
-/// a GTID replica reconnects), so what it reports received proves nothing
-/// about what it ACKed before. That decision stays an operator's.
+/// What a refused failover does this cycle.
+#[derive(Debug)]
+pub enum Reopen {
+    Step(Box<Step>, String),
+    /// Still refused: what it waits for.
+    Wait(String),
+}
+
+/// A refused failover leaves its fence and waits. It is taken up again —
+/// at most once every [`REOPEN_EVERY_TICKS`] ticks — when the failed source
+/// answers (nothing was promoted: it aborts, the replicas resume, the
+/// fence is lifted), or when what was missing for a candidate is back:
+/// every possible ACKer answers, each still in the run of its server it
+/// was last seen ACKing in (`semi-sync/<cluster>`'s `started`), and the
+/// replicas now prove a candidate. A member that restarted proves nothing:
+/// its relay log may have lost events it had acknowledged (MariaDB purges
+/// it when a GTID replica's threads start), so what it reports received
+/// may be less than what it ACKed. That decision stays an operator's.
 pub fn reopen(
     input: &Input<'_>,
     entry: &HistoryEntry,
     memory: &mut super::Memory,
-) -> Option<(Step, String)> {
+) -> Option<Reopen> {
     if entry.kind != ProcedureKind::Failover
         || entry.outcome != Outcome::Refused
         || !input.kv.fence_is(&entry.id)
@@ -172,25 +180,147 @@ pub fn reopen(
         return None;
     }
     let from = entry.from.clone().unwrap_or_default();
-    if !input.view.node(&from).is_some_and(|n| n.reachable) {
-        return None;
-    }
-    let every = REOPEN_EVERY_TICKS * input.settings.tick_ms;
-    if let Some((id, at)) = &memory.reopened {
-        if *id == entry.id && input.now_ms.saturating_sub(*at) < every {
-            return None;
-        }
-    }
-    memory.reopened = Some((entry.id.clone(), input.now_ms));
-    Some((
-        Step::ReopenFailover {
-            entry: Box::new(entry.clone()),
-        },
+    let why = if input.view.node(&from).is_some_and(|n| n.reachable) {
         format!(
             "{from} answers again: taking up refused failover {}",
             entry.id
-        ),
+        )
+    } else {
+        match resumable(input, entry, &from) {
+            Ok(why) => format!("{why}: taking up refused failover {}", entry.id),
+            Err(wait) => {
+                return Some(Reopen::Wait(format!(
+                    "failover {} refused; it waits for {from} to answer (it then aborts) or {wait}",
+                    entry.id
+                )))
+            }
+        }
+    };
+    let every = REOPEN_EVERY_TICKS * input.settings.tick_ms;
+    if let Some((id, at)) = &memory.reopened {
+        if *id == entry.id && input.now_ms.saturating_sub(*at) < every {
+            return Some(Reopen::Wait(format!(
+                "failover {} refused; taken up again shortly",
+                entry.id
+            )));
+        }
+    }
+    memory.reopened = Some((entry.id.clone(), input.now_ms));
+    // Taken up, it chooses afresh: a candidate chosen before the refusal
+    // may be the reason for it.
+    let mut entry = entry.clone();
+    entry.to = None;
+    entry.evidence.remove("candidate_reason");
+    entry.evidence.remove("candidate_received_gtid");
+    Some(Reopen::Step(
+        Box::new(Step::ReopenFailover {
+            entry: Box::new(entry),
+        }),
+        why,
     ))
+}
+
+/// The candidate no longer holds what it had received when it was chosen:
+/// it restarted in between and its relay log was purged (or a replication
+/// reset). Promoted, it would lack commits it was chosen for holding.
+fn candidate_lost(entry: &HistoryEntry, t: &NodeView) -> Option<String> {
+    let r = t.replica.as_ref()?;
+    let had = entry
+        .evidence
+        .get("candidate_received_gtid")
+        .and_then(|v| v.as_str())
+        .and_then(|s| GtidState::parse_any(s).ok())?;
+    let holds = match &t.gtid_executed {
+        Some(e) => r.received.union(e).unwrap_or_else(|_| r.received.clone()),
+        None => r.received.clone(),
+    };
+    (!holds.contains(&had).unwrap_or(false)).then(|| {
+        format!(
+            "candidate {} holds {holds}, less than the {had} it had received when it was chosen (a restart purges a GTID replica's relay log): promoted, it would lack acknowledged commits",
+            t.name
+        )
+    })
+}
+
+/// A readable possible ACKer whose server is not in the run it was last
+/// seen ACKing in (`semi-sync/<cluster>`'s `started`), or was never seen
+/// replicating: it may have restarted after acknowledging events it had
+/// not applied, and a restarted GTID replica's relay log is purged, so
+/// what it reports received may be less than what it acknowledged.
+fn restarted_acker(input: &Input<'_>, from: &str) -> Option<String> {
+    input
+        .kv
+        .ack_floors
+        .keys()
+        .filter(|m| *m != from)
+        .filter_map(|m| input.view.node(m).filter(|n| n.reachable))
+        .find_map(|n| {
+            let m = &n.name;
+            match (input.kv.acker_started.get(m), n.started_s) {
+                (Some(was), Some(now)) if super::invariants::same_start(*was, now) => None,
+                (Some(was), Some(now)) => Some(format!(
+                    "possible ACKer {m} restarted since it was last seen ACKing (its server started at {now}, not {was}): events it acknowledged may be gone from its relay log"
+                )),
+                (None, _) => Some(format!(
+                    "possible ACKer {m} was never seen replicating since its server started: a restart that lost events it acknowledged cannot be ruled out"
+                )),
+                (Some(_), None) => Some(format!(
+                    "possible ACKer {m} does not say when its server started"
+                )),
+            }
+        })
+}
+
+/// With the failed source still silent: why the refused failover can now
+/// prove a candidate, or what it still lacks.
+fn resumable(input: &Input<'_>, entry: &HistoryEntry, from: &str) -> Result<String, String> {
+    let view = input.view;
+    let unacked = entry
+        .evidence
+        .get(super::detect::UNACKED_COMMITS)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    if unacked > 0 {
+        return Err(format!(
+            "an operator: {from} may have acknowledged commits without an ACK"
+        ));
+    }
+    let members: Vec<&String> = input.kv.ack_floors.keys().filter(|m| *m != from).collect();
+    if members.is_empty() {
+        return Err("an operator: no replica may hold every acknowledged commit".into());
+    }
+    if let Some(m) = members
+        .iter()
+        .find(|m| !view.node(m).is_some_and(|n| n.reachable))
+    {
+        return Err(format!(
+            "possible ACKer {m} to answer without having restarted (the failover then resumes)"
+        ));
+    }
+    if let Some(why) = restarted_acker(input, from) {
+        return Err(format!("an operator: {why}"));
+    }
+    let except: BTreeSet<&str> = [from].into();
+    let candidates: Vec<CandidateView> = live_nodes(view, &except)
+        .filter_map(|n| {
+            n.replica.as_ref().map(|r| CandidateView {
+                name: n.name.clone(),
+                received: r.received.clone(),
+                semi_sync: n.semi_sync_replica,
+            })
+        })
+        .collect();
+    let mut ackers = input.kv.ack_floors.clone();
+    ackers.remove(from);
+    match choose_candidate(&candidates, &ackers) {
+        Ok((to, _)) => Ok(format!(
+            "possible ACKer{} {} answer{} without having restarted and {to} holds what they received",
+            if members.len() > 1 { "s" } else { "" },
+            members.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+            if members.len() > 1 { "" } else { "s" },
+        )),
+        Err(why) => Err(format!("a candidate: {why}")),
+    }
 }
 
 /// The next step of failover `entry`, or `None` with the reason to wait.
@@ -248,6 +378,9 @@ pub fn next(input: &Input<'_>, entry: &HistoryEntry) -> (Option<Step>, String) {
                 ),
                 &replicas,
             );
+        }
+        if let Some(why) = restarted_acker(input, &from) {
+            return nothing_promoted(Outcome::Refused, why, &replicas);
         }
         // The failed source acknowledged nothing as a replica of itself.
         let mut ackers = input.kv.ack_floors.clone();
@@ -322,6 +455,9 @@ pub fn next(input: &Input<'_>, entry: &HistoryEntry) -> (Option<Step>, String) {
     };
 
     if !published_to {
+        if let Some(lost) = candidate_lost(entry, t) {
+            return nothing_promoted(Outcome::Refused, lost, &replicas);
+        }
         // Rule 4: everything received is applied before anything else.
         if let Some(r) = &t.replica {
             let applied = t
@@ -747,17 +883,23 @@ mod tests {
             ..KvInputs::default()
         };
         let mut m = crate::decide::Memory::default();
-        // A candidate alone proves nothing about what a restarted ACKer
-        // had acknowledged: nothing happens.
+        // A candidate alone proves nothing when nobody recorded who may
+        // have ACKed: it waits, and says for what.
         let input = fixtures::input(&v, &kv, "db3", 0);
-        assert!(reopen(&input, &e, &mut m).is_none());
+        assert!(
+            matches!(reopen(&input, &e, &mut m), Some(Reopen::Wait(ref w)) if w.contains("db1 to answer")),
+            "{:?}",
+            reopen(&input, &e, &mut m)
+        );
         v.nodes[0].reachable = true;
         let input = fixtures::input(&v, &kv, "db3", 0);
-        let (s, reason) = reopen(&input, &e, &mut m).unwrap();
-        assert!(matches!(s, Step::ReopenFailover { .. }), "{reason}");
+        let Some(Reopen::Step(s, reason)) = reopen(&input, &e, &mut m) else {
+            panic!("not taken up")
+        };
+        assert!(matches!(*s, Step::ReopenFailover { .. }), "{reason}");
         // Not again at once.
         let input = fixtures::input(&v, &kv, "db3", 1000);
-        assert!(reopen(&input, &e, &mut m).is_none());
+        assert!(matches!(reopen(&input, &e, &mut m), Some(Reopen::Wait(_))));
         // Taken up, the failover aborts and lifts its fence.
         e.outcome = Outcome::Running;
         let (s, _) = next_of(&v, &e);
@@ -772,6 +914,89 @@ mod tests {
             ),
             "{s:?}"
         );
+    }
+
+    /// The refusal for a possible ACKer out of sight ends when it answers
+    /// again, as long as its server still runs as when it was last seen
+    /// ACKing; a restarted one may have lost acknowledged events from its
+    /// relay log, and the refusal stays, saying so.
+    #[test]
+    fn a_refused_failover_resumes_when_its_possible_acker_returns_unrestarted() {
+        let mut v = dead_source();
+        v.procedure_running = false;
+        let db2 = v.nodes.iter_mut().find(|n| n.name == "db2").unwrap();
+        db2.reachable = false;
+        db2.replica.as_mut().unwrap().received = pos("0-1-12");
+        db2.started_s = Some(1_764_000_000);
+        let mut e = entry(None, "db3");
+        e.outcome = Outcome::Refused;
+        let kv = KvInputs {
+            fence: Some(format!("failover {}", e.id)),
+            fence_entry: Some(e.clone()),
+            ack_floors: BTreeMap::from([("db2".to_owned(), Some(pos("0-1-5")))]),
+            acker_started: BTreeMap::from([("db2".to_owned(), 1_764_000_000)]),
+            ..KvInputs::default()
+        };
+        let wait = |v: &ClusterView, kv: &KvInputs| {
+            let mut m = crate::decide::Memory::default();
+            match reopen(&fixtures::input(v, kv, "db3", 0), &e, &mut m) {
+                Some(Reopen::Wait(w)) => w,
+                other => panic!("{other:?}"),
+            }
+        };
+        let w = wait(&v, &kv);
+        assert!(w.contains("possible ACKer db2 to answer"), "{w}");
+
+        v.nodes[1].reachable = true;
+        let mut m = crate::decide::Memory::default();
+        let Some(Reopen::Step(s, why)) = reopen(&fixtures::input(&v, &kv, "db3", 0), &e, &mut m)
+        else {
+            panic!("not resumed")
+        };
+        assert!(matches!(*s, Step::ReopenFailover { .. }));
+        assert!(
+            why.contains("db2 answers without having restarted"),
+            "{why}"
+        );
+        // Taken up, it stops the IO threads and chooses db2, which received
+        // more than db3.
+        let mut running = e.clone();
+        running.outcome = Outcome::Running;
+        let (s, _) = next_of(&v, &running);
+        assert!(matches!(s, Some(Step::StopIoThreads { .. })), "{s:?}");
+        stop_io(&mut v);
+        let kv_running = KvInputs {
+            fence: kv.fence.clone(),
+            ack_floors: kv.ack_floors.clone(),
+            acker_started: kv.acker_started.clone(),
+            ..KvInputs::default()
+        };
+        let (s, reason) = next(&fixtures::input(&v, &kv_running, "db3", 0), &running);
+        assert!(
+            matches!(s, Some(Step::RecordCandidate { ref to, .. }) if to == "db2"),
+            "{s:?} {reason}"
+        );
+
+        // Restarted: its relay log may have lost what it ACKed.
+        v.nodes[1].started_s = Some(1_764_000_900);
+        let w = wait(&v, &kv);
+        assert!(w.contains("db2 restarted"), "{w}");
+        // Never seen replicating: nothing rules a restart out.
+        let mut unrecorded = kv.clone();
+        unrecorded.acker_started.clear();
+        let w = wait(&v, &unrecorded);
+        assert!(w.contains("never seen replicating"), "{w}");
+        // A source that acknowledged without an ACK only an operator ends.
+        v.nodes[1].started_s = Some(1_764_000_000);
+        let mut unacked = e.clone();
+        unacked
+            .evidence
+            .insert(super::super::detect::UNACKED_COMMITS.into(), 3.into());
+        let mut m = crate::decide::Memory::default();
+        assert!(matches!(
+            reopen(&fixtures::input(&v, &kv, "db3", 0), &unacked, &mut m),
+            Some(Reopen::Wait(w)) if w.contains("without an ACK")
+        ));
     }
 
     /// A pair: promoting the survivor would leave its commits waiting for

@@ -32,6 +32,7 @@ pub fn source(name: &str, port: u16) -> NodeView {
         gtid_executed: Some(pos("0-1-10")),
         binlog_state: None,
         server_uuid: None,
+        started_s: None,
         quarantined: false,
     }
 }
@@ -61,6 +62,7 @@ pub fn replica(name: &str, port: u16, of: u16, semi: bool) -> NodeView {
         gtid_executed: Some(pos("0-1-10")),
         binlog_state: None,
         server_uuid: None,
+        started_s: None,
         quarantined: false,
     }
 }

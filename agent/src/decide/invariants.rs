@@ -74,6 +74,12 @@ pub enum Action {
     CutReplicaConnections {
         node: String,
     },
+    /// Writes when the possible ACKers' servers started
+    /// ([`super::KvInputs::acker_started`]), each as seen while it
+    /// replicated from a live source.
+    RecordStarted {
+        started: BTreeMap<String, u64>,
+    },
     /// Writes `master` (+ `/hostname`, `/port`) in one txn guarded by the
     /// coordinator lock.
     Publish {
@@ -364,6 +370,51 @@ pub fn possible_ackers(
     (next != *current).then_some(next)
 }
 
+/// Whether two readings of a server's start time name the same run of it
+/// (see [`crate::mysql::Dialect::started_query`]: exact, whole seconds; a
+/// server cannot stop and start again within the second it started).
+pub fn same_start(a: u64, b: u64) -> bool {
+    a == b
+}
+
+/// When the possible ACKers' servers started, each as seen while it
+/// replicates from the live, published source; `Some` when that changes
+/// the record. Taken only then: a member seen after the source died may
+/// have restarted and lost acknowledged events a failover must account
+/// for, and a refused failover resumes for it only if it still runs as it
+/// did when it was last seen here.
+pub fn acker_started(
+    view: &ClusterView,
+    ackers: &BTreeMap<String, Option<GtidState>>,
+    recorded: &BTreeMap<String, u64>,
+) -> Option<BTreeMap<String, u64>> {
+    if view.maintenance || view.procedure_running || view.fenced {
+        return None;
+    }
+    let source = view.node_at(view.published.as_ref()?)?;
+    if !source.reachable || source.quarantined {
+        return None;
+    }
+    let mut next: BTreeMap<String, u64> = recorded
+        .iter()
+        .filter(|(n, _)| ackers.contains_key(*n))
+        .map(|(n, s)| (n.clone(), *s))
+        .collect();
+    let mut changed = false;
+    for n in view
+        .nodes
+        .iter()
+        .filter(|n| ackers.contains_key(&n.name) && acking_replica_of(n, source))
+    {
+        let Some(s) = n.started_s else { continue };
+        if !next.get(&n.name).is_some_and(|r| same_start(*r, s)) {
+            next.insert(n.name.clone(), s);
+            changed = true;
+        }
+    }
+    changed.then_some(next)
+}
+
 /// A writable node that is not the source: read-only, then its clients cut.
 fn fence_writable(node: &NodeView, actions: &mut Vec<Action>, reasons: &mut Vec<String>) {
     actions.push(Action::SetReadOnly {
@@ -626,6 +677,43 @@ fn semi_sync_replicas(view: &ClusterView, source: &NodeView) -> (Vec<Action>, Ve
 mod tests {
     use super::*;
     use crate::decide::fixtures::{addr, healthy, pos};
+
+    /// A member's start is recorded while it replicates from the live
+    /// source, again when it changes, and never while the source is dead or
+    /// the cluster fenced: a start seen then may be a restart that lost
+    /// acknowledged events, which a refused failover must not take for the
+    /// run it saw ACKing.
+    #[test]
+    fn a_possible_ackers_start_is_recorded_only_while_it_replicates_from_a_live_source() {
+        let mut v = healthy();
+        v.nodes[1].started_s = Some(1_000);
+        v.nodes[2].started_s = Some(2_000);
+        let members = BTreeMap::from([("db2".to_owned(), None)]);
+        let none = BTreeMap::new();
+        assert_eq!(
+            acker_started(&v, &members, &none),
+            Some(BTreeMap::from([("db2".to_owned(), 1_000)]))
+        );
+        // The same run, read again: nothing to write.
+        let rec = BTreeMap::from([("db2".to_owned(), 1_000)]);
+        assert_eq!(acker_started(&v, &members, &rec), None);
+        // A restart it came back from, replicating again: the new run.
+        v.nodes[1].started_s = Some(9_000);
+        assert_eq!(
+            acker_started(&v, &members, &rec),
+            Some(BTreeMap::from([("db2".to_owned(), 9_000)]))
+        );
+        // Source dead, fenced, or the member not receiving: kept as it was.
+        let mut dead = v.clone();
+        dead.nodes[0].reachable = false;
+        assert_eq!(acker_started(&dead, &members, &rec), None);
+        let mut fenced = v.clone();
+        fenced.fenced = true;
+        assert_eq!(acker_started(&fenced, &members, &rec), None);
+        let mut stopped = v.clone();
+        stopped.nodes[1].replica.as_mut().unwrap().io_running = false;
+        assert_eq!(acker_started(&stopped, &members, &rec), None);
+    }
 
     /// With the set of possible ACKers already recorded as the view shows
     /// it, so each table row tests one invariant.

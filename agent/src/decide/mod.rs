@@ -105,6 +105,8 @@ pub struct NodeView {
     pub binlog_state: Option<Vec<(u32, u32, u64)>>,
     /// MySQL's `@@server_uuid`, the name in the GTIDs this server writes.
     pub server_uuid: Option<Uuid>,
+    /// When the server started, Unix seconds on its own clock.
+    pub started_s: Option<u64>,
     pub quarantined: bool,
 }
 
@@ -124,6 +126,7 @@ impl NodeView {
             gtid_executed: None,
             binlog_state: None,
             server_uuid: None,
+            started_s: None,
             quarantined,
         }
     }
@@ -217,6 +220,9 @@ pub struct KvInputs {
     /// must have received before it vouches for every acknowledged commit.
     /// `None`: no floor (an ACKer from before the set was kept).
     pub ack_floors: BTreeMap<String, Option<GtidState>>,
+    /// When each possible ACKer's server started, as last seen while it
+    /// replicated from a live source (`semi-sync/<cluster>`'s `started`).
+    pub acker_started: BTreeMap<String, u64>,
 }
 
 impl KvInputs {
@@ -576,9 +582,14 @@ pub fn decide(input: &Input<'_>, memory: &Memory) -> Decision {
         detect::note_source_semi(view, &mut memory, input.now_ms);
         return Decision::hold("maintenance mode: automation suspended", memory);
     }
+    let mut waiting = None;
     if let Some(entry) = &input.kv.fence_entry {
-        if let Some((step, reason)) = failover::reopen(input, entry, &mut memory) {
-            return Decision::step(step, reason, memory);
+        match failover::reopen(input, entry, &mut memory) {
+            Some(failover::Reopen::Step(step, reason)) => {
+                return Decision::step(*step, reason, memory);
+            }
+            Some(failover::Reopen::Wait(why)) => waiting = Some(why),
+            None => {}
         }
     }
     if let Some(d) = detect::watch(input, &mut memory) {
@@ -593,7 +604,17 @@ pub fn decide(input: &Input<'_>, memory: &Memory) -> Decision {
         return Decision::step(step, reason, memory);
     }
     let stalled = stall::check(view, &input.kv.ack_floors, &mut memory);
-    let enforce = invariants::enforce(view, &input.kv.ack_floors);
+    let mut enforce = invariants::enforce(view, &input.kv.ack_floors);
+    if let Some(started) =
+        invariants::acker_started(view, &input.kv.ack_floors, &input.kv.acker_started)
+    {
+        enforce.actions.push(Action::RecordStarted { started });
+    }
+    if let Some(why) = waiting {
+        // A fence left by a refused failover: what it waits for is the
+        // cluster's state, not "fenced".
+        enforce.reason = why;
+    }
     match (stalled, enforce.actions.is_empty()) {
         // Releasing comes first: with commits stuck, nothing else the
         // invariants ask for helps the application.

@@ -103,6 +103,8 @@ struct Server {
     /// Client commits in the binlog waiting for an ACK.
     pending: Vec<u64>,
     no_tx: u64,
+    /// When the server started, in seconds: each restart moves it on.
+    started_s: u64,
 }
 
 impl Server {
@@ -147,6 +149,8 @@ struct Kv {
     rejoins: Vec<KvPair>,
     last_failover_ms: Option<u64>,
     ack_floors: BTreeMap<String, Option<GtidState>>,
+    /// `semi-sync/c1`'s `started`.
+    acker_started: BTreeMap<String, u64>,
     /// `drain/c1/<node>`: an operator moving the ACK role off a node.
     drained: BTreeSet<String>,
     index: u64,
@@ -226,6 +230,7 @@ impl Sim {
                 heartbeats: 0,
                 pending: Vec::new(),
                 no_tx: 0,
+                started_s: 1_764_000_000,
             });
         }
         let mut rng = Rng::new(seed);
@@ -484,6 +489,11 @@ impl Sim {
                 s.semi_source = false;
                 s.semi_replica = false;
                 s.semi_active = false;
+                // A GTID replica's relay log is purged when its threads
+                // start: what it received and had not applied is gone,
+                // acknowledged or not.
+                s.relay.clear();
+                s.started_s += 1_000;
                 s.io_on = s.source.is_some();
                 s.sql_on = s.source.is_some();
                 self.log(format!("HEAL restart {name}"));
@@ -569,6 +579,7 @@ impl Sim {
                         per_server.into_iter().map(|(srv, q)| (0, srv, q)).collect(),
                     ),
                     server_uuid: None,
+                    started_s: Some(s.started_s),
                     quarantined,
                 }
             })
@@ -615,6 +626,14 @@ impl Sim {
                 .collect(),
             published_invalid: None,
             ack_floors: self.kv.ack_floors.clone(),
+            // Written with the floors, for members only.
+            acker_started: self
+                .kv
+                .acker_started
+                .iter()
+                .filter(|(n, _)| self.kv.ack_floors.contains_key(*n))
+                .map(|(n, s)| (n.clone(), *s))
+                .collect(),
         }
     }
 
@@ -689,15 +708,24 @@ impl Sim {
     /// The planted bug, if any, rewrites the decided step.
     fn plant(&self, step: Step, view: &ClusterView) -> Step {
         match (self.plant, step) {
-            (Plant::AnyCandidate, Step::RecordCandidate { evidence, to }) => {
-                let first = view
+            (Plant::AnyCandidate, Step::RecordCandidate { mut evidence, to }) => {
+                let Some(first) = view
                     .nodes
                     .iter()
                     .find(|n| n.reachable && n.replica.is_some() && !n.quarantined)
-                    .map(|n| n.name.clone())
-                    .unwrap_or(to);
+                else {
+                    return Step::RecordCandidate { to, evidence };
+                };
+                // The evidence a rule like that would write: its own
+                // choice's received position.
+                if let Some(r) = &first.replica {
+                    evidence.insert(
+                        "candidate_received_gtid".into(),
+                        r.received.to_string().into(),
+                    );
+                }
                 Step::RecordCandidate {
-                    to: first,
+                    to: first.name.clone(),
                     evidence,
                 }
             }
@@ -1264,6 +1292,11 @@ impl Sim {
             Action::RecordAckers { ackers } => {
                 if !self.kv_write_lost() {
                     self.kv.ack_floors = ackers.clone();
+                }
+            }
+            Action::RecordStarted { started } => {
+                if !self.kv_write_lost() {
+                    self.kv.acker_started = started.clone();
                 }
             }
             Action::CutReplicaConnections { node } => {

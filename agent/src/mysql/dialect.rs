@@ -293,6 +293,18 @@ impl Dialect {
         }
     }
 
+    /// When the server started, Unix seconds. Both terms come from one
+    /// statement's start time (`Uptime` is that time minus the server's
+    /// start), so the difference is the start itself, exactly, on every
+    /// reading of one run of the server: no jitter to allow for, and no
+    /// other host's clock involved.
+    pub fn started_query(self) -> &'static str {
+        match self {
+            Dialect::MariaDb => "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'",
+            Dialect::MySql80 | Dialect::MySql84 => "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime'",
+        }
+    }
+
     /// The replica status columns this flavour prints.
     pub fn replica_columns(self) -> &'static ReplicaColumns {
         match self {

@@ -188,6 +188,11 @@ pub struct ServerInfo {
     pub connection_id: u64,
     /// Whether the session's `sql_mode` lacks `NO_BACKSLASH_ESCAPES`.
     pub backslash_escapes: bool,
+    /// When the server started, Unix seconds on its own clock: the same on
+    /// every connection to one run of the server, so a restart shows
+    /// without comparing two hosts' clocks. `None` where the account
+    /// cannot read it.
+    pub started_s: Option<u64>,
 }
 
 impl ServerInfo {
@@ -885,7 +890,35 @@ impl Node {
             server_uuid: None,
             connection_id: row.connection_id,
             backslash_escapes: dialect::backslash_escapes(&row.sql_mode),
+            started_s: None,
         };
+        // An account that cannot read the status tables still works; its
+        // ACKers are then never proven unrestarted (a refused failover
+        // waits for an operator).
+        let started = timeout_at(
+            deadline,
+            conn.query_first::<Option<String>, _>(info.dialect().started_query()),
+        )
+        .await;
+        match started {
+            Ok(Ok(v)) => {
+                info.started_s = v.flatten().and_then(|v| {
+                    // MariaDB answers a DOUBLE for the text arithmetic.
+                    v.trim().parse::<f64>().ok().map(|f| f.round() as u64)
+                })
+            }
+            Ok(Err(e)) if !e.is_fatal() => {
+                tracing::debug!(node = %self.addr, error = %e, "cannot read when the server started");
+            }
+            Ok(Err(e)) => {
+                discard(conn);
+                return Err(connect_error(e));
+            }
+            Err(_) => {
+                discard(conn);
+                return Err(connect_timeout());
+            }
+        }
         if let Some(q) = info.dialect().server_uuid_query() {
             let uuid = match timeout_at(deadline, conn.query_first::<String, _>(q)).await {
                 Ok(Ok(v)) => v,

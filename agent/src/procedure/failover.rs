@@ -228,7 +228,7 @@ impl Coordinator<'_> {
         let mut ops = self.publish_ops(addr);
         let ackers = acker.map(|(n, f)| super::raise_floor(&kv.ack_floors, n, f));
         if let Some(ackers) = &ackers {
-            ops.push(self.ackers_op(ackers));
+            ops.push(self.ackers_op(ackers, &kv.acker_started));
         }
         let unfence = self.lift_own_fence(&id).await;
         let lifts = !unfence.is_empty();

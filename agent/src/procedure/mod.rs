@@ -800,12 +800,32 @@ impl Coordinator<'_> {
         ackers: &BTreeMap<String, Option<crate::mysql::GtidState>>,
         kv: &mut KvInputs,
     ) -> Result<(), String> {
-        self.guarded_txn(vec![self.ackers_op(ackers)]).await?;
+        self.guarded_txn(vec![self.ackers_op(ackers, &kv.acker_started)])
+            .await?;
         kv.ack_floors = ackers.clone();
         Ok(())
     }
 
-    fn ackers_op(&self, ackers: &BTreeMap<String, Option<crate::mysql::GtidState>>) -> TxnOp {
+    /// Records when the possible ACKers' servers started (see
+    /// [`successover_common::procedure::AckFloors::started`]).
+    async fn record_started(
+        &self,
+        started: &BTreeMap<String, u64>,
+        kv: &mut KvInputs,
+    ) -> Result<(), String> {
+        self.guarded_txn(vec![self.ackers_op(&kv.ack_floors, started)])
+            .await?;
+        kv.acker_started = started.clone();
+        Ok(())
+    }
+
+    /// The record of the possible ACKers; a start time is kept only for a
+    /// member.
+    fn ackers_op(
+        &self,
+        ackers: &BTreeMap<String, Option<crate::mysql::GtidState>>,
+        started: &BTreeMap<String, u64>,
+    ) -> TxnOp {
         let value = successover_common::procedure::AckFloors {
             floors: ackers
                 .iter()
@@ -817,6 +837,11 @@ impl Coordinator<'_> {
                 })
                 .collect(),
             at_ms: now_ms(),
+            started: started
+                .iter()
+                .filter(|(n, _)| ackers.contains_key(*n))
+                .map(|(n, s)| (n.clone(), *s))
+                .collect(),
         };
         TxnOp::set(self.keys.ack_floors_key(self.cluster), value.to_json())
     }
@@ -913,6 +938,9 @@ impl Coordinator<'_> {
                 }
                 Action::RecordAckers { ackers } => {
                     ("record_ackers", self.record_ackers(ackers, kv).await)
+                }
+                Action::RecordStarted { started } => {
+                    ("record_started", self.record_started(started, kv).await)
                 }
                 Action::CutReplicaConnections { node } => (
                     "cut_replica_connections",
