@@ -22,8 +22,15 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::mysql::Node;
 use crate::observe::{node_view, observe, Observation};
-use crate::procedure::{node_config, now_ms, Active, Coordinator, Nodes, StepError};
+use crate::procedure::{node_config, now_ms, Active, Coordinator, Nodes, PendingLook, StepError};
 use crate::report::HealthReport;
+
+/// How long a cycle waits for a peer whose last look failed. A server that
+/// woke answers a fresh look in milliseconds; a hung one would hold the
+/// cycle for its connect or read timeout. The look goes on in the
+/// background ([`Nodes::pending`]) and the peer counts as unreachable
+/// until it answers.
+const SUSPECT_WAIT: Duration = Duration::from_millis(300);
 
 /// More steps than any procedure has: a bound, so a decision that never
 /// settles cannot spin a cycle forever.
@@ -94,6 +101,8 @@ impl Agent {
                 local_name: node.as_str().to_owned(),
                 local,
                 peers: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                suspect: Default::default(),
             },
             cfg,
             consul,
@@ -172,6 +181,8 @@ impl Agent {
         self.consul = Consul::new(cfg.consul.clone()).map_err(|e| e.to_string())?;
         self.nodes.local = Node::new(node_config(&cfg, &cfg.local.host, cfg.local.port));
         self.nodes.peers.clear();
+        self.nodes.pending.clear();
+        self.nodes.suspect.clear();
         self.cfg = cfg;
         Ok(())
     }
@@ -751,35 +762,74 @@ impl Agent {
             .map(|(n, a)| (n.clone(), a.clone()))
             .partition(|(_, a)| is_source(a));
         for batch in [others, sources] {
-            let mut tasks = tokio::task::JoinSet::new();
+            let mut looks = Vec::new();
             for (name, addr) in batch {
                 if skip == Some(name.as_str()) {
                     out.insert(name, (addr, None));
                     continue;
                 }
+                if let Some(pending) = self.nodes.pending.remove(&name) {
+                    if !pending.is_finished() {
+                        self.nodes.pending.insert(name.clone(), pending);
+                        out.insert(name, (addr, None));
+                        continue;
+                    }
+                    if let Ok((node, obs)) = pending.await {
+                        // Answered since: it is looked at again now, with
+                        // the full wait, and what it said then is not used.
+                        if obs.is_ok() {
+                            self.nodes.suspect.remove(&name);
+                        }
+                        self.nodes.peers.insert(name.clone(), node);
+                    }
+                }
                 let mut node = match self.nodes.peers.remove(&name) {
                     Some(n) if n.addr() == addr.to_string() => n,
                     _ => Node::new(node_config(&self.cfg, &addr.host.to_string(), addr.port)),
                 };
-                tasks.spawn(
+                let suspect = self.nodes.suspect.contains(&name);
+                let look: PendingLook = tokio::spawn(
                     async move {
                         let obs = observe(&mut node).await;
-                        (name, addr, node, obs)
+                        (node, obs)
                     }
                     .in_current_span(),
                 );
+                looks.push((name, addr, suspect, look));
             }
-            while let Some(joined) = tasks.join_next().await {
-                let Ok((name, addr, node, obs)) = joined else {
+            let short = tokio::time::Instant::now() + SUSPECT_WAIT;
+            for (name, addr, suspect, mut look) in looks {
+                let joined = if suspect {
+                    match tokio::time::timeout_at(short, &mut look).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            self.nodes.pending.insert(name.clone(), look);
+                            out.insert(name, (addr, None));
+                            continue;
+                        }
+                    }
+                } else {
+                    (&mut look).await
+                };
+                let Ok((node, obs)) = joined else {
                     continue;
                 };
-                if let Err(e) = &obs {
-                    tracing::debug!(node = name, error = %e, "cannot observe peer");
+                match &obs {
+                    Ok(_) => {
+                        self.nodes.suspect.remove(&name);
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = name, error = %e, "cannot observe peer");
+                        self.nodes.suspect.insert(name.clone());
+                    }
                 }
                 out.insert(name.clone(), (addr, obs.ok()));
                 self.nodes.peers.insert(name, node);
             }
         }
+        // A peer that left the cluster is not waited on.
+        self.nodes.pending.retain(|n, _| out.contains_key(n));
+        self.nodes.suspect.retain(|n| out.contains_key(n));
         if local_is_source {
             let again = self.look_again(local.take()).await;
             out.insert(self.node.as_str().to_owned(), (me, again));

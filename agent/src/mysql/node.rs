@@ -258,6 +258,11 @@ impl Node {
         &self.cfg
     }
 
+    /// When the server of the open connection started, without I/O.
+    pub fn cached_started(&self) -> Option<u64> {
+        self.session.as_ref().and_then(|s| s.info.started_s)
+    }
+
     pub fn is_connected(&self) -> bool {
         self.session.is_some()
     }

@@ -227,8 +227,11 @@ impl Coordinator<'_> {
         let id = a.running.entry.id.clone();
         let mut ops = self.publish_ops(addr);
         let ackers = acker.map(|(n, f)| super::raise_floor(&kv.ack_floors, n, f));
-        if let Some(ackers) = &ackers {
-            ops.push(self.ackers_op(ackers, &kv.acker_started));
+        let started = ackers
+            .as_ref()
+            .map(|a| self.members_started(a, &kv.acker_started));
+        if let (Some(ackers), Some(started)) = (&ackers, &started) {
+            ops.push(self.ackers_op(ackers, started));
         }
         let unfence = self.lift_own_fence(&id).await;
         let lifts = !unfence.is_empty();
@@ -263,6 +266,9 @@ impl Coordinator<'_> {
         view.published = Some(addr.clone());
         if let Some(ackers) = ackers {
             kv.ack_floors = ackers;
+        }
+        if let Some(started) = started {
+            kv.acker_started = started;
         }
         if lifts {
             view.fenced = false;

@@ -38,9 +38,29 @@ pub struct Nodes {
     pub local_name: String,
     pub local: Node,
     pub peers: BTreeMap<String, Node>,
+    /// Looks at peers that did not answer the last one and outlived the
+    /// cycle's short wait for them: a hung server holds a look until its
+    /// timeouts run out, and the cycle — every decision — must not wait on
+    /// it again and again. While one runs, its peer is unreachable.
+    pub pending: BTreeMap<String, PendingLook>,
+    /// Peers whose last look failed.
+    pub suspect: std::collections::BTreeSet<String>,
 }
 
+pub type PendingLook = tokio::task::JoinHandle<(
+    Node,
+    Result<crate::observe::Observation, crate::mysql::NodeError>,
+)>;
+
 impl Nodes {
+    pub fn get(&self, name: &str) -> Option<&Node> {
+        if name == self.local_name {
+            Some(&self.local)
+        } else {
+            self.peers.get(name)
+        }
+    }
+
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Node> {
         if name == self.local_name {
             Some(&mut self.local)
@@ -800,9 +820,11 @@ impl Coordinator<'_> {
         ackers: &BTreeMap<String, Option<crate::mysql::GtidState>>,
         kv: &mut KvInputs,
     ) -> Result<(), String> {
-        self.guarded_txn(vec![self.ackers_op(ackers, &kv.acker_started)])
+        let started = self.members_started(ackers, &kv.acker_started);
+        self.guarded_txn(vec![self.ackers_op(ackers, &started)])
             .await?;
         kv.ack_floors = ackers.clone();
+        kv.acker_started = started;
         Ok(())
     }
 
@@ -817,6 +839,28 @@ impl Coordinator<'_> {
             .await?;
         kv.acker_started = started.clone();
         Ok(())
+    }
+
+    /// When each member's server started: as recorded, and for a member
+    /// without a record (one joining now, as its flag is granted or first
+    /// seen) the run the coordinator's connection to it sees. The coordinator
+    /// looked at it this cycle, and it ACKs nothing before it joins, so
+    /// every ACK it sends as a member comes from that run or a later one.
+    pub(super) fn members_started(
+        &self,
+        ackers: &BTreeMap<String, Option<crate::mysql::GtidState>>,
+        started: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        ackers
+            .keys()
+            .filter_map(|n| {
+                let s = started
+                    .get(n)
+                    .copied()
+                    .or_else(|| self.nodes.get(n).and_then(Node::cached_started))?;
+                Some((n.clone(), s))
+            })
+            .collect()
     }
 
     /// The record of the possible ACKers; a start time is kept only for a

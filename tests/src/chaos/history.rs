@@ -54,7 +54,11 @@ impl Runner {
     /// Counts the procedures that finished since the last round.
     pub(super) async fn count_procedures(&mut self, rec: &mut FaultRecord) {
         for e in self.history().await {
-            if e.outcome == Outcome::Running || !self.counted.insert(e.id.clone()) {
+            // A refused failover can be taken up again and end otherwise
+            // under the same id: each outcome counts.
+            if e.outcome == Outcome::Running
+                || !self.counted.insert(format!("{}:{:?}", e.id, e.outcome))
+            {
                 continue;
             }
             match (e.kind, e.outcome) {

@@ -35,7 +35,7 @@ pub(super) struct Runner {
     pub(super) writers_dir: PathBuf,
     /// (node, unix ms) of every SIGCONT of a mysqld and heal of a host.
     pub(super) revived: Vec<(String, u64)>,
-    /// Finished history entries already counted.
+    /// Finished history entries already counted, by id and outcome.
     pub(super) counted: HashSet<String>,
     pub(super) history_cache: HashMap<String, HistoryEntry>,
     pub(super) deck: Vec<FaultKind>,
@@ -143,7 +143,7 @@ impl Runner {
         self.checked_until_ms = unix_ms();
         // Count nothing that happened before the first fault.
         for e in self.history().await {
-            self.counted.insert(e.id);
+            self.counted.insert(format!("{}:{:?}", e.id, e.outcome));
         }
         if self.opts.sabotage {
             self.round(0, None).await?;
