@@ -586,6 +586,14 @@ impl GtidState {
     /// Everything either holds: per domain the later position (MariaDB),
     /// the union of the sets (MySQL).
     pub fn union(&self, other: &GtidState) -> Result<GtidState, FlavourMismatch> {
+        // Empty text parses as MariaDB's empty position: an empty state of
+        // either flavour is the same nothing.
+        if other.is_empty() {
+            return Ok(self.clone());
+        }
+        if self.is_empty() {
+            return Ok(other.clone());
+        }
         match (self, other) {
             (GtidState::MariaDb(a), GtidState::MariaDb(b)) => {
                 let mut p = a.clone();
@@ -603,6 +611,9 @@ impl GtidState {
 
     /// Whether `self` holds everything `other` holds.
     pub fn contains(&self, other: &GtidState) -> Result<bool, FlavourMismatch> {
+        if other.is_empty() || self.is_empty() {
+            return Ok(other.is_empty());
+        }
         match (self, other) {
             (GtidState::MariaDb(a), GtidState::MariaDb(b)) => Ok(a.contains(b)),
             (GtidState::MySql(a), GtidState::MySql(b)) => Ok(a.contains(b)),
@@ -612,6 +623,9 @@ impl GtidState {
 
     /// What `self` holds that `other` does not (errant transactions).
     pub fn not_in(&self, other: &GtidState) -> Result<GtidState, FlavourMismatch> {
+        if self.is_empty() || other.is_empty() {
+            return Ok(self.clone());
+        }
         match (self, other) {
             (GtidState::MariaDb(a), GtidState::MariaDb(b)) => Ok(GtidState::MariaDb(a.not_in(b))),
             (GtidState::MySql(a), GtidState::MySql(b)) => Ok(GtidState::MySql(a.subtract(b))),
@@ -959,6 +973,27 @@ mod tests {
             y.clone()
         );
         assert_eq!(y.to_string(), format!("{U1}:1"));
+    }
+
+    /// Empty text parses as MariaDB's position, and evidence or a floor
+    /// recorded before a MySQL replica received anything is empty text: it
+    /// must compare as nothing, not as another flavour (a failover on MySQL
+    /// refused its candidate as having "lost" the empty set it had).
+    #[test]
+    fn an_empty_state_of_either_flavour_is_nothing() {
+        let empty_text = GtidState::parse_any("").unwrap();
+        let y = GtidState::MySql(set(&format!("{U1}:1-5")));
+        let y0 = GtidState::MySql(GtidSet::new());
+        let m = GtidState::MariaDb(pos("0-1-7"));
+        for held in [&y, &y0, &m] {
+            assert_eq!(held.contains(&empty_text), Ok(true), "{held}");
+            let same = |r: Result<GtidState, FlavourMismatch>| r.map(|g| g.to_string());
+            assert_eq!(same(held.union(&empty_text)), Ok(held.to_string()));
+            assert_eq!(same(empty_text.union(held)), Ok(held.to_string()));
+            assert_eq!(same(held.not_in(&empty_text)), Ok(held.to_string()));
+        }
+        assert_eq!(empty_text.contains(&y), Ok(false));
+        assert!(empty_text.not_in(&y).unwrap().is_empty());
     }
 }
 
