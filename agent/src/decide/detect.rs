@@ -7,9 +7,11 @@ use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
 use super::{ClusterView, Decision, Input, Intent, Memory, NodeView, SourceSemi, Step};
 use crate::config::Detection;
 
-/// Three heartbeat periods (the agents set the period to one second when
-/// they point a replica at a source).
-pub const SILENT_AFTER_MS: u64 = 3_000;
+/// Three heartbeat periods (the agents set the period to half a second when
+/// they point a replica at a source). A hung source is told from a slow one
+/// by the coordinator's probe too (its read timeout), so this bound only
+/// has to be long enough that a live source's heartbeats never miss it.
+pub const SILENT_AFTER_MS: u64 = 1_500;
 
 /// What the coordinator makes of the published source this cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -442,7 +444,7 @@ mod tests {
         let mut m = Memory::default();
         let d = watch(&input(&v, &kv, 0), &mut m).unwrap();
         assert!(d.reason.contains("still receive"), "{}", d.reason);
-        // Nothing received and no heartbeat for three seconds.
+        // Nothing received and no heartbeat for the silence bound.
         let d = watch(&input(&v, &kv, SILENT_AFTER_MS), &mut m).unwrap();
         assert!(d.reason.contains("looks dead"), "{}", d.reason);
         // A heartbeat resets the silence.

@@ -635,7 +635,7 @@ impl SourceSpec {
             port,
             user: user.into(),
             password: password.into(),
-            heartbeat_period: Duration::from_secs(1),
+            heartbeat_period: Duration::from_millis(500),
             connect_retry: Duration::from_secs(1),
             from_current_pos: false,
             tls: None,
@@ -934,7 +934,7 @@ mod tests {
                 d.change_source(&spec, true).unwrap(),
                 "CHANGE REPLICATION SOURCE TO SOURCE_HOST='10.0.0.7', SOURCE_PORT=3306, \
                  SOURCE_USER='repl_user', SOURCE_PASSWORD='pw', SOURCE_AUTO_POSITION=1, \
-                 SOURCE_HEARTBEAT_PERIOD=1.000, SOURCE_CONNECT_RETRY=1, SOURCE_SSL=1"
+                 SOURCE_HEARTBEAT_PERIOD=0.500, SOURCE_CONNECT_RETRY=1, SOURCE_SSL=1"
             );
         }
         let v6 = SourceSpec::new("fd00::1:7", 3306, "repl", "pw");

@@ -404,7 +404,7 @@ impl Node {
 
     /// Heartbeats this replica has received from its source (MariaDB
     /// `Slave_received_heartbeats`, MySQL `COUNT_RECEIVED_HEARTBEATS`). With
-    /// a one-second heartbeat period, a replica whose count and received
+    /// a half-second heartbeat period, a replica whose count and received
     /// position both stand still has lost its source, long before
     /// `slave_net_timeout` says so: how a hung or cut-off source is noticed
     /// in seconds.
