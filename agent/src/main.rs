@@ -187,6 +187,12 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             } else {
                 agent.tick()
             };
+        // A suspected source is skipped by the cycles (each look at a hung
+        // one costs a read timeout), so only the probe can see it answer
+        // again: it looks now, as the cycles come at the probe interval.
+        if agent.suspects_source() {
+            agent.probe_source();
+        }
         let mut next_probe = agent
             .is_coordinator()
             .then(|| Instant::now() + agent.probe_interval());

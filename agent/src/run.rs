@@ -291,6 +291,10 @@ impl Agent {
             // A procedure this agent ran belongs to whoever holds the lock
             // now: it recovers from KV and the servers.
             self.active = None;
+            // Failed looks counted while it last coordinated would make a
+            // later term skip a source that answers again (see `skip`
+            // below) before any look of its own.
+            self.prober.aim(None);
             if reasons.is_empty() {
                 reasons.push("member: another agent coordinates".to_owned());
             }

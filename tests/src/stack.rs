@@ -246,6 +246,54 @@ impl Stack {
         clients.as_deref() == Some("1") && on.as_deref() == Some("1")
     }
 
+    /// Every possible ACKer in `semi-sync/<cluster>` has the run its server
+    /// is in now recorded (`started`): until the coordinator saw a
+    /// (re)started ACKer replicating, a failover refuses rather than trust
+    /// its relay log, so an operator's "the cluster is whole again" after a
+    /// rebuild includes this.
+    pub async fn ackers_runs_recorded(&self) -> Result<(), String> {
+        let kv = self
+            .consul
+            .kv_get(&format!("mysql/semi-sync/{}", self.cluster))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no semi-sync record")?;
+        let record: serde_json::Value = kv
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .ok_or("semi-sync record is not JSON")?;
+        let floors = record["floors"].as_object().ok_or("no floors")?;
+        let sql = if crate::Flavour::from_env().is_mysql() {
+            "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime'"
+        } else {
+            "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'"
+        };
+        for name in floors.keys() {
+            let mut c = self
+                .node(name)
+                .conn()
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            // Read as the agent reads it: MariaDB answers a DOUBLE.
+            let now: Option<u64> =
+                mysql_async::prelude::Queryable::query_first::<Option<String>, _>(&mut c, sql)
+                    .await
+                    .ok()
+                    .flatten()
+                    .flatten()
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map(|f| f.round() as u64);
+            let recorded = record["started"][name].as_u64();
+            if recorded.is_none() || now != recorded {
+                return Err(format!(
+                    "{name}: recorded run {recorded:?}, server started at {now:?} ({record})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The node the `master` key names.
     pub async fn published_node(&self) -> Option<String> {
         let kv = self

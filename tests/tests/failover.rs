@@ -1474,3 +1474,39 @@ async fn a_refused_failover_stays_refused_when_its_acker_restarted() {
     }
     assert_eq!(lost, 0, "{}", stack.logs());
 }
+
+/// A coordinator that stopped hearing its source sees it again once it
+/// answers: while it suspects the source it still probes it, and a probe
+/// that answers ends the suspicion. With automatic failover off, a source
+/// hung for a few seconds and woken is found healthy again (it was not:
+/// once two probes had failed the source was no longer looked at, and the
+/// probe did not run while the coordinator suspected it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_source_that_wakes_is_seen_again() {
+    let opts =
+        StackOptions::new("c-f-wakes", &consul_addr().await).setting("auto_failover", false);
+    let mut stack = Stack::start_with(opts).await;
+    assert!(
+        coordinator_says(&stack, "healthy: db1", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "never healthy\n{}",
+        stack.logs()
+    );
+    stack.topo.server_mut(0).sigstop().unwrap();
+    let suspected = coordinator_says(&stack, "db1 does not answer", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.topo.server_mut(0).sigcont().unwrap();
+    assert!(
+        suspected.is_some(),
+        "the coordinator never found db1 unreachable\n{}",
+        stack.logs()
+    );
+    assert!(
+        coordinator_says(&stack, "healthy: db1", Duration::from_secs(20))
+            .await
+            .is_some(),
+        "db1 answers again but the coordinator does not see it\n{}",
+        stack.logs()
+    );
+}

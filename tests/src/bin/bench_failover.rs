@@ -287,8 +287,9 @@ async fn rejoin_rebuilt(
             stack.logs()
         )
     })?;
-    wait_until(Duration::from_secs(60), || async {
+    if wait_until(Duration::from_secs(60), || async {
         stack.semi_sync_healthy().await
+            && stack.ackers_runs_recorded().await.is_ok()
             && stack
                 .consul
                 .kv_get(&format!("mysql/history/{cluster}/in-progress"))
@@ -296,11 +297,14 @@ async fn rejoin_rebuilt(
                 .is_ok_and(|v| v.is_none())
     })
     .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "semi-sync not restored after rebuilding {name}\n{}",
+    .is_err()
+    {
+        anyhow::bail!(
+            "semi-sync not restored after rebuilding {name} (source's semi-sync on with one client: {}; possible ACKers' runs recorded: {:?})\n{}",
+            stack.semi_sync_healthy().await,
+            stack.ackers_runs_recorded().await,
             stack.logs()
-        )
-    })?;
+        );
+    }
     Ok(())
 }
