@@ -91,6 +91,7 @@ pub fn node_view(
             read_position: r.read_position.clone(),
             last_io_errno: r.last_io_errno,
             last_sql_errno: r.last_sql_errno,
+            observed_ms: None,
         }),
         semi_sync_source: o.semi_sync.source_enabled,
         semi_sync_replica: o.semi_sync.replica_enabled,

@@ -69,6 +69,9 @@ pub struct Agent {
     lock_guard: Option<crate::membership::LockGuard>,
     /// The origin of the coordinator's monotonic clock.
     started: Instant,
+    /// When each node's last look in [`Agent::observe_cluster`] ended, in
+    /// ms of `started`.
+    observed_ms: BTreeMap<String, u64>,
     /// Consul contact: renewed by every liveness pass Consul accepts, under
     /// any session (see [`crate::isolation`]).
     contact: crate::membership::Lease,
@@ -123,6 +126,7 @@ impl Agent {
             active: None,
             lock_guard: None,
             started: Instant::now(),
+            observed_ms: BTreeMap::new(),
             contact: crate::membership::Lease::default(),
             metrics,
         })
@@ -345,6 +349,11 @@ impl Agent {
             .observe_cluster(local, source.as_ref(), skip.as_deref())
             .await;
         let mut view = build_view(&self.cluster, &kv, &observations);
+        for n in &mut view.nodes {
+            if let Some(r) = n.replica.as_mut() {
+                r.observed_ms = self.observed_ms.get(&n.name).copied();
+            }
+        }
         self.prober
             .aim(view.source().map(|n| (n.name.clone(), n.addr.clone())));
         let (reason, actions) = self.coordinate(&mut view, &mut inputs).await;
@@ -756,6 +765,10 @@ impl Agent {
         let mut local = Some(local);
         if !local_is_source {
             let again = self.look_again(local.take()).await;
+            self.observed_ms.insert(
+                self.node.as_str().to_owned(),
+                self.started.elapsed().as_millis() as u64,
+            );
             out.insert(self.node.as_str().to_owned(), (me.clone(), again));
         }
         let is_source = |addr: &HostPort| source.is_some_and(|s| s.same(addr));
@@ -818,6 +831,8 @@ impl Agent {
                 let Ok((node, obs)) = joined else {
                     continue;
                 };
+                self.observed_ms
+                    .insert(name.clone(), self.started.elapsed().as_millis() as u64);
                 match &obs {
                     Ok(_) => {
                         self.nodes.suspect.remove(&name);

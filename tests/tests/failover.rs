@@ -1483,8 +1483,7 @@ async fn a_refused_failover_stays_refused_when_its_acker_restarted() {
 /// probe did not run while the coordinator suspected it).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_source_that_wakes_is_seen_again() {
-    let opts =
-        StackOptions::new("c-f-wakes", &consul_addr().await).setting("auto_failover", false);
+    let opts = StackOptions::new("c-f-wakes", &consul_addr().await).setting("auto_failover", false);
     let mut stack = Stack::start_with(opts).await;
     assert!(
         coordinator_says(&stack, "healthy: db1", Duration::from_secs(60))

@@ -104,14 +104,18 @@ pub fn hearing(view: &ClusterView, memory: &mut Memory, now_ms: u64) -> ClusterV
             continue;
         };
         let signal = format!("{}|{:?}|{:?}", r.received, r.heartbeats, r.read_position);
+        // Silence is what lies between the read that first saw this signal
+        // and the latest read that still sees it: never more than the real
+        // silence, whenever the decision comes.
+        let read_at = r.observed_ms.unwrap_or(now_ms).min(now_ms);
         let entry = memory
             .progress
             .entry(node.name.clone())
-            .or_insert((signal.clone(), now_ms));
+            .or_insert((signal.clone(), read_at));
         if entry.0 != signal {
-            *entry = (signal, now_ms);
+            *entry = (signal, read_at);
         }
-        if now_ms.saturating_sub(entry.1) >= SILENT_AFTER_MS {
+        if read_at.saturating_sub(entry.1) >= SILENT_AFTER_MS {
             r.io_running = false;
         }
     }
@@ -453,6 +457,37 @@ mod tests {
         v2.nodes[2].replica.as_mut().unwrap().received = pos("0-1-11");
         let d = watch(&input(&v2, &kv, SILENT_AFTER_MS + 100), &mut m).unwrap();
         assert!(d.reason.contains("still receive"), "{}", d.reason);
+    }
+
+    /// A cycle that waited out a hung source's read timeout decides
+    /// seconds after it read the replicas: their silence counts between
+    /// reads, not up to the decision, and not from the decision either (that
+    /// cost a whole extra silence bound after every stuck cycle).
+    #[test]
+    fn silence_counts_between_reads() {
+        let v = view(false, true, true);
+        let kv = kv();
+        let mut m = Memory::default();
+        let read = |at: u64, hb: u64| {
+            let mut v = v.clone();
+            for n in &mut v.nodes[1..] {
+                let r = n.replica.as_mut().unwrap();
+                r.observed_ms = Some(at);
+                r.heartbeats = Some(hb);
+            }
+            v
+        };
+        // Last heard at the read at 1 s; decided 2 s later, same read.
+        watch(&input(&read(0, 1), &kv, 0), &mut m).unwrap();
+        let d = watch(&input(&read(1_000, 2), &kv, 3_000), &mut m).unwrap();
+        assert!(d.reason.contains("still receive"), "{}", d.reason);
+        // Read again, unchanged, the bound after the read that heard it.
+        let d = watch(
+            &input(&read(1_000 + SILENT_AFTER_MS, 2), &kv, 3_100),
+            &mut m,
+        )
+        .unwrap();
+        assert!(!d.reason.contains("still receive"), "{}", d.reason);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub fn replica(name: &str, port: u16, of: u16, semi: bool) -> NodeView {
             read_position: None,
             last_io_errno: 0,
             last_sql_errno: 0,
+            observed_ms: None,
         }),
         semi_sync_source: false,
         semi_sync_replica: semi,

@@ -62,6 +62,11 @@ pub struct ReplicaView {
     pub read_position: Option<(String, u64)>,
     pub last_io_errno: u32,
     pub last_sql_errno: u32,
+    /// When it was read, on the coordinator's clock ([`Input::now_ms`]);
+    /// `None`: at decision time. A cycle that waits on a hung source decides
+    /// seconds after it read the replicas, and their silence counts from
+    /// the read.
+    pub observed_ms: Option<u64>,
 }
 
 /// The semi-sync figures of one server.

@@ -546,6 +546,7 @@ impl Sim {
                         read_position: None,
                         last_io_errno: if s.io_error { 1236 } else { 0 },
                         last_sql_errno: 0,
+                        observed_ms: None,
                     }
                 });
                 let clients = self.semi_clients(i);

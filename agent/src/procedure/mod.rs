@@ -533,6 +533,7 @@ impl Coordinator<'_> {
                             read_position: None,
                             last_io_errno: 0,
                             last_sql_errno: 0,
+                            observed_ms: None,
                         });
                         v.semi_sync_replica = *semi_sync;
                         v.semi_sync_replica_active = *semi_sync;
