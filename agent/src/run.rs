@@ -826,7 +826,25 @@ impl Agent {
                         }
                     }
                 } else {
-                    (&mut look).await
+                    // The probe's own look may fail first (it started
+                    // earlier): from then on the source counts as not
+                    // answering this cycle, as it would the next, rather
+                    // than holding the cycle for the rest of a read timeout.
+                    let mut joined = None;
+                    while joined.is_none() {
+                        match tokio::time::timeout(Duration::from_millis(100), &mut look).await {
+                            Ok(j) => joined = Some(j),
+                            Err(_) if self.prober.failures_of(&name) >= 1 => break,
+                            Err(_) => {}
+                        }
+                    }
+                    let Some(joined) = joined else {
+                        self.nodes.pending.insert(name.clone(), look);
+                        self.nodes.suspect.insert(name.clone());
+                        out.insert(name, (addr, None));
+                        continue;
+                    };
+                    joined
                 };
                 let Ok((node, obs)) = joined else {
                     continue;
