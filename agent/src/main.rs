@@ -35,6 +35,9 @@ struct Args {
     once: bool,
 }
 
+/// Cycles at most in a row at the probe interval after acting.
+const QUICK_AFTER_ACTING: u32 = 3;
+
 fn main() -> ExitCode {
     // While the process has one thread: it takes the notify variables out
     // of the environment (see systemd::init).
@@ -159,6 +162,8 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
     agent.wake_on_probe_failure(wake.clone());
     let isolation = agent.spawn_isolation_watchdog(cancel.clone());
     let mut last_reason = String::new();
+    // Cycles in a row that came at the probe interval after acting.
+    let mut quick_in_a_row = 0u32;
     // The watchdog is fed from this loop only, never from a task of its
     // own: a loop that hangs must stop the pings so systemd restarts the
     // agent. While a cycle runs, pings go on for at most `budget` (see
@@ -171,6 +176,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         if !systemd::notifier().is_ready() && outcome.reached_consul {
             systemd::ready();
         }
+        let new_situation = outcome.reason != last_reason;
         // One line per change of situation, not per tick.
         if outcome.reason != last_reason || !outcome.actions.is_empty() {
             tracing::info!(coordinator = outcome.coordinator, "{}", outcome.reason);
@@ -181,8 +187,20 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         // probe interval, not the tick; one that does not still looks at
         // the source on that interval between ticks, and runs a cycle as
         // soon as it does not answer.
+        // A coordinator that acted, or whose situation changed, looks again
+        // soon too: what it did (a flag set, connections ended) or what it
+        // just saw (a replica gone, commits waiting) is what the next
+        // decision needs to see again, and a lost ACKer stalls every commit
+        // meanwhile. A few in a row at most, so an action that fails each
+        // time does not spin.
+        let acted = outcome.coordinator && (!outcome.actions.is_empty() || new_situation);
+        quick_in_a_row = if acted && quick_in_a_row < QUICK_AFTER_ACTING {
+            quick_in_a_row + 1
+        } else {
+            0
+        };
         let next_cycle = Instant::now()
-            + if agent.suspects_source() {
+            + if agent.suspects_source() || quick_in_a_row > 0 {
                 agent.probe_interval()
             } else {
                 agent.tick()
