@@ -164,6 +164,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
     let mut last_reason = String::new();
     // Cycles in a row that came at the probe interval after acting.
     let mut quick_in_a_row = 0u32;
+    let mut last_probe = Instant::now();
     // The watchdog is fed from this loop only, never from a task of its
     // own: a loop that hangs must stop the pings so systemd restarts the
     // agent. While a cycle runs, pings go on for at most `budget` (see
@@ -208,8 +209,12 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         // A suspected source is skipped by the cycles (each look at a hung
         // one costs a read timeout), so only the probe can see it answer
         // again: it looks now, as the cycles come at the probe interval.
-        if agent.suspects_source() {
+        // Probes stay a probe interval apart: a refused connection fails
+        // at once and wakes the loop at once, and consecutive failures are
+        // the confirmations, which must span time, not a burst.
+        if agent.suspects_source() && last_probe.elapsed() >= agent.probe_interval() {
             agent.probe_source();
+            last_probe = Instant::now();
         }
         let mut next_probe = agent
             .is_coordinator()
@@ -260,6 +265,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
                     }
                     if next_probe.is_some_and(|p| Instant::now() >= p) {
                         agent.probe_source();
+                        last_probe = Instant::now();
                         next_probe = Some(Instant::now() + agent.probe_interval());
                     }
                 }
