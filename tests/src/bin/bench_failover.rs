@@ -149,11 +149,19 @@ async fn main() -> anyhow::Result<()> {
             lost.len(),
             &lost[..lost.len().min(5)]
         );
+        // The first write sent after the crash: one in flight at it may be
+        // acknowledged by the old source just after (a SIGSTOP lands
+        // between two writes' round trips).
         let first = log
             .acked
             .iter()
-            .map(|(_, at)| log.start_unix_ms + at.as_millis() as u64)
-            .find(|at| *at > crash_ms)
+            .zip(&log.sent)
+            .map(|((_, at), sent)| {
+                let unix = |d: &Duration| log.start_unix_ms + d.as_millis() as u64;
+                (unix(at), unix(sent))
+            })
+            .find(|(_, sent)| *sent > crash_ms)
+            .map(|(at, _)| at)
             .ok_or_else(|| {
                 anyhow::anyhow!("round {round}: no write acknowledged after the crash")
             })?;
