@@ -179,7 +179,7 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         }
         let new_situation = outcome.reason != last_reason;
         // One line per change of situation, not per tick.
-        if outcome.reason != last_reason || !outcome.actions.is_empty() {
+        if new_situation || !outcome.actions.is_empty() {
             tracing::info!(coordinator = outcome.coordinator, "{}", outcome.reason);
             systemd::status(&outcome.reason);
             last_reason = outcome.reason;
@@ -187,13 +187,12 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         // A coordinator that suspects its source looks again after the
         // probe interval, not the tick; one that does not still looks at
         // the source on that interval between ticks, and runs a cycle as
-        // soon as it does not answer.
-        // A coordinator that acted, or whose situation changed, looks again
-        // soon too: what it did (a flag set, connections ended) or what it
-        // just saw (a replica gone, commits waiting) is what the next
-        // decision needs to see again, and a lost ACKer stalls every commit
-        // meanwhile. A few in a row at most, so an action that fails each
-        // time does not spin.
+        // soon as it does not answer. A coordinator that acted, or whose
+        // situation changed, looks again soon too: what it did (a flag set,
+        // connections ended) or what it just saw (a replica gone, commits
+        // waiting) is what the next decision needs to see again, and a lost
+        // ACKer stalls every commit meanwhile. A few in a row at most, so an
+        // action that fails each time does not spin.
         let acted = outcome.coordinator && (!outcome.actions.is_empty() || new_situation);
         quick_in_a_row = if acted && quick_in_a_row < QUICK_AFTER_ACTING {
             quick_in_a_row + 1

@@ -69,9 +69,6 @@ pub struct Agent {
     lock_guard: Option<crate::membership::LockGuard>,
     /// The origin of the coordinator's monotonic clock.
     started: Instant,
-    /// When each node's last look in [`Agent::observe_cluster`] ended, in
-    /// ms of `started`.
-    observed_ms: BTreeMap<String, u64>,
     /// Consul contact: renewed by every liveness pass Consul accepts, under
     /// any session (see [`crate::isolation`]).
     contact: crate::membership::Lease,
@@ -126,7 +123,6 @@ impl Agent {
             active: None,
             lock_guard: None,
             started: Instant::now(),
-            observed_ms: BTreeMap::new(),
             contact: crate::membership::Lease::default(),
             metrics,
         })
@@ -345,13 +341,13 @@ impl Agent {
             let (name, _) = self.known.iter().find(|(_, a)| a.same(addr))?;
             (self.prober.failures_of(name) >= 2).then(|| name.clone())
         });
-        let observations = self
+        let (observations, read_at) = self
             .observe_cluster(local, source.as_ref(), skip.as_deref())
             .await;
         let mut view = build_view(&self.cluster, &kv, &observations);
         for n in &mut view.nodes {
             if let Some(r) = n.replica.as_mut() {
-                r.observed_ms = self.observed_ms.get(&n.name).copied();
+                r.observed_ms = read_at.get(&n.name).copied();
             }
         }
         self.prober
@@ -409,7 +405,7 @@ impl Agent {
                 running: self.active.as_ref().map(|a| &a.running),
                 probe_failures,
                 settings,
-                now_ms: self.started.elapsed().as_millis() as u64,
+                now_ms: self.clock_ms(),
                 coordinator: self.node.as_str(),
                 wall_ms: now_ms(),
             };
@@ -758,17 +754,19 @@ impl Agent {
         local: Result<Observation, String>,
         source: Option<&HostPort>,
         skip: Option<&str>,
-    ) -> BTreeMap<String, (HostPort, Option<Observation>)> {
+    ) -> (
+        BTreeMap<String, (HostPort, Option<Observation>)>,
+        BTreeMap<String, u64>,
+    ) {
         let mut out = BTreeMap::new();
+        // When each look ended, on the coordinator's clock.
+        let mut read_at = BTreeMap::new();
         let me = self.advertise();
         let local_is_source = source.is_some_and(|s| s.same(&me));
         let mut local = Some(local);
         if !local_is_source {
             let again = self.look_again(local.take()).await;
-            self.observed_ms.insert(
-                self.node.as_str().to_owned(),
-                self.started.elapsed().as_millis() as u64,
-            );
+            read_at.insert(self.node.as_str().to_owned(), self.clock_ms());
             out.insert(self.node.as_str().to_owned(), (me.clone(), again));
         }
         let is_source = |addr: &HostPort| source.is_some_and(|s| s.same(addr));
@@ -817,40 +815,30 @@ impl Agent {
             let short = tokio::time::Instant::now() + SUSPECT_WAIT;
             for (name, addr, suspect, mut look) in looks {
                 let joined = if suspect {
-                    match tokio::time::timeout_at(short, &mut look).await {
-                        Ok(joined) => joined,
-                        Err(_) => {
-                            self.nodes.pending.insert(name.clone(), look);
-                            out.insert(name, (addr, None));
-                            continue;
-                        }
-                    }
+                    tokio::time::timeout_at(short, &mut look).await.ok()
                 } else {
                     // The probe's own look may fail first (it started
                     // earlier): from then on the source counts as not
                     // answering this cycle, as it would the next, rather
                     // than holding the cycle for the rest of a read timeout.
-                    let mut joined = None;
-                    while joined.is_none() {
+                    loop {
                         match tokio::time::timeout(Duration::from_millis(100), &mut look).await {
-                            Ok(j) => joined = Some(j),
-                            Err(_) if self.prober.failures_of(&name) >= 1 => break,
+                            Ok(j) => break Some(j),
+                            Err(_) if self.prober.failures_of(&name) >= 1 => break None,
                             Err(_) => {}
                         }
                     }
-                    let Some(joined) = joined else {
-                        self.nodes.pending.insert(name.clone(), look);
-                        self.nodes.suspect.insert(name.clone());
-                        out.insert(name, (addr, None));
-                        continue;
-                    };
-                    joined
+                };
+                let Some(joined) = joined else {
+                    self.nodes.pending.insert(name.clone(), look);
+                    self.nodes.suspect.insert(name.clone());
+                    out.insert(name, (addr, None));
+                    continue;
                 };
                 let Ok((node, obs)) = joined else {
                     continue;
                 };
-                self.observed_ms
-                    .insert(name.clone(), self.started.elapsed().as_millis() as u64);
+                read_at.insert(name.clone(), self.clock_ms());
                 match &obs {
                     Ok(_) => {
                         self.nodes.suspect.remove(&name);
@@ -869,9 +857,15 @@ impl Agent {
         self.nodes.suspect.retain(|n| out.contains_key(n));
         if local_is_source {
             let again = self.look_again(local.take()).await;
+            read_at.insert(self.node.as_str().to_owned(), self.clock_ms());
             out.insert(self.node.as_str().to_owned(), (me, again));
         }
-        out
+        (out, read_at)
+    }
+
+    /// The coordinator's monotonic clock, in ms since the agent started.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// The local server looked at again, after KV was read. One that did

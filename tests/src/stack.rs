@@ -264,26 +264,22 @@ impl Stack {
             .and_then(|v| serde_json::from_slice(v).ok())
             .ok_or("semi-sync record is not JSON")?;
         let floors = record["floors"].as_object().ok_or("no floors")?;
-        let sql = if crate::Flavour::from_env().is_mysql() {
-            "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime'"
-        } else {
-            "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'"
-        };
         for name in floors.keys() {
-            let mut c = self
-                .node(name)
-                .conn()
+            // Read with the agent's own connection code: what it records.
+            let db = self.node(name);
+            let mut node =
+                successover_agent::mysql::Node::new(successover_agent::mysql::NodeConfig::new(
+                    db.host().to_string(),
+                    db.port(),
+                    crate::mariadb::ROOT_USER,
+                    crate::mariadb::ROOT_PASSWORD,
+                ));
+            let now = node
+                .server_info()
                 .await
-                .map_err(|e| format!("{name}: {e}"))?;
-            // Read as the agent reads it: MariaDB answers a DOUBLE.
-            let now: Option<u64> =
-                mysql_async::prelude::Queryable::query_first::<Option<String>, _>(&mut c, sql)
-                    .await
-                    .ok()
-                    .flatten()
-                    .flatten()
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .map(|f| f.round() as u64);
+                .map_err(|e| format!("{name}: {e}"))?
+                .started_s;
+            node.close().await;
             let recorded = record["started"][name].as_u64();
             if recorded.is_none() || now != recorded {
                 return Err(format!(

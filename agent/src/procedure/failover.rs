@@ -226,12 +226,13 @@ impl Coordinator<'_> {
     ) -> Result<(), String> {
         let id = a.running.entry.id.clone();
         let mut ops = self.publish_ops(addr);
-        let ackers = acker.map(|(n, f)| super::raise_floor(&kv.ack_floors, n, f));
-        let started = ackers
-            .as_ref()
-            .map(|a| self.members_started(a, &kv.acker_started));
-        if let (Some(ackers), Some(started)) = (&ackers, &started) {
-            ops.push(self.ackers_op(ackers, started));
+        let ackers = acker.map(|(n, f)| {
+            let floors = super::raise_floor(&kv.ack_floors, n, f);
+            let started = self.members_started(&floors, &kv.acker_started);
+            (floors, started)
+        });
+        if let Some((floors, started)) = &ackers {
+            ops.push(self.ackers_op(floors, started));
         }
         let unfence = self.lift_own_fence(&id).await;
         let lifts = !unfence.is_empty();
@@ -264,10 +265,8 @@ impl Coordinator<'_> {
         }
         tracing::info!(node, %addr, "published source");
         view.published = Some(addr.clone());
-        if let Some(ackers) = ackers {
-            kv.ack_floors = ackers;
-        }
-        if let Some(started) = started {
+        if let Some((floors, started)) = ackers {
+            kv.ack_floors = floors;
             kv.acker_started = started;
         }
         if lifts {
