@@ -164,7 +164,6 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
     let mut last_reason = String::new();
     // Cycles in a row that came at the probe interval after acting.
     let mut quick_in_a_row = 0u32;
-    let mut last_probe = Instant::now();
     // The watchdog is fed from this loop only, never from a task of its
     // own: a loop that hangs must stop the pings so systemd restarts the
     // agent. While a cycle runs, pings go on for at most `budget` (see
@@ -185,9 +184,10 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             last_reason = outcome.reason;
         }
         // A coordinator that suspects its source looks again after the
-        // probe interval, not the tick; one that does not still looks at
-        // the source on that interval between ticks, and runs a cycle as
-        // soon as it does not answer. A coordinator that acted, or whose
+        // probe interval, not the tick; one that does not still has its
+        // probe look at the source on that interval (see `probe`), which
+        // runs a cycle as soon as the source does not answer or its commits
+        // get no ACK. A coordinator that acted, or whose
         // situation changed, looks again soon too: what it did (a flag set,
         // connections ended) or what it just saw (a replica gone, commits
         // waiting) is what the next decision needs to see again, and a lost
@@ -205,19 +205,6 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             } else {
                 agent.tick()
             };
-        // A suspected source is skipped by the cycles (each look at a hung
-        // one costs a read timeout), so only the probe can see it answer
-        // again: it looks now, as the cycles come at the probe interval.
-        // Probes stay a probe interval apart: a refused connection fails
-        // at once and wakes the loop at once, and consecutive failures are
-        // the confirmations, which must span time, not a burst.
-        if agent.suspects_source() && last_probe.elapsed() >= agent.probe_interval() {
-            agent.probe_source();
-            last_probe = Instant::now();
-        }
-        let mut next_probe = agent
-            .is_coordinator()
-            .then(|| Instant::now() + agent.probe_interval());
         let stop = loop {
             if let Some(every) = ping_every {
                 let now = Instant::now();
@@ -228,13 +215,10 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             }
             // A tick longer than half the watchdog interval is slept in
             // pieces, pinging in between.
-            let mut wake_at = match ping_every {
+            let wake_at = match ping_every {
                 Some(_) => next_cycle.min(next_ping),
                 None => next_cycle,
             };
-            if let Some(p) = next_probe {
-                wake_at = wake_at.min(p);
-            }
             tokio::select! {
                 _ = term.recv() => break true,
                 _ = int.recv() => break true,
@@ -261,11 +245,6 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
                 _ = tokio::time::sleep_until(wake_at) => {
                     if Instant::now() >= next_cycle {
                         break false;
-                    }
-                    if next_probe.is_some_and(|p| Instant::now() >= p) {
-                        agent.probe_source();
-                        last_probe = Instant::now();
-                        next_probe = Some(Instant::now() + agent.probe_interval());
                     }
                 }
                 _ = wake.notified() => break false,

@@ -204,15 +204,6 @@ impl Agent {
         self.coordinating && self.memory.suspect.is_some()
     }
 
-    /// Starts a look at the published source (see [`crate::probe`]);
-    /// returns at once. A failed look wakes the loop through the notifier
-    /// given to [`Agent::wake_on_probe_failure`].
-    pub fn probe_source(&self) {
-        let cfg = &self.cfg;
-        self.prober
-            .look(|addr| node_config(cfg, &addr.host.to_string(), addr.port));
-    }
-
     pub fn wake_on_probe_failure(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
         self.prober = crate::probe::Prober::new(wake);
     }
@@ -294,7 +285,7 @@ impl Agent {
             // Failed looks counted while it last coordinated would make a
             // later term skip a source that answers again (see `skip`
             // below) before any look of its own.
-            self.prober.aim(None);
+            self.prober.aim(None, self.cfg.probe);
             if reasons.is_empty() {
                 reasons.push("member: another agent coordinates".to_owned());
             }
@@ -350,8 +341,11 @@ impl Agent {
                 r.observed_ms = read_at.get(&n.name).copied();
             }
         }
-        self.prober
-            .aim(view.source().map(|n| (n.name.clone(), n.addr.clone())));
+        let target = view.source().map(|n| {
+            let config = node_config(&self.cfg, &n.addr.host.to_string(), n.addr.port);
+            (n.name.clone(), n.addr.clone(), config)
+        });
+        self.prober.aim(target, self.cfg.probe);
         let (reason, actions) = self.coordinate(&mut view, &mut inputs).await;
         reasons.push(reason);
         outcome(reasons, actions)
@@ -399,11 +393,13 @@ impl Agent {
             let probe_failures = view
                 .source()
                 .map_or(0, |n| self.prober.failures_of(&n.name));
+            let probe_stall = view.source().and_then(|n| self.prober.stall_of(&n.name));
             let input = Input {
                 view,
                 kv,
                 running: self.active.as_ref().map(|a| &a.running),
                 probe_failures,
+                probe_stall,
                 settings,
                 now_ms: self.clock_ms(),
                 coordinator: self.node.as_str(),
@@ -825,6 +821,14 @@ impl Agent {
                         match tokio::time::timeout(Duration::from_millis(100), &mut look).await {
                             Ok(j) => break Some(j),
                             Err(_) if self.prober.failures_of(&name) >= 1 => break None,
+                            // The source's commits wait with no ACK coming:
+                            // a replica that does not answer now is the
+                            // likely cause, and every commit waits while
+                            // the cycle waits out its read timeout. It
+                            // counts as unreachable (its look goes on), the
+                            // safe reading: an unreachable ACKer stays a
+                            // possible one and blocks any grant.
+                            Err(_) if !is_source(&addr) && self.prober.stalled() => break None,
                             Err(_) => {}
                         }
                     }

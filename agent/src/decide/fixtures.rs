@@ -94,6 +94,7 @@ pub fn input<'a>(v: &'a ClusterView, kv: &'a KvInputs, me: &'a str, now_ms: u64)
         kv,
         running: None,
         probe_failures: 0,
+        probe_stall: None,
         settings: Settings {
             detection: Detection::ProbeAndReplicas,
             confirmations: 3,

@@ -37,6 +37,7 @@ use crate::config::Detection;
 use crate::mysql::{GtidState, Uuid};
 
 pub use invariants::Action;
+pub use stall::ProbeStall;
 pub use switchover::Plan;
 
 /// Where a node listens, as written in the `master` key.
@@ -325,6 +326,9 @@ pub struct Input<'a> {
     /// coordinator's probe since its last good one: confirmations of a
     /// dead source, as the cycles' own looks are.
     pub probe_failures: u32,
+    /// The probe's sight of the published source's commits waiting with no
+    /// ACK coming, between cycles.
+    pub probe_stall: Option<ProbeStall>,
     pub settings: Settings,
     /// The coordinator's monotonic clock, in ms.
     pub now_ms: u64,
@@ -608,7 +612,7 @@ pub fn decide(input: &Input<'_>, memory: &Memory) -> Decision {
         let (step, reason) = switchover::start(input, req);
         return Decision::step(step, reason, memory);
     }
-    let stalled = stall::check(view, &input.kv.ack_floors, &mut memory);
+    let stalled = stall::check(view, &input.kv.ack_floors, input.probe_stall, &mut memory);
     let mut enforce = invariants::enforce(view, &input.kv.ack_floors);
     if let Some(started) =
         invariants::acker_started(view, &input.kv.ack_floors, &input.kv.acker_started)

@@ -650,6 +650,7 @@ impl Sim {
                 kv: &kv,
                 running: self.running.as_ref(),
                 probe_failures: 0,
+                probe_stall: None,
                 settings: Settings {
                     detection: Detection::ProbeAndReplicas,
                     confirmations: 3,

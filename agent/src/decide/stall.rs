@@ -28,11 +28,26 @@ pub const STALLED_CYCLES: u32 = 3;
 /// replica's read timeout, so each is already slow.
 pub const UNSEEN_STALLED_CYCLES: u32 = 2;
 
+/// How long the probe has seen commits wait on the source with no ACK.
+/// With a client out of sight this stands for the second look: the probe
+/// looked several times across it, with the same counters as the cycle's.
+pub const UNSEEN_STALL_MS: u64 = 500;
+
+/// The coordinator's probe saw the source's commits waiting while its ACK
+/// counters stood still, for `for_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeStall {
+    pub yes_tx: u64,
+    pub no_tx: u64,
+    pub for_ms: u64,
+}
+
 /// `None`: no stall. `Some(Ok)`: release, and why. `Some(Err)`: stalled but
 /// nothing can be released safely, and why.
 pub fn check(
     view: &ClusterView,
     ackers: &BTreeMap<String, Option<GtidState>>,
+    probe: Option<ProbeStall>,
     memory: &mut Memory,
 ) -> Option<Result<(Intent, String), String>> {
     let Some(source) = view.source().filter(|n| n.reachable) else {
@@ -53,16 +68,21 @@ pub fn check(
     );
     let still = memory.stall_sample.as_ref() == Some(&sample);
     memory.stall_sample = Some(sample);
-    if waiting == 0 || !still {
-        memory.stalled_cycles = u32::from(waiting > 0);
+    if waiting == 0 {
+        memory.stalled_cycles = 0;
         return None;
     }
-    memory.stalled_cycles += 1;
+    memory.stalled_cycles = if still { memory.stalled_cycles + 1 } else { 1 };
     let unseen = super::invariants::unseen_semi_clients(view, source);
-    let needed = if unseen > 0 {
-        UNSEEN_STALLED_CYCLES
-    } else {
-        STALLED_CYCLES
+    let probed = probe.is_some_and(|p| {
+        p.for_ms >= UNSEEN_STALL_MS
+            && p.yes_tx == source.semi.yes_tx
+            && p.no_tx == source.semi.no_tx
+    });
+    let needed = match (unseen > 0, probed) {
+        (true, true) => 1,
+        (true, false) => UNSEEN_STALLED_CYCLES,
+        (false, _) => STALLED_CYCLES,
     };
     if memory.stalled_cycles < needed {
         return None;
@@ -144,10 +164,10 @@ mod tests {
         let mut m = Memory::default();
         let ackers = set(&["db2"]);
         for _ in 1..STALLED_CYCLES {
-            assert!(check(&v, &ackers, &mut m).is_none());
+            assert!(check(&v, &ackers, None, &mut m).is_none());
         }
         let Some(Ok((Intent::ReleaseStalled { acker, waiting, .. }, _))) =
-            check(&v, &ackers, &mut m)
+            check(&v, &ackers, None, &mut m)
         else {
             panic!()
         };
@@ -166,12 +186,15 @@ mod tests {
         for seq in 11..40 {
             v.nodes[0].gtid_executed = Some(pos(&format!("0-1-{seq}")));
             v.nodes[0].semi.yes_tx = seq;
-            assert!(check(&v, &ackers, &mut m).is_none(), "released at {seq}");
+            assert!(
+                check(&v, &ackers, None, &mut m).is_none(),
+                "released at {seq}"
+            );
         }
         // ACKs coming with the binlog still are no stall either.
         for yes in 100..110 {
             v.nodes[0].semi.yes_tx = yes;
-            assert!(check(&v, &ackers, &mut m).is_none());
+            assert!(check(&v, &ackers, None, &mut m).is_none());
         }
     }
 
@@ -187,9 +210,9 @@ mod tests {
         let mut m = Memory::default();
         let ackers = set(&["db2"]);
         for _ in 1..UNSEEN_STALLED_CYCLES {
-            assert!(check(&v, &ackers, &mut m).is_none());
+            assert!(check(&v, &ackers, None, &mut m).is_none());
         }
-        let Some(Ok((Intent::Enforce(actions), why))) = check(&v, &ackers, &mut m) else {
+        let Some(Ok((Intent::Enforce(actions), why))) = check(&v, &ackers, None, &mut m) else {
             panic!()
         };
         assert_eq!(
@@ -201,9 +224,48 @@ mod tests {
         v.nodes[0].semi.clients = 0;
         let mut last = None;
         for _ in 0..=STALLED_CYCLES {
-            last = check(&v, &ackers, &mut m);
+            last = check(&v, &ackers, None, &mut m);
         }
         assert!(matches!(last, Some(Err(_))), "{last:?}");
+    }
+
+    /// #14 item 2: the probe looked at the standing-still source across
+    /// half a second, with the counters this look shows: the cycle's one
+    /// look is the confirmation. A probe stall with other counters (an ACK
+    /// came since), or too short, is not.
+    #[test]
+    fn a_stall_the_probe_saw_ends_the_connections_at_the_first_look() {
+        let mut v = healthy();
+        v.nodes[1].reachable = false;
+        v.nodes[0].semi.wait_sessions = 2;
+        v.nodes[0].semi.yes_tx = 40;
+        let ackers = set(&["db2"]);
+        let probe = |yes_tx, for_ms| {
+            Some(ProbeStall {
+                yes_tx,
+                no_tx: 0,
+                for_ms,
+            })
+        };
+        for p in [None, probe(39, 900), probe(40, UNSEEN_STALL_MS - 1)] {
+            let mut m = Memory::default();
+            assert!(check(&v, &ackers, p, &mut m).is_none(), "{p:?}");
+        }
+        let mut m = Memory::default();
+        let Some(Ok((Intent::Enforce(actions), _))) =
+            check(&v, &ackers, probe(40, UNSEEN_STALL_MS), &mut m)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            actions,
+            vec![crate::decide::Action::CutReplicaConnections { node: "db1".into() }]
+        );
+        // With every client in sight the probe changes nothing: the
+        // release of a single ACKer's stall keeps its three looks.
+        v.nodes[1].reachable = true;
+        let mut m = Memory::default();
+        assert!(check(&v, &ackers, probe(40, 5_000), &mut m).is_none());
     }
 
     #[test]
@@ -213,7 +275,7 @@ mod tests {
         let mut m = Memory::default();
         let mut last = None;
         for _ in 0..=STALLED_CYCLES {
-            last = check(&v, &set(&["db2", "db3"]), &mut m);
+            last = check(&v, &set(&["db2", "db3"]), None, &mut m);
         }
         assert!(
             matches!(last, Some(Err(ref why)) if why.contains("no single ACKing replica")),

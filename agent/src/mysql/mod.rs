@@ -17,6 +17,6 @@ pub use flavor::{Flavor, FlavorError, Version};
 pub use gtid::{FlavourMismatch, GtidParseError, GtidPos, GtidSet, GtidState, MariaDbGtid, Uuid};
 pub use node::{Node, NodeConfig, NodeError, ServerInfo};
 pub use status::{
-    BinlogStatus, ClientThread, IoRunning, MariaDbPositions, ParseError, ReadOnly, ReplicaGtid,
-    ReplicaStatus, SemiSyncState, UsingGtid, WaitPoint,
+    AckCounters, BinlogStatus, ClientThread, IoRunning, MariaDbPositions, ParseError, ReadOnly,
+    ReplicaGtid, ReplicaStatus, SemiSyncState, UsingGtid, WaitPoint,
 };

@@ -19,8 +19,8 @@ use super::dialect::{self, Dialect, InvalidInput, SemiSyncPlugins, SourceSpec};
 use super::flavor::{Flavor, FlavorError};
 use super::gtid::{GtidState, Uuid};
 use super::status::{
-    client_threads, name_values, parse_gtid_executed, BinlogStatus, ClientThread, MariaDbPositions,
-    ParseError, ReadOnly, ReplicaStatus, RowMap, SemiSyncState, ServerInfoRow,
+    client_threads, name_values, parse_gtid_executed, AckCounters, BinlogStatus, ClientThread,
+    MariaDbPositions, ParseError, ReadOnly, ReplicaStatus, RowMap, SemiSyncState, ServerInfoRow,
 };
 
 /// A failed operation on a node; every variant names the node and the operation.
@@ -400,6 +400,17 @@ impl Node {
             SemiSyncState::parse(&v, &s)
         });
         parsed.map_err(|e| self.parse_error(OP, e))
+    }
+
+    /// The source side's ACK counters alone (sessions waiting, commits
+    /// acknowledged with and without an ACK), for the coordinator's probe:
+    /// `None` where no semi-sync source plugin reports them.
+    pub async fn ack_counters(&mut self) -> Result<Option<AckCounters>> {
+        let rows = self
+            .query_rows("ack_counters", dialect::SHOW_SEMI_SYNC_STATUS)
+            .await?;
+        let values = name_values(&rows).map_err(|e| self.parse_error("ack_counters", e))?;
+        Ok(AckCounters::from_status(&values))
     }
 
     /// Heartbeats this replica has received from its source (MariaDB

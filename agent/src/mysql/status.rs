@@ -552,6 +552,34 @@ pub struct SemiSyncState {
     pub wait_for_replica_count: Option<u32>,
 }
 
+/// A source's ACK counters at one moment. Sessions waiting while neither
+/// count moves is a source whose commits get no ACK: a busy healthy source
+/// always has some session waiting, but its `yes_tx` rises with every ACK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckCounters {
+    pub wait_sessions: u64,
+    pub yes_tx: u64,
+    pub no_tx: u64,
+}
+
+impl AckCounters {
+    /// From [`super::dialect::SHOW_SEMI_SYNC_STATUS`] output, either
+    /// naming (`master` or `source`); `None` without a source plugin.
+    pub fn from_status(status: &BTreeMap<String, String>) -> Option<AckCounters> {
+        let read = |what: &str| {
+            ["rpl_semi_sync_master_", "rpl_semi_sync_source_"]
+                .iter()
+                .find_map(|p| status.get(&format!("{p}{what}")))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some(AckCounters {
+            wait_sessions: read("wait_sessions")?,
+            yes_tx: read("yes_tx")?,
+            no_tx: read("no_tx")?,
+        })
+    }
+}
+
 /// `Variable_name`/`Value` rows (`SHOW VARIABLES`, `SHOW STATUS`) as a map with lowercase keys:
 /// MySQL prints status names capitalised and variable names lowercase.
 pub fn name_values(rows: &[RowMap]) -> Result<BTreeMap<String, String>, ParseError> {
@@ -725,6 +753,43 @@ pub fn client_threads(rows: &[RowMap], own_id: u64) -> Result<Vec<ClientThread>,
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ack_counters_read_either_naming_and_nothing_without_a_source_plugin() {
+        let map = |rows: &[(&str, &str)]| -> BTreeMap<String, String> {
+            rows.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned()))
+                .collect()
+        };
+        let old = map(&[
+            ("Rpl_semi_sync_master_wait_sessions", "3"),
+            ("Rpl_semi_sync_master_yes_tx", "120"),
+            ("Rpl_semi_sync_master_no_tx", "2"),
+        ]);
+        assert_eq!(
+            AckCounters::from_status(&old),
+            Some(AckCounters {
+                wait_sessions: 3,
+                yes_tx: 120,
+                no_tx: 2
+            })
+        );
+        let new = map(&[
+            ("Rpl_semi_sync_source_wait_sessions", "0"),
+            ("Rpl_semi_sync_source_yes_tx", "7"),
+            ("Rpl_semi_sync_source_no_tx", "0"),
+        ]);
+        assert_eq!(
+            AckCounters::from_status(&new),
+            Some(AckCounters {
+                wait_sessions: 0,
+                yes_tx: 7,
+                no_tx: 0
+            })
+        );
+        let replica_only = map(&[("Rpl_semi_sync_slave_status", "ON")]);
+        assert_eq!(AckCounters::from_status(&replica_only), None);
+    }
     use super::*;
 
     fn row(pairs: &[(&str, Option<&str>)]) -> RowMap {
