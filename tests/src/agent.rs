@@ -62,6 +62,9 @@ pub struct AgentOptions {
     /// server's own): a [`crate::relay::Relay`]'s, so that the other agents
     /// reach it through a path the test can cut.
     pub advertise: Option<std::net::SocketAddr>,
+    /// The daemon's defaults, as [`shipped_timing`] gives every agent: for
+    /// a test whose claim is about the shipped configuration.
+    pub shipped: bool,
 }
 
 impl AgentOptions {
@@ -77,6 +80,7 @@ impl AgentOptions {
             netns: None,
             account: None,
             advertise: None,
+            shipped: false,
         }
     }
 }
@@ -98,6 +102,7 @@ impl AgentProc {
             .clone()
             .unwrap_or_else(|| (ROOT_USER.to_owned(), ROOT_PASSWORD.to_owned()));
         std::fs::write(&pw, format!("{password}\n")).expect("write password file");
+        let shipped = opts.shipped || shipped_timing();
         std::fs::write(&repl_pw, format!("{REPL_PASSWORD}\n")).expect("write password file");
         let config = dir.path().join("agent.toml");
         std::fs::write(
@@ -140,13 +145,13 @@ address = "{consul}"
                     ""
                 },
                 consul = opts.consul_addr,
-                timeouts = if shipped_timing() {
+                timeouts = if shipped {
                     String::new()
                 } else {
                     "connect_timeout = \"1s\"\nquery_timeout = \"3s\"\nread_timeout = \"1s\"\n"
                         .to_owned()
                 },
-                timing = if shipped_timing() {
+                timing = if shipped {
                     String::new()
                 } else {
                     format!(

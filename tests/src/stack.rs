@@ -66,6 +66,8 @@ pub struct StackOptions {
     /// Extra fields of `mysql/cluster/<cluster>` (e.g.
     /// `failover_cooldown_seconds`), merged over the defaults.
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Agents on the daemon's defaults (see [`AgentOptions::shipped`]).
+    pub shipped_timing: bool,
 }
 
 impl StackOptions {
@@ -76,6 +78,7 @@ impl StackOptions {
             render_consul_addr: None,
             nodes: vec![NodeOptions::default(); 3],
             settings: serde_json::Map::new(),
+            shipped_timing: false,
         }
     }
 
@@ -96,7 +99,7 @@ impl Stack {
     /// or extra cluster settings. Agents of hosts in a namespace start last,
     /// once an agent on loopback holds the coordinator lock: an agent in a
     /// namespace cannot reach servers that listen on 127.0.0.1, so it must
-    /// not be the first coordinator.
+    /// not be the first coordinator (unless every host is in a namespace).
     pub async fn start_with(opts: StackOptions) -> Stack {
         let cluster = opts.cluster.as_str();
         let consul_addr = opts.consul_addr.as_str();
@@ -148,6 +151,7 @@ impl Stack {
                 n.consul_addr.as_deref().unwrap_or(consul_addr),
             );
             o.netns = n.netns.clone();
+            o.shipped = opts.shipped_timing;
             o.advertise = relays
                 .get(&format!("db{}", i + 1))
                 .map(|r: &Relay| r.addr());
@@ -159,7 +163,14 @@ impl Stack {
                 agents[i] = Some(AgentProc::start(agent_opts(i), db).await);
             }
         }
-        if opts.nodes.iter().any(|n| n.netns.is_some()) {
+        // With every host in a namespace they all reach one another (through
+        // the root namespace), so any of them may coordinate first.
+        let all_in_namespaces = opts.nodes.iter().all(|n| n.netns.is_some());
+        if all_in_namespaces {
+            for (i, db) in topo.servers().iter().enumerate() {
+                agents[i] = Some(AgentProc::start(agent_opts(i), db).await);
+            }
+        } else if opts.nodes.iter().any(|n| n.netns.is_some()) {
             let lock = format!("mysql/lock/{cluster}");
             let held = wait_until(Duration::from_secs(60), || async {
                 consul

@@ -914,6 +914,84 @@ async fn a_consul_outage_alone_costs_the_writers_nothing() {
     eprintln!("consul stopped 12 s under 4 writers: db1 writable at {looks} looks, {acked} writes acknowledged, none failed");
 }
 
+/// #14 item 1: a source that is slow, not dead, is not failed over. db1's
+/// mysqld is held at full CPU (more CPU-bound queries than the machine has
+/// cores) while four writers commit through HAProxy, for 20 s, with the
+/// agents on the shipped defaults. Its answers and its ACKs slow down; the
+/// probe's looks still answer within the read timeout and the replicas
+/// still receive, so the coordinator must neither fail it over nor move
+/// writes anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_at_full_cpu_under_heavy_load_is_not_failed_over() {
+    let mut opts = StackOptions::new("c-f-cpu", &consul_addr().await);
+    opts.shipped_timing = true;
+    let stack = Stack::start_with(opts).await;
+    let db1 = stack.node("db1");
+    let writers = four_writers_on_db1(&stack).await;
+    let pid = db1.pid().expect("db1 runs");
+    let cpu_ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // utime and stime: fields 14 and 15, after the parenthesised name.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let burn = Duration::from_secs(20);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (ticks0, started) = (cpu_ticks(), std::time::Instant::now());
+    let mut burners = Vec::new();
+    for _ in 0..cores * 3 {
+        let mut c = db1.conn().await.unwrap();
+        burners.push(tokio::spawn(async move {
+            let mut calls = 0u32;
+            while started.elapsed() < burn {
+                // A few seconds of one core per call on this machine.
+                c.query_drop("SELECT BENCHMARK(500000, MD5(RAND()))")
+                    .await
+                    .unwrap();
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    let mut calls = 0;
+    for b in burners {
+        calls += b.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Clock ticks are 1/100 s on Linux.
+    let used = (cpu_ticks() - ticks0) as f64 / 100.0 / elapsed;
+    assert!(
+        used >= 0.9,
+        "db1's mysqld used {used:.2} cores: the test did not saturate it"
+    );
+    for id in 1..=4 {
+        writes_land(&stack, "db1", id).await;
+    }
+    let failovers = successover_tests::scenario::failovers(&stack).await;
+    assert!(failovers.is_empty(), "{failovers:?}\n{}", stack.logs());
+    let mut acked = 0;
+    for w in writers {
+        let log = w.finish().await.unwrap();
+        assert!(writer::missing(&db1.url(), &log).await.unwrap().is_empty());
+        acked += log.acked.len();
+    }
+    let suspected: usize = stack
+        .agents
+        .iter()
+        .map(|a| {
+            std::fs::read_to_string(a.log_path())
+                .unwrap_or_default()
+                .matches("source looks dead")
+                .count()
+        })
+        .sum();
+    eprintln!(
+        "db1 at {used:.2} cores for {elapsed:.1} s ({calls} CPU-bound queries): no failover, \
+         {acked} writes acknowledged, {suspected} agent log line(s) suspecting the source"
+    );
+}
+
 /// #13 item 13: after a switch and a failover (every path that sends the
 /// replication password: repoints, promotion, the old source's replicas)
 /// no agent or renderer log and no KV value holds a MySQL password, in

@@ -1,6 +1,8 @@
-//! `successover-bench-failover [--failovers N] [--fault kill9|sigstop]`:
-//! time from `kill -9` (or SIGSTOP: a hung host) of the
-//! source's mysqld to the first write acknowledged through HAProxy by the
+//! `successover-bench-failover [--failovers N] [--fault kill9|sigstop|cut]`:
+//! time from `kill -9` (or SIGSTOP: a hung host; or `cut`: the source's
+//! host cut off the network, its link down so that packets are dropped and
+//! connections hang) of the source's mysqld to the first write
+//! acknowledged through HAProxy by the
 //! new source, over N automatic failovers (default 10), with where the time
 //! went: detection (crash → failover started, from the history entry), each
 //! recorded step, and the proxy (end of the `publish` step → first
@@ -12,7 +14,11 @@
 //! failover is done, and the time until it reads back `read_only=1` is
 //! measured too: a woken old source has commits waiting for an ACK that
 //! will never come, and `read_only=1` waits behind them unless its clients
-//! are killed first.
+//! are killed first. With `--fault cut` every database host (server and
+//! agent) lives in a network namespace of its own; the cut host's link
+//! comes back once the failover is done, and the time until its server
+//! reads back `read_only=1` is measured the same way (its agent, cut from
+//! Consul, fences it on its own side of the cut).
 //!
 //! Between failovers the cluster is made whole again the way an operator
 //! would: the dead server is rebuilt from an empty datadir and replicates
@@ -23,12 +29,13 @@
 use std::time::Duration;
 
 use successover_common::procedure::Outcome;
-use successover_tests::consul::ConsulDev;
+use successover_tests::consul::{ConsulDev, ConsulDevOptions};
 use successover_tests::mariadb::{global_var, replica_status, wait_for_gtids};
+use successover_tests::netns::NetHost;
 use successover_tests::scenario::{
     failovers, finished_failover_after, phase_split, wait_routed_to,
 };
-use successover_tests::stack::{Stack, StackOptions};
+use successover_tests::stack::{NodeOptions, Stack, StackOptions};
 use successover_tests::writer::{self, unix_ms, WriterLog, WriterProc};
 use successover_tests::{wait_for, wait_until};
 
@@ -64,6 +71,13 @@ const PHASES: &[&str] = &[
     "proxy",
 ];
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill9,
+    Sigstop,
+    Cut,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -75,22 +89,46 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(10);
     anyhow::ensure!(rounds > 0, "--failovers must be at least 1");
-    let hang = match args
+    let fault = match args
         .iter()
         .position(|a| a == "--fault")
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
     {
-        None | Some("kill9") => false,
-        Some("sigstop") => true,
-        Some(other) => anyhow::bail!("--fault {other:?}: kill9 or sigstop"),
+        None | Some("kill9") => Fault::Kill9,
+        Some("sigstop") => Fault::Sigstop,
+        Some("cut") => Fault::Cut,
+        Some(other) => anyhow::bail!("--fault {other:?}: kill9, sigstop or cut"),
     };
+    let hang = fault != Fault::Kill9;
     let mut woken_read_only: Vec<u64> = Vec::new();
-    let consul = ConsulDev::start().await;
+    let mut hosts = Vec::new();
+    if fault == Fault::Cut {
+        for i in 1..=3 {
+            hosts.push(NetHost::create(&format!("db{i}")).await);
+        }
+    }
+    let consul = ConsulDev::start_with(ConsulDevOptions {
+        extra_client_addrs: hosts.iter().map(|h| h.host_side_addr().into()).collect(),
+        ..ConsulDevOptions::default()
+    })
+    .await;
     // The anti-flap cooldown would refuse the second failover: a cluster
     // failing over every few seconds is the point of the benchmark.
-    let opts =
+    let mut opts =
         StackOptions::new("benchf", &consul.http_addr()).setting("failover_cooldown_seconds", 0);
+    for (i, host) in hosts.iter().enumerate() {
+        opts.nodes[i] = NodeOptions {
+            netns: Some(host.ns_name().to_owned()),
+            bind_address: Some(host.addr().into()),
+            consul_addr: Some(format!(
+                "http://{}:{}",
+                host.host_side_addr(),
+                consul.http_port()
+            )),
+            relayed: false,
+        };
+    }
     let mut stack = Stack::start_with(opts).await;
     writer::prepare(&stack.node("db1").url()).await?;
     stack.topo.wait_replicated(Duration::from_secs(20)).await?;
@@ -108,10 +146,10 @@ async fn main() -> anyhow::Result<()> {
         let w = WriterProc::start(stack.proxy_port.port(), round as u32 + 1).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        if hang {
-            stack.topo.server_mut(idx).sigstop()?;
-        } else {
-            stack.topo.server_mut(idx).kill9().await;
+        match fault {
+            Fault::Kill9 => stack.topo.server_mut(idx).kill9().await,
+            Fault::Sigstop => stack.topo.server_mut(idx).sigstop()?,
+            Fault::Cut => hosts[idx].cut().await?,
         }
         // After the process is gone or stopped: nothing it acknowledges can
         // count as the new source's first write.
@@ -126,7 +164,10 @@ async fn main() -> anyhow::Result<()> {
         );
         let to = entry.to.clone().unwrap_or_default();
         if hang {
-            stack.topo.server_mut(idx).sigcont()?;
+            match fault {
+                Fault::Cut => hosts[idx].heal().await?,
+                _ => stack.topo.server_mut(idx).sigcont()?,
+            }
             let woke = std::time::Instant::now();
             let old = stack.topo.server(idx);
             wait_until(Duration::from_secs(30), || async {
@@ -136,7 +177,9 @@ async fn main() -> anyhow::Result<()> {
                 global_var(&mut c, "read_only").await.ok().as_deref() == Some("1")
             })
             .await
-            .map_err(|_| anyhow::anyhow!("round {round}: the woken old source stayed writable"))?;
+            .map_err(|_| {
+                anyhow::anyhow!("round {round}: the woken (healed) old source stayed writable")
+            })?;
             woken_read_only.push(woke.elapsed().as_millis() as u64);
         }
         wait_routed_to(&stack, &to, Duration::from_secs(30)).await;
@@ -198,8 +241,12 @@ async fn main() -> anyhow::Result<()> {
     let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
 
     println!(
-        "\nfailover benchmark: {rounds} failovers ({} of the source's mysqld) on {}, writer through HAProxy (own process)\n",
-        if hang { "SIGSTOP" } else { "kill -9" },
+        "\nfailover benchmark: {rounds} failovers ({}) on {}, writer through HAProxy (own process)\n",
+        match fault {
+            Fault::Kill9 => "kill -9 of the source's mysqld",
+            Fault::Sigstop => "SIGSTOP of the source's mysqld",
+            Fault::Cut => "the source's host cut off the network",
+        },
         successover_tests::Flavour::from_env().name()
     );
     println!(
@@ -217,9 +264,14 @@ async fn main() -> anyhow::Result<()> {
     }
     if hang {
         let within = woken_read_only.iter().filter(|ms| **ms <= 1000).count();
-        row("woken old source -> read_only=1", woken_read_only.clone());
+        let what = if fault == Fault::Cut {
+            "healed old source"
+        } else {
+            "woken old source"
+        };
+        row(&format!("{what} -> read_only=1"), woken_read_only.clone());
         println!(
-            "\nwoken old source read-only within 1 s: {within} of {}",
+            "\n{what} read-only within 1 s: {within} of {}",
             woken_read_only.len()
         );
     }
