@@ -11,6 +11,7 @@
 //! | `successover_agent_coordinator` | gauge | 1 while this agent holds the cluster lock |
 //! | `successover_agent_mysql_up` | gauge | 1 when the local server answered this tick |
 //! | `successover_agent_last_cycle_timestamp_seconds` | gauge | |
+//! | `successover_consul_requests_total` | counter | `op`: kv get, kv list, kv list blocking, txn, session renew, check pass, … |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,6 +34,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The agent's Consul client, whose request counts are exposed too.
+    consul: std::sync::OnceLock<successover_common::consul::Consul>,
 }
 
 impl Metrics {
@@ -76,7 +79,20 @@ impl Metrics {
         self.with(|m| m.report_writes += 1);
     }
 
+    pub fn set_consul(&self, consul: successover_common::consul::Consul) {
+        let _ = self.consul.set(consul);
+    }
+
     pub fn exposition(&self) -> String {
+        let consul = self
+            .consul
+            .get()
+            .map(successover_common::telemetry::consul_requests_exposition)
+            .unwrap_or_default();
+        self.exposition_of_counters() + &consul
+    }
+
+    fn exposition_of_counters(&self) -> String {
         self.with(|m| {
             let mut out = String::new();
             let mut line = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {

@@ -92,6 +92,7 @@ const READ_ONLY_WRITERS_REFRESH: Duration = Duration::from_secs(60);
 impl Agent {
     pub fn new(cfg: Config, metrics: Arc<Metrics>) -> Result<Agent, String> {
         let consul = Consul::new(cfg.consul.clone()).map_err(|e| e.to_string())?;
+        metrics.set_consul(consul.clone());
         let keys = Keys::new(&cfg.prefix).map_err(|e| format!("prefix: {e}"))?;
         let cluster = ClusterName::parse(&cfg.cluster).map_err(|e| format!("cluster: {e}"))?;
         let node = NodeName::parse(&cfg.node).map_err(|e| format!("node: {e}"))?;

@@ -38,6 +38,20 @@ pub fn report(err: &dyn Error) -> String {
     out
 }
 
+/// `successover_consul_requests_total{op=…}`: the requests a daemon sent
+/// its Consul agent, by operation (a blocking read is `kv list blocking`).
+pub fn consul_requests_exposition(consul: &crate::consul::Consul) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# HELP successover_consul_requests_total Requests sent to Consul, by operation.\n\
+         # TYPE successover_consul_requests_total counter\n",
+    );
+    for (op, n) in consul.requests() {
+        let _ = writeln!(out, "successover_consul_requests_total{{op=\"{op}\"}} {n}");
+    }
+    out
+}
+
 /// Produces the Prometheus text exposition on each scrape.
 pub type Exposition = Arc<dyn Fn() -> String + Send + Sync>;
 

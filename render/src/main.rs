@@ -205,6 +205,7 @@ async fn async_main(
                 tasks.push(tokio::spawn(metrics::serve(
                     listener,
                     metrics.clone(),
+                    consul.clone(),
                     cancel.clone(),
                 )));
             }

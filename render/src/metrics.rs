@@ -12,6 +12,7 @@
 //! | `successover_render_last_success_timestamp_seconds` | gauge | last fully applied render |
 //! | `successover_render_apply_latency_seconds` | histogram | KV change seen → HAProxy applied |
 //! | `successover_render_config_reloads_total` | counter | `outcome`: applied, failed (SIGHUP) |
+//! | `successover_consul_requests_total` | counter | `op`: kv list blocking, kv get, txn, session renew, … |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -199,9 +200,17 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until cancelled.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    let exposition: Exposition = Arc::new(move || metrics.exposition());
+/// Serves `GET /metrics` until cancelled, with the Consul client's request
+/// counts (`successover_consul_requests_total`).
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    consul: successover_common::consul::Consul,
+    cancel: CancellationToken,
+) {
+    let exposition: Exposition = Arc::new(move || {
+        metrics.exposition() + &successover_common::telemetry::consul_requests_exposition(&consul)
+    });
     serve_metrics(listener, exposition, cancel).await
 }
 
@@ -254,7 +263,11 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         metrics.render("unchanged");
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, metrics, cancel.clone()));
+        let consul = successover_common::consul::Consul::new(
+            successover_common::consul::ConsulConfig::new("http://127.0.0.1:1"),
+        )
+        .unwrap();
+        let server = tokio::spawn(serve(listener, metrics, consul, cancel.clone()));
 
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -268,6 +281,7 @@ mod tests {
         let ok = get("/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
         assert!(ok.contains("successover_render_renders_total{outcome=\"unchanged\"} 1"));
+        assert!(ok.contains("# TYPE successover_consul_requests_total counter"));
         assert!(get("/").await.starts_with("HTTP/1.1 404"));
         cancel.cancel();
         server.await.unwrap();

@@ -87,6 +87,8 @@ impl AgentOptions {
 
 pub struct AgentProc {
     pub opts: AgentOptions,
+    /// Where the agent serves `/metrics` (agents on loopback only).
+    pub metrics_port: Option<crate::ports::PortLease>,
     proc: Proc,
     config: PathBuf,
     _dir: Scratch,
@@ -103,6 +105,7 @@ impl AgentProc {
             .unwrap_or_else(|| (ROOT_USER.to_owned(), ROOT_PASSWORD.to_owned()));
         std::fs::write(&pw, format!("{password}\n")).expect("write password file");
         let shipped = opts.shipped || shipped_timing();
+        let metrics_port = opts.netns.is_none().then(crate::ports::reserve_port);
         std::fs::write(&repl_pw, format!("{REPL_PASSWORD}\n")).expect("write password file");
         let config = dir.path().join("agent.toml");
         std::fs::write(
@@ -126,8 +129,12 @@ replication_password_file = "{repl_pw}"
 {tls}{timeouts}
 [consul]
 address = "{consul}"
-
+{metrics}
 {timing}"#,
+                metrics = metrics_port
+                    .as_ref()
+                    .map(|p| format!("\n[metrics]\nlisten = \"127.0.0.1:{}\"\n", p.port()))
+                    .unwrap_or_default(),
                 cluster = opts.cluster,
                 node = opts.node,
                 prefix = opts.prefix,
@@ -191,10 +198,24 @@ address = "{consul}"
             .expect("spawn successover-agent");
         AgentProc {
             opts,
+            metrics_port,
             proc,
             config,
             _dir: dir,
         }
+    }
+
+    /// Requests this agent sent to Consul, by operation, from its
+    /// `/metrics`; `None` for an agent in a namespace.
+    pub async fn consul_requests(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        Some(parse_consul_requests(&self.metrics().await?))
+    }
+
+    /// The agent's `/metrics` text; `None` for an agent in a namespace or
+    /// one that does not answer.
+    pub async fn metrics(&self) -> Option<String> {
+        let port = self.metrics_port.as_ref()?.port();
+        scrape(port).await
     }
 
     pub fn pid(&self) -> u32 {
@@ -237,4 +258,25 @@ pub fn runtime_dir() -> &'static std::path::Path {
         std::fs::create_dir_all(&dir).expect("create the agents' runtime directory");
         dir
     })
+}
+
+/// `successover_consul_requests_total{op="…"} N` lines → op → N.
+pub fn parse_consul_requests(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("successover_consul_requests_total{op=\""))
+        .filter_map(|l| {
+            let (op, rest) = l.split_once("\"}")?;
+            Some((op.to_owned(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`.
+pub async fn scrape(port: u16) -> Option<String> {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
 }

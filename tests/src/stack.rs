@@ -26,6 +26,8 @@ pub struct Stack {
     pub proxy_port: PortLease,
     pub agents: Vec<AgentProc>,
     pub renderer: Proc,
+    /// Where the renderer serves `/metrics`.
+    pub renderer_metrics: PortLease,
     /// The relays of the nodes advertised through one, by node name.
     pub relays: std::collections::BTreeMap<String, Relay>,
     _dir: Scratch,
@@ -141,8 +143,12 @@ impl Stack {
             .expect("cluster settings");
         let dir = Scratch::new(&format!("stack-{cluster}"));
         let render_consul = opts.render_consul_addr.as_deref().unwrap_or(consul_addr);
-        let (haproxy, renderer) =
-            proxy_host(&dir, "successover-render", render_consul, |c| c).await;
+        let renderer_metrics = reserve_port();
+        let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], renderer_metrics.port()));
+        let (haproxy, renderer) = proxy_host(&dir, "successover-render", render_consul, |c| {
+            c.metrics(metrics_addr)
+        })
+        .await;
         let agent_opts = |i: usize| {
             let n = &opts.nodes[i];
             let mut o = AgentOptions::new(
@@ -200,6 +206,7 @@ impl Stack {
             proxy_port,
             agents: agents.into_iter().map(|a| a.expect("agent")).collect(),
             renderer,
+            renderer_metrics,
             relays,
             _dir: dir,
         };

@@ -71,6 +71,20 @@ async fn kv_roundtrip_cas_keys_and_delete() {
     assert_eq!(c.kv_get(&format!("{p}a")).await.unwrap(), None);
     c.kv_delete_recurse(p).await.unwrap();
     assert!(c.kv_get_recurse(p).await.unwrap().is_empty());
+
+    // Every request is counted by operation (what the daemons expose as
+    // successover_consul_requests_total); a blocking read apart.
+    let n = c.requests();
+    assert_eq!(n.get("kv get"), Some(&4), "{n:?}");
+    assert_eq!(n.get("kv put"), Some(&2), "{n:?}");
+    assert_eq!(n.get("kv cas"), Some(&3), "{n:?}");
+    assert_eq!(n.get("kv list"), Some(&2), "{n:?}");
+    let (index, _) = c.kv_list(p, 0, None).await.unwrap();
+    c.kv_put(&format!("{p}c"), "1").await.unwrap();
+    c.kv_list(p, index, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(c.requests().get("kv list blocking"), Some(&1));
 }
 
 #[tokio::test(flavor = "multi_thread")]

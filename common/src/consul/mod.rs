@@ -54,6 +54,10 @@ pub struct Consul {
 struct Inner {
     http: reqwest::Client,
     cfg: ConsulConfig,
+    /// Requests sent, by operation (`kv list blocking` for a read that
+    /// waited on an index), each retry counted: what this process costs
+    /// the Consul agent it talks to.
+    requests: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// The parts of a Consul answer the callers need.
@@ -115,12 +119,25 @@ impl Consul {
             source: Some(Box::new(e)),
         })?;
         Ok(Consul {
-            inner: Arc::new(Inner { http, cfg }),
+            inner: Arc::new(Inner {
+                http,
+                cfg,
+                requests: Default::default(),
+            }),
         })
     }
 
     pub fn from_env() -> Result<Self, ConsulError> {
         Self::new(ConsulConfig::from_env()?)
+    }
+
+    /// Requests sent since start, by operation (see [`Inner::requests`]).
+    pub fn requests(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn config(&self) -> &ConsulConfig {
@@ -203,6 +220,20 @@ impl Consul {
         timeout: Option<Duration>,
     ) -> Result<Reply, ConsulError> {
         let cfg = &self.inner.cfg;
+        {
+            let blocking = query.iter().any(|(k, _)| *k == "index");
+            let label = if blocking {
+                format!("{op} blocking")
+            } else {
+                op.to_owned()
+            };
+            let mut counts = self
+                .inner
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *counts.entry(label).or_default() += 1;
+        }
         let url = format!("{}{}", cfg.addr, path);
         let timeout = timeout.unwrap_or(cfg.request_timeout);
         let mut req = self
