@@ -14,6 +14,7 @@ use successover_common::procedure::{AckFloors, HistoryEntry, LastFailover};
 use crate::mysql::GtidState;
 
 use crate::decide::KvInputs;
+use crate::kvcache::KvCache;
 use crate::report::HealthReport;
 
 #[derive(Clone, Debug, Default)]
@@ -58,6 +59,7 @@ impl ClusterKv {
 /// view.
 pub async fn coordinator_inputs(
     consul: &Consul,
+    cache: &KvCache,
     keys: &Keys,
     cluster: &ClusterName,
     kv: &ClusterKv,
@@ -65,8 +67,8 @@ pub async fn coordinator_inputs(
     let e = |e: ConsulError| e.to_string();
     let in_progress = match &kv.in_progress {
         Some(id) => {
-            let entry = consul
-                .kv_get(&keys.history_key(cluster, id))
+            let entry = cache
+                .get(consul, &keys.history_key(cluster, id))
                 .await
                 .map_err(e)?
                 .and_then(|kv| {
@@ -86,8 +88,8 @@ pub async fn coordinator_inputs(
         .map(|f| successover_common::contract::Fence::read(f.as_bytes()).reason)
         .and_then(|r| r.strip_prefix("failover ").map(str::to_owned))
     {
-        Some(id) if successover_common::contract::valid_node_name(&id).is_ok() => consul
-            .kv_get(&keys.history_key(cluster, &id))
+        Some(id) if successover_common::contract::valid_node_name(&id).is_ok() => cache
+            .get(consul, &keys.history_key(cluster, &id))
             .await
             .map_err(e)?
             .and_then(|kv| {
@@ -95,8 +97,8 @@ pub async fn coordinator_inputs(
             }),
         _ => None,
     };
-    let last_failover = consul
-        .kv_get(&keys.last_failover_key(cluster))
+    let last_failover = cache
+        .get(consul, &keys.last_failover_key(cluster))
         .await
         .map_err(e)?;
     let last_failover_held = last_failover
@@ -109,12 +111,12 @@ pub async fn coordinator_inputs(
             // too long is safer than a second failover.
             .unwrap_or(u64::MAX / 2)
     });
-    let rejoins = consul
-        .kv_get_recurse(&keys.rejoin_prefix(cluster))
+    let rejoins = cache
+        .list(consul, &keys.rejoin_prefix(cluster))
         .await
         .map_err(e)?;
-    let (ack_floors, acker_started) = match consul
-        .kv_get(&keys.ack_floors_key(cluster))
+    let (ack_floors, acker_started) = match cache
+        .get(consul, &keys.ack_floors_key(cluster))
         .await
         .map_err(e)?
     {
@@ -172,22 +174,25 @@ pub async fn coordinator_inputs(
 
 pub async fn read(
     consul: &Consul,
+    cache: &KvCache,
     keys: &Keys,
     cluster: &ClusterName,
 ) -> Result<ClusterKv, ConsulError> {
-    let master = consul.kv_get_recurse(&keys.master_key(cluster)).await?;
-    let agents = consul
-        .kv_get_recurse(&keys.agent_cluster_prefix(cluster))
+    let master = cache.list(consul, &keys.master_key(cluster)).await?;
+    let agents = cache
+        .list(consul, &keys.agent_cluster_prefix(cluster))
         .await?;
-    let quarantine = consul
-        .kv_get_recurse(&keys.quarantine_cluster_prefix(cluster))
+    let quarantine = cache
+        .list(consul, &keys.quarantine_cluster_prefix(cluster))
         .await?;
-    let drain = consul
-        .kv_get_recurse(&keys.drain_cluster_prefix(cluster))
+    let drain = cache
+        .list(consul, &keys.drain_cluster_prefix(cluster))
         .await?;
-    let settings = consul.kv_get(&keys.cluster_settings_key(cluster)).await?;
-    let in_progress = consul.kv_get(&keys.in_progress_key(cluster)).await?;
-    let switchover = consul.kv_get(&keys.switchover_key(cluster)).await?;
+    let settings = cache
+        .get(consul, &keys.cluster_settings_key(cluster))
+        .await?;
+    let in_progress = cache.get(consul, &keys.in_progress_key(cluster)).await?;
+    let switchover = cache.get(consul, &keys.switchover_key(cluster)).await?;
     let mut pairs = master;
     pairs.extend(agents);
     pairs.extend(quarantine);
@@ -279,11 +284,12 @@ pub fn interpret(keys: &Keys, cluster: &ClusterName, pairs: &[KvPair]) -> Cluste
 /// and named in the second list, with why.
 pub async fn members(
     consul: &Consul,
+    cache: &KvCache,
     keys: &Keys,
     cluster: &ClusterName,
 ) -> Result<(BTreeMap<String, HostPort>, Vec<(String, String)>), ConsulError> {
-    let pairs = consul
-        .kv_get_recurse(&keys.member_cluster_prefix(cluster))
+    let pairs = cache
+        .list(consul, &keys.member_cluster_prefix(cluster))
         .await?;
     Ok(parse_members(keys, cluster, &pairs))
 }
@@ -313,6 +319,34 @@ pub fn parse_members(
         }
     }
     (out, rejected)
+}
+
+/// The prefixes (or single keys) the agent reads each cycle that hold
+/// keys in a healthy cluster, for [`KvCache::watch`]: the source, the
+/// reports, the settings, the lock, the members and the ACK floors.
+pub fn watched_prefixes(keys: &Keys, cluster: &ClusterName) -> Vec<String> {
+    vec![
+        keys.master_key(cluster),
+        keys.agent_cluster_prefix(cluster),
+        keys.cluster_settings_key(cluster),
+        keys.lock_key(cluster),
+        keys.member_cluster_prefix(cluster),
+        keys.ack_floors_key(cluster),
+    ]
+}
+
+/// The ones that are empty in a healthy cluster, read in one request per
+/// cycle ([`KvCache::poll`]): quarantine, drain, a procedure under way, a
+/// switch request, the last failover, rejoin requests.
+pub fn polled_prefixes(keys: &Keys, cluster: &ClusterName) -> Vec<String> {
+    vec![
+        keys.quarantine_cluster_prefix(cluster),
+        keys.drain_cluster_prefix(cluster),
+        keys.in_progress_key(cluster),
+        keys.switchover_key(cluster),
+        keys.last_failover_key(cluster),
+        keys.rejoin_prefix(cluster),
+    ]
 }
 
 #[cfg(test)]

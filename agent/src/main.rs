@@ -153,13 +153,8 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
         eprintln!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-    let wake = successover_agent::wake::spawn(
-        agent.consul().clone(),
-        agent.keys().clone(),
-        agent.cluster().clone(),
-        cancel.clone(),
-    );
-    agent.wake_on_probe_failure(wake.clone());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    agent.start_watching(wake.clone(), &cancel);
     let isolation = agent.spawn_isolation_watchdog(cancel.clone());
     let mut last_reason = String::new();
     // Cycles in a row that came at the probe interval after acting.

@@ -2,8 +2,8 @@
 //!
 //! One session per agent holds both the agent's health report (so the
 //! report disappears when the agent dies: behavior `delete`) and, when this
-//! agent coordinates, the lock key. The session is renewed at a third of
-//! its TTL by a background task; when a renewal finds it gone, the
+//! agent coordinates, the lock key. The session is renewed at half its
+//! TTL by a background task; when a renewal finds it gone, the
 //! `lost` token fires at once so coordinator work in flight stops before it
 //! publishes anything (every publish is also guarded by `check-session`).
 

@@ -73,7 +73,17 @@ pub struct Agent {
     /// any session (see [`crate::isolation`]).
     contact: crate::membership::Lease,
     pub metrics: Arc<Metrics>,
+    /// The cluster's KV state as the watches last saw it (see
+    /// [`crate::kvcache`]).
+    cache: crate::kvcache::KvCache,
+    /// When the prefixes no watch keeps were last read.
+    last_poll: Option<Instant>,
 }
+
+/// Ticks between reads of the prefixes no watch keeps (see
+/// [`crate::kvcache`]): how long a switch request waits at most before a
+/// cycle sees it (5 s on the shipped tick).
+const POLL_TICKS: u32 = 5;
 
 /// What one cycle did, for the log line and for tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +103,13 @@ impl Agent {
     pub fn new(cfg: Config, metrics: Arc<Metrics>) -> Result<Agent, String> {
         let consul = Consul::new(cfg.consul.clone()).map_err(|e| e.to_string())?;
         metrics.set_consul(consul.clone());
+        let cache = crate::kvcache::KvCache::default();
+        {
+            let cache = cache.clone();
+            consul.on_kv_write(successover_common::consul::KvWriteHook(Arc::new(
+                move |key: &str| cache.touched(key),
+            )));
+        }
         let keys = Keys::new(&cfg.prefix).map_err(|e| format!("prefix: {e}"))?;
         let cluster = ClusterName::parse(&cfg.cluster).map_err(|e| format!("cluster: {e}"))?;
         let node = NodeName::parse(&cfg.node).map_err(|e| format!("node: {e}"))?;
@@ -126,6 +143,8 @@ impl Agent {
             started: Instant::now(),
             contact: crate::membership::Lease::default(),
             metrics,
+            cache,
+            last_poll: None,
         })
     }
 
@@ -205,7 +224,17 @@ impl Agent {
         self.coordinating && self.memory.suspect.is_some()
     }
 
-    pub fn wake_on_probe_failure(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
+    /// Starts the KV watches (see [`crate::kvcache`]) and the probe; both
+    /// wake the loop through `wake`: on a change in KV, and when the source
+    /// does not answer or its commits get no ACK.
+    pub fn start_watching(
+        &mut self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) {
+        let prefixes = cluster::watched_prefixes(&self.keys, &self.cluster);
+        self.cache
+            .watch(&self.consul, &prefixes, wake.clone(), cancel);
         self.prober = crate::probe::Prober::new(wake);
     }
 
@@ -233,7 +262,24 @@ impl Agent {
             self.metrics.error("consul");
             return self.idle(format!("cannot create a Consul session: {err}"));
         }
-        let kv = match cluster::read(&self.consul, &self.keys, &self.cluster).await {
+        // One request for the prefixes no watch keeps, every few ticks:
+        // they change by an operator's request (a switch, a drain, a
+        // rejoin), which waits that long at most, or by a coordinator's own
+        // write, which is read back at once (see `kvcache`). Should it fail,
+        // `read` asks for each on its own and says what failed.
+        if self
+            .last_poll
+            .is_none_or(|t| t.elapsed() >= self.cfg.tick * POLL_TICKS)
+        {
+            let polled = cluster::polled_prefixes(&self.keys, &self.cluster);
+            match self.cache.poll(&self.consul, &polled).await {
+                Ok(()) => self.last_poll = Some(Instant::now()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the polled prefixes in one request")
+                }
+            }
+        }
+        let kv = match cluster::read(&self.consul, &self.cache, &self.keys, &self.cluster).await {
             Ok(kv) => kv,
             Err(err) => {
                 self.metrics.error("consul");
@@ -292,19 +338,26 @@ impl Agent {
             }
             return outcome(reasons, Vec::new());
         }
-        let mut inputs =
-            match cluster::coordinator_inputs(&self.consul, &self.keys, &self.cluster, &kv).await {
-                Ok(i) => i,
-                Err(err) => {
-                    self.metrics.error("consul");
-                    reasons.push(format!("cannot read cluster state from Consul: {err}"));
-                    return outcome(reasons, Vec::new());
-                }
-            };
+        let mut inputs = match cluster::coordinator_inputs(
+            &self.consul,
+            &self.cache,
+            &self.keys,
+            &self.cluster,
+            &kv,
+        )
+        .await
+        {
+            Ok(i) => i,
+            Err(err) => {
+                self.metrics.error("consul");
+                reasons.push(format!("cannot read cluster state from Consul: {err}"));
+                return outcome(reasons, Vec::new());
+            }
+        };
         // The recorded members: a node whose agent (and report) went away
         // before this agent ever saw it is still looked at, so a dead
         // source nobody reports is seen dead, not absent.
-        match cluster::members(&self.consul, &self.keys, &self.cluster).await {
+        match cluster::members(&self.consul, &self.cache, &self.keys, &self.cluster).await {
             Ok((members, rejected)) => {
                 for (key, why) in rejected {
                     tracing::warn!(key, why, "ignoring invalid member key");
@@ -689,7 +742,12 @@ impl Agent {
             return Ok(false);
         };
         let key = self.lock_key();
-        let holder = match self.consul.kv_get(&key).await?.and_then(|kv| kv.session) {
+        let holder = match self
+            .cache
+            .get(&self.consul, &key)
+            .await?
+            .and_then(|kv| kv.session)
+        {
             Some(h) if h == membership.session => Holder::Me,
             Some(_) => Holder::Other,
             None => Holder::Nobody,
@@ -732,6 +790,9 @@ impl Agent {
                 let got = membership.try_lock(&key, &holder_info).await?;
                 if got {
                     tracing::info!(lock = key, "became coordinator");
+                    // What the last coordinator wrote is read from Consul,
+                    // not from the watches, for this first decision.
+                    self.cache.touched("");
                 }
                 Ok(got)
             }

@@ -58,6 +58,18 @@ struct Inner {
     /// waited on an index), each retry counted: what this process costs
     /// the Consul agent it talks to.
     requests: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    on_kv_write: std::sync::Mutex<Option<KvWriteHook>>,
+}
+
+/// Told the key of every KV write this client made, once it is done
+/// (empty for a transaction or a session's end, whose keys it cannot name).
+#[derive(Clone)]
+pub struct KvWriteHook(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for KvWriteHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvWriteHook")
+    }
 }
 
 /// The parts of a Consul answer the callers need.
@@ -123,12 +135,23 @@ impl Consul {
                 http,
                 cfg,
                 requests: Default::default(),
+                on_kv_write: Default::default(),
             }),
         })
     }
 
     pub fn from_env() -> Result<Self, ConsulError> {
         Self::new(ConsulConfig::from_env()?)
+    }
+
+    /// Calls `hook` after every KV write (see [`KvWriteHook`]); one hook per
+    /// client, shared by its clones.
+    pub fn on_kv_write(&self, hook: KvWriteHook) {
+        *self
+            .inner
+            .on_kv_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Requests sent since start, by operation (see [`Inner::requests`]).
@@ -165,6 +188,37 @@ impl Consul {
     /// answer guarantees the request was not applied.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call(
+        &self,
+        op: &'static str,
+        target: &str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, ConsulError> {
+        let writes_kv = method != Method::GET
+            && (op.starts_with("kv ") || op == "txn" || op == "session destroy");
+        let result = self
+            .call_retrying(op, target, method, path, query, body, timeout)
+            .await;
+        if writes_kv {
+            let hook = self
+                .inner
+                .on_kv_write
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                let key = if op.starts_with("kv ") { target } else { "" };
+                (hook.0)(key);
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_retrying(
         &self,
         op: &'static str,
         target: &str,

@@ -159,7 +159,7 @@ impl Consul {
     }
 }
 
-/// Renews `session` every `ttl / 3` until `cancel` fires (returns `Ok`) or
+/// Renews `session` every `ttl / 2` until `cancel` fires (returns `Ok`) or
 /// the session is lost (returns the error). A renewal that fails for a
 /// transient reason is retried quickly; the session is declared lost only on
 /// a 404 or once a full TTL has passed without a successful renewal, since
@@ -170,7 +170,10 @@ pub async fn keep_alive(
     ttl: Duration,
     cancel: &CancellationToken,
 ) -> Result<(), ConsulError> {
-    let interval = ttl / 3;
+    // Consul invalidates a session no sooner than its TTL after the last
+    // renewal (in practice twice that); a failed renewal is retried within
+    // half a second, so half the TTL leaves room for several attempts.
+    let interval = ttl / 2;
     let mut last_ok = tokio::time::Instant::now();
     let mut delay = interval;
     loop {

@@ -22,6 +22,10 @@ pub enum TxnOp {
     Get {
         key: String,
     },
+    /// Every key under a prefix (none is no error, unlike `Get`).
+    GetTree {
+        prefix: String,
+    },
     Delete {
         key: String,
     },
@@ -91,7 +95,7 @@ impl TxnOp {
             | TxnOp::CheckNotExists { key }
             | TxnOp::Lock { key, .. }
             | TxnOp::Unlock { key, .. } => key,
-            TxnOp::DeleteTree { prefix } => prefix,
+            TxnOp::DeleteTree { prefix } | TxnOp::GetTree { prefix } => prefix,
         }
     }
 
@@ -103,6 +107,7 @@ impl TxnOp {
                 json!({"Verb": "cas", "Key": key, "Value": b64(value), "Index": index})
             }
             TxnOp::Get { key } => json!({"Verb": "get", "Key": key}),
+            TxnOp::GetTree { prefix } => json!({"Verb": "get-tree", "Key": prefix}),
             TxnOp::Delete { key } => json!({"Verb": "delete", "Key": key}),
             TxnOp::DeleteTree { prefix } => json!({"Verb": "delete-tree", "Key": prefix}),
             TxnOp::DeleteCas { key, index } => {
@@ -168,10 +173,36 @@ struct RawResult {
 }
 
 impl Consul {
+    /// Several prefixes in one request (`get-tree` ops only): what a
+    /// blocking query cannot watch cheaply. Consul answers a blocking read
+    /// of an empty prefix with the whole KV store's index, so such a watch
+    /// returns on every write anywhere in the datacenter.
+    pub async fn kv_read_trees(&self, prefixes: &[String]) -> Result<Vec<KvPair>, ConsulError> {
+        let ops: Vec<TxnOp> = prefixes
+            .iter()
+            .map(|p| TxnOp::GetTree { prefix: p.clone() })
+            .collect();
+        match self.txn_as("txn read", &ops).await? {
+            TxnOutcome::Committed(pairs) => Ok(pairs),
+            TxnOutcome::RolledBack(errors) => Err(ConsulError::Decode {
+                op: "txn read",
+                target: prefixes.join(","),
+                source: format!("read-only transaction rolled back: {errors:?}").into(),
+            }),
+        }
+    }
+
     /// Applies `ops` atomically. A rollback (HTTP 409) is an `Ok` outcome,
     /// not an error: a failed `check-session` is an expected answer.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, ConsulError> {
-        const OP: &str = "txn";
+        self.txn_as("txn", ops).await
+    }
+
+    /// `op` names the request in errors and counts ("txn read" is no
+    /// write: the KV write hook is not told).
+    async fn txn_as(&self, op: &'static str, ops: &[TxnOp]) -> Result<TxnOutcome, ConsulError> {
+        #[allow(non_snake_case)]
+        let OP = op;
         let target = ops.iter().map(TxnOp::key).collect::<Vec<_>>().join(",");
         let body = serde_json::to_vec(&ops.iter().map(TxnOp::to_json).collect::<Vec<_>>())
             .map_err(|e| ConsulError::Decode {
