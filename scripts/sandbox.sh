@@ -9,5 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 export SUCCESSOVER_CONSUL="${SUCCESSOVER_CONSUL:-${XDG_CACHE_HOME:-$HOME/.cache}/successover/bin/consul}"
-cargo build --quiet --workspace --bins
-exec target/debug/successover-sandbox "$@"
+# The release build, as users run it (the harness starts the daemons from
+# target/release with SUCCESSOVER_PROFILE=release).
+cargo build --quiet --release --workspace --bins
+export SUCCESSOVER_PROFILE=release
+exec target/release/successover-sandbox "$@"

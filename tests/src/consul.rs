@@ -125,6 +125,12 @@ disable_update_check = true
 disable_anonymous_signature = true
 enable_script_checks = false
 log_level = "INFO"
+# Every agent and renderer of every test here comes from 127.0.0.1, each
+# holding a blocking query per watched prefix: far more than one host's
+# share (Consul's default is 200 connections per client address).
+limits {{
+  http_max_conns_per_client = 5000
+}}
 "#,
             name = self.name,
             http = self.http.port(),

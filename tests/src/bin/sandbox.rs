@@ -13,7 +13,7 @@ use successover_common::procedure::{HistoryEntry, Outcome, ProcedureKind};
 use successover_tests::consul::ConsulDev;
 use successover_tests::mariadb::{ROOT_PASSWORD, ROOT_USER};
 use successover_tests::scenario::history_of;
-use successover_tests::stack::Stack;
+use successover_tests::stack::{Stack, StackOptions};
 use successover_tests::writer::{self, unix_ms, WriterProc};
 use successover_tests::{wait_for, wait_until};
 
@@ -39,9 +39,14 @@ async fn wait_entry(
 async fn main() -> anyhow::Result<()> {
     let hold = std::env::args().any(|a| a == "--hold");
 
-    println!("== starting Consul, 3 MariaDB (db1 source, db2 semi-sync replica, db3 replica), HAProxy + successover-render, 3 successover-agents");
+    println!("== starting Consul, 3 MariaDB (db1 source, db2 semi-sync replica, db3 replica), HAProxy + successover-render, 3 successover-agents (release build, shipped defaults)");
     let consul = ConsulDev::start().await;
-    let mut stack = Stack::start(CLUSTER, &consul.http_addr()).await;
+    // The daemons' shipped defaults (tick 1 s, probe 250 ms, session TTL
+    // 10 s), as the Ansible role installs them: the figures it prints are
+    // what a user gets.
+    let mut opts = StackOptions::new(CLUSTER, &consul.http_addr());
+    opts.shipped_timing = true;
+    let mut stack = Stack::start_with(opts).await;
     println!(
         "   cluster {CLUSTER}: source {} published, routed by HAProxy on 127.0.0.1:{}",
         stack.published_node().await.unwrap_or_default(),
