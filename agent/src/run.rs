@@ -78,6 +78,8 @@ pub struct Agent {
     cache: crate::kvcache::KvCache,
     /// When the prefixes no watch keeps were last read.
     last_poll: Option<Instant>,
+    /// The lock was taken this cycle, after the cycle read KV.
+    lock_is_new: bool,
 }
 
 /// Ticks between reads of the prefixes no watch keeps (see
@@ -145,6 +147,7 @@ impl Agent {
             metrics,
             cache,
             last_poll: None,
+            lock_is_new: false,
         })
     }
 
@@ -238,6 +241,25 @@ impl Agent {
         self.prober = crate::probe::Prober::new(wake);
     }
 
+    /// One request for the prefixes no watch keeps, every few ticks:
+    /// they change by an operator's request (a switch, a drain, a rejoin),
+    /// which waits that long at most, or by a coordinator's own write,
+    /// which is read back at once (see `kvcache`). Should it fail, `read`
+    /// asks for each on its own and says what failed.
+    async fn poll_kv(&mut self) {
+        if self
+            .last_poll
+            .is_some_and(|t| t.elapsed() < self.cfg.tick * POLL_TICKS)
+        {
+            return;
+        }
+        let polled = cluster::polled_prefixes(&self.keys, &self.cluster);
+        match self.cache.poll(&self.consul, &polled).await {
+            Ok(()) => self.last_poll = Some(Instant::now()),
+            Err(e) => tracing::debug!(error = %e, "cannot read the polled prefixes in one request"),
+        }
+    }
+
     pub async fn cycle(&mut self) -> CycleOutcome {
         let outcome = self.cycle_inner().await;
         // Kept short: a KV value, rewritten whenever it changes.
@@ -262,24 +284,9 @@ impl Agent {
             self.metrics.error("consul");
             return self.idle(format!("cannot create a Consul session: {err}"));
         }
-        // One request for the prefixes no watch keeps, every few ticks:
-        // they change by an operator's request (a switch, a drain, a
-        // rejoin), which waits that long at most, or by a coordinator's own
-        // write, which is read back at once (see `kvcache`). Should it fail,
-        // `read` asks for each on its own and says what failed.
-        if self
-            .last_poll
-            .is_none_or(|t| t.elapsed() >= self.cfg.tick * POLL_TICKS)
+        self.poll_kv().await;
+        let mut kv = match cluster::read(&self.consul, &self.cache, &self.keys, &self.cluster).await
         {
-            let polled = cluster::polled_prefixes(&self.keys, &self.cluster);
-            match self.cache.poll(&self.consul, &polled).await {
-                Ok(()) => self.last_poll = Some(Instant::now()),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot read the polled prefixes in one request")
-                }
-            }
-        }
-        let kv = match cluster::read(&self.consul, &self.cache, &self.keys, &self.cluster).await {
             Ok(kv) => kv,
             Err(err) => {
                 self.metrics.error("consul");
@@ -317,6 +324,21 @@ impl Agent {
                 false
             }
         };
+        if coordinator && std::mem::take(&mut self.lock_is_new) {
+            // This cycle's view came from the cache, read before the lock
+            // was this agent's: what the last coordinator wrote (a request
+            // it consumed, a procedure under way) is read from Consul for
+            // the first decision.
+            self.poll_kv().await;
+            match cluster::read(&self.consul, &self.cache, &self.keys, &self.cluster).await {
+                Ok(fresh) => kv = fresh,
+                Err(err) => {
+                    self.metrics.error("consul");
+                    self.lock_is_new = true;
+                    return self.idle(format!("cannot read cluster state from Consul: {err}"));
+                }
+            }
+        }
         self.coordinating = coordinator;
         self.guard_lock(coordinator);
         let outcome = |reasons: Vec<String>, actions| CycleOutcome {
@@ -793,6 +815,8 @@ impl Agent {
                     // What the last coordinator wrote is read from Consul,
                     // not from the watches, for this first decision.
                     self.cache.touched("");
+                    self.last_poll = None;
+                    self.lock_is_new = true;
                 }
                 Ok(got)
             }

@@ -957,7 +957,7 @@ async fn a_source_at_full_cpu_under_heavy_load_is_not_failed_over() {
             let mut calls = 0u32;
             while started.elapsed() < burn {
                 // A few seconds of one core per call on this machine.
-                c.query_drop("SELECT BENCHMARK(500000, MD5(RAND()))")
+                c.query_drop("SELECT BENCHMARK(500000, SHA2(RAND(), 256))")
                     .await
                     .unwrap();
                 calls += 1;
