@@ -170,18 +170,6 @@ impl Agent {
         )
     }
 
-    pub fn consul(&self) -> &Consul {
-        &self.consul
-    }
-
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    pub fn cluster(&self) -> &ClusterName {
-        &self.cluster
-    }
-
     fn advertise(&self) -> HostPort {
         HostPort::reported(&self.cfg.advertise.host, self.cfg.advertise.port)
     }

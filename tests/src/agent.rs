@@ -205,12 +205,6 @@ address = "{consul}"
         }
     }
 
-    /// Requests this agent sent to Consul, by operation, from its
-    /// `/metrics`; `None` for an agent in a namespace.
-    pub async fn consul_requests(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        Some(parse_consul_requests(&self.metrics().await?))
-    }
-
     /// The agent's `/metrics` text; `None` for an agent in a namespace or
     /// one that does not answer.
     pub async fn metrics(&self) -> Option<String> {

@@ -54,6 +54,19 @@ pub struct NodeOptions {
     pub relayed: bool,
 }
 
+impl NodeOptions {
+    /// mysqld and the agent inside `host`, the agent talking to the Consul
+    /// HTTP port `consul_port` on the host's root-side address.
+    pub fn in_host(host: &crate::netns::NetHost, consul_port: u16) -> NodeOptions {
+        NodeOptions {
+            netns: Some(host.ns_name().to_owned()),
+            bind_address: Some(host.addr().into()),
+            consul_addr: Some(format!("http://{}:{consul_port}", host.host_side_addr())),
+            relayed: false,
+        }
+    }
+}
+
 /// How to build a [`Stack`]; [`Stack::start`] is `StackOptions::new`.
 #[derive(Clone, Debug)]
 pub struct StackOptions {

@@ -708,16 +708,7 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
     })
     .await;
     let mut opts = StackOptions::new("c-f-cut", &consul.http_addr());
-    opts.nodes[0] = NodeOptions {
-        netns: Some(host.ns_name().to_owned()),
-        bind_address: Some(host.addr().into()),
-        consul_addr: Some(format!(
-            "http://{}:{}",
-            host.host_side_addr(),
-            consul.http_port()
-        )),
-        relayed: false,
-    };
+    opts.nodes[0] = NodeOptions::in_host(&host, consul.http_port());
     let stack = Stack::start_with(opts).await;
     let db1 = stack.node("db1");
     assert_eq!(db1.host(), IpAddr::from(host.addr()));

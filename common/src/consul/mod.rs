@@ -197,41 +197,10 @@ impl Consul {
         body: Option<Vec<u8>>,
         timeout: Option<Duration>,
     ) -> Result<Reply, ConsulError> {
-        let writes_kv = method != Method::GET
-            && (op.starts_with("kv ") || op == "txn" || op == "session destroy");
-        let result = self
-            .call_retrying(op, target, method, path, query, body, timeout)
-            .await;
-        if writes_kv {
-            let hook = self
-                .inner
-                .on_kv_write
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Some(hook) = hook {
-                let key = if op.starts_with("kv ") { target } else { "" };
-                (hook.0)(key);
-            }
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn call_retrying(
-        &self,
-        op: &'static str,
-        target: &str,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<Vec<u8>>,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, ConsulError> {
         let idempotent = method == Method::GET || IDEMPOTENT_OPS.contains(&op);
         let started = Instant::now();
         let mut attempt = 0u32;
-        loop {
+        let result = loop {
             let result = self
                 .call_once(
                     op,
@@ -253,13 +222,28 @@ impl Consul {
                 Err(err) => err.is_retryable_when(idempotent),
             };
             if !retryable || started.elapsed() >= self.inner.cfg.retry_for {
-                return result;
+                break result;
             }
             let delay = backoff_delay(attempt);
             tracing::debug!(op, target, ?delay, "retrying Consul request");
             tokio::time::sleep(delay).await;
             attempt += 1;
+        };
+        let writes_kv = method != Method::GET
+            && (op.starts_with("kv ") || op == "txn" || op == "session destroy");
+        if writes_kv {
+            let hook = self
+                .inner
+                .on_kv_write
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                let key = if op.starts_with("kv ") { target } else { "" };
+                (hook.0)(key);
+            }
         }
+        result
     }
 
     #[allow(clippy::too_many_arguments)]

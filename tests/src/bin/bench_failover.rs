@@ -118,16 +118,7 @@ async fn main() -> anyhow::Result<()> {
     let mut opts =
         StackOptions::new("benchf", &consul.http_addr()).setting("failover_cooldown_seconds", 0);
     for (i, host) in hosts.iter().enumerate() {
-        opts.nodes[i] = NodeOptions {
-            netns: Some(host.ns_name().to_owned()),
-            bind_address: Some(host.addr().into()),
-            consul_addr: Some(format!(
-                "http://{}:{}",
-                host.host_side_addr(),
-                consul.http_port()
-            )),
-            relayed: false,
-        };
+        opts.nodes[i] = NodeOptions::in_host(host, consul.http_port());
     }
     let mut stack = Stack::start_with(opts).await;
     writer::prepare(&stack.node("db1").url()).await?;
