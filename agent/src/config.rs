@@ -37,7 +37,8 @@
 //! [timing]
 //! tick = "1s"
 //! probe = "250ms"                  # the coordinator's look at its source between ticks
-//! session_ttl = "10s"
+//! session_ttl = "0s"               # "0s": no TTL, the session ends with the liveness
+//!                                  # check (no renewals); else 10s to 24h, renewed at half
 //! lock_delay = "1s"
 //! report_heartbeat = "30s"
 //! proxy_ack_timeout = "10s"        # before a new source opens, how long live proxies may
@@ -243,7 +244,9 @@ pub struct Config {
     /// How often the coordinator looks at its source between ticks, and
     /// how far apart the looks that confirm a dead source are.
     pub probe: Duration,
-    pub session_ttl: Duration,
+    /// `None`: the session has no TTL and lives while its liveness check
+    /// and the node's `serfHealth` pass (the default: no renewals).
+    pub session_ttl: Option<Duration>,
     pub lock_delay: Duration,
     pub report_heartbeat: Duration,
     /// Before a new source opens for writes: how long the coordinator waits
@@ -412,13 +415,21 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
             ProblemKind::Conflict("must not be longer than timing.tick"),
         );
     }
-    // Consul's own bounds on a session TTL.
-    let session_ttl = p.duration(
-        "timing.session_ttl",
-        t.session_ttl.as_deref(),
-        10 * SECOND,
-        (10 * SECOND, 86400 * SECOND),
-    );
+    // "0s" is no TTL; anything else within Consul's own bounds.
+    let session_ttl = match t.session_ttl.as_deref() {
+        Some(text)
+            if successover_common::config::parse_duration(text).ok() == Some(Duration::ZERO) =>
+        {
+            None
+        }
+        None => None,
+        text => Some(p.duration(
+            "timing.session_ttl",
+            text,
+            10 * SECOND,
+            (10 * SECOND, 86400 * SECOND),
+        )),
+    };
     let lock_delay = p.duration(
         "timing.lock_delay",
         t.lock_delay.as_deref(),
@@ -677,11 +688,22 @@ mod tests {
         assert_eq!(cfg.query_timeout, Duration::from_secs(90));
         assert_eq!(cfg.read_timeout, Duration::from_millis(1500));
         assert_eq!(cfg.tick, Duration::from_millis(300));
-        assert_eq!(cfg.session_ttl, Duration::from_secs(15));
+        assert_eq!(cfg.session_ttl, Some(Duration::from_secs(15)));
         assert_eq!(cfg.lock_delay, Duration::ZERO);
         assert_eq!(cfg.report_heartbeat, Duration::from_secs(120));
         assert_eq!(cfg.proxy_ack_timeout, Duration::ZERO);
         assert_eq!(cfg.apply_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_session_ttl_of_zero_is_no_ttl_and_a_short_one_is_refused() {
+        let cfg = parse(&format!("{MINIMAL}\n[timing]\nsession_ttl = \"0s\"\n")).unwrap();
+        assert_eq!(cfg.session_ttl, None);
+        let errors = parse(&format!("{MINIMAL}\n[timing]\nsession_ttl = \"5s\"\n")).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("timing.session_ttl")),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -730,7 +752,7 @@ mod tests {
         assert_eq!(cfg.password.expose(), "hunter2");
         assert_eq!(cfg.tick, Duration::from_secs(1));
         assert_eq!(cfg.probe, Duration::from_millis(250));
-        assert_eq!(cfg.session_ttl, Duration::from_secs(10));
+        assert_eq!(cfg.session_ttl, None);
         assert_eq!(cfg.proxy_ack_timeout, Duration::from_secs(10));
         assert_eq!(cfg.apply_timeout, Duration::from_secs(60));
         assert_eq!(cfg.consul.addr, "http://127.0.0.1:8500");

@@ -87,7 +87,7 @@ impl Membership {
         consul: &Consul,
         name: String,
         check_id: String,
-        ttl: Duration,
+        ttl: Option<Duration>,
         lock_delay: Duration,
         lease: Lease,
     ) -> Result<Membership, ConsulError> {

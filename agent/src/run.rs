@@ -82,10 +82,16 @@ pub struct Agent {
     lock_is_new: bool,
 }
 
-/// Ticks between reads of the prefixes no watch keeps (see
-/// [`crate::kvcache`]): how long a switch request waits at most before a
-/// cycle sees it (5 s on the shipped tick).
+/// Ticks between the coordinator's reads of the prefixes no watch keeps
+/// (see [`crate::kvcache`]): how long a switch request waits at most
+/// before a cycle sees it (5 s on the shipped tick).
 const POLL_TICKS: u32 = 5;
+/// The same for an agent that does not coordinate. Nothing it decides
+/// waits on those prefixes: a quarantined node is never the published
+/// source, and the `master` key (watched) already fences its server;
+/// drains, rejoins and switches are the coordinator's. An agent that takes
+/// the lock reads them at once.
+const MEMBER_POLL_TICKS: u32 = 30;
 
 /// What one cycle did, for the log line and for tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,16 +111,25 @@ impl Agent {
     pub fn new(cfg: Config, metrics: Arc<Metrics>) -> Result<Agent, String> {
         let consul = Consul::new(cfg.consul.clone()).map_err(|e| e.to_string())?;
         metrics.set_consul(consul.clone());
-        let cache = crate::kvcache::KvCache::default();
-        {
-            let cache = cache.clone();
-            consul.on_kv_write(successover_common::consul::KvWriteHook(Arc::new(
-                move |key: &str| cache.touched(key),
-            )));
-        }
         let keys = Keys::new(&cfg.prefix).map_err(|e| format!("prefix: {e}"))?;
         let cluster = ClusterName::parse(&cfg.cluster).map_err(|e| format!("cluster: {e}"))?;
         let node = NodeName::parse(&cfg.node).map_err(|e| format!("node: {e}"))?;
+        let cache = crate::kvcache::KvCache::default();
+        {
+            let cache = cache.clone();
+            // No decision reads this agent's own report back, and the
+            // watch brings it within milliseconds: reading it again after
+            // each write (its heartbeat, say) would cost a request for
+            // nothing.
+            let own_report = keys.agent_key(&cluster, &node);
+            consul.on_kv_write(successover_common::consul::KvWriteHook(Arc::new(
+                move |key: &str| {
+                    if key != own_report {
+                        cache.touched(key)
+                    }
+                },
+            )));
+        }
         let local = Node::new(node_config(&cfg, &cfg.local.host, cfg.local.port));
         Ok(Agent {
             nodes: Nodes {
@@ -235,9 +250,14 @@ impl Agent {
     /// which is read back at once (see `kvcache`). Should it fail, `read`
     /// asks for each on its own and says what failed.
     async fn poll_kv(&mut self) {
+        let every = if self.coordinating {
+            POLL_TICKS
+        } else {
+            MEMBER_POLL_TICKS
+        };
         if self
             .last_poll
-            .is_some_and(|t| t.elapsed() < self.cfg.tick * POLL_TICKS)
+            .is_some_and(|t| t.elapsed() < self.cfg.tick * every)
         {
             return;
         }
@@ -587,7 +607,7 @@ impl Agent {
         }
         let m = Membership::create(
             &self.consul,
-            format!("successover-agent {}/{}", self.cluster, self.node),
+            self.session_name(),
             format!("successover-agent:{}:{}", self.cluster, self.node),
             self.cfg.session_ttl,
             self.cfg.lock_delay,
@@ -596,27 +616,46 @@ impl Agent {
         .await?;
         // A process restarted within the liveness TTL passes the same check
         // its dead predecessor registered, which keeps the predecessor's
-        // session (and any lock it held) alive until the session TTL. Only
-        // this node's agent ever holds this node's report key, and this
-        // process holds the node's instance lock (main.rs), so a session
-        // holding the key is a predecessor that is dead: end it now.
-        let report_key = self.keys.agent_key(&self.cluster, &self.node);
-        if let Ok(Some(kv)) = self.consul.kv_get(&report_key).await {
-            if let Some(old) = kv.session.filter(|s| *s != m.session) {
-                match self.consul.session_destroy(&old).await {
-                    Ok(()) => tracing::info!(
-                        session = old,
-                        "ended the session of this agent's previous process"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot end the previous process's session")
-                    }
-                }
-            }
-        }
+        // session (and any lock it held) alive: without a TTL, for as long
+        // as this process passes the check. This process holds the node's
+        // instance lock (main.rs), so another session of this agent's name
+        // on this Consul node is a dead predecessor's: end it now.
+        self.end_predecessor_sessions(&m.session).await;
         self.membership = Some(m);
         self.record_member().await;
         Ok(())
+    }
+
+    fn session_name(&self) -> String {
+        format!("successover-agent {}/{}", self.cluster, self.node)
+    }
+
+    async fn end_predecessor_sessions(&self, ours: &str) {
+        let name = self.session_name();
+        let node = match self.consul.session_info(ours).await {
+            Ok(Some(info)) => info.node,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for a previous process's session");
+                return;
+            }
+        };
+        let sessions = match self.consul.session_list_node(&node).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for a previous process's session");
+                return;
+            }
+        };
+        for old in sessions.iter().filter(|s| s.name == name && s.id != ours) {
+            match self.consul.session_destroy(&old.id).await {
+                Ok(()) => tracing::info!(
+                    session = old.id,
+                    "ended the session of this agent's previous process"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot end the previous process's session"),
+            }
+        }
     }
 
     /// Writes `member/<cluster>/<node>` when it does not hold this agent's

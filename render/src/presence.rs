@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 /// How long the liveness check stays passing without a ping.
 pub const LIVENESS_TTL: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(1);
-const SESSION_TTL: Duration = Duration::from_secs(10);
+/// No TTL: the liveness check ends the session, and a session without a
+/// TTL costs Consul no renewals.
+const SESSION_TTL: Option<Duration> = None;
 /// Between two attempts at a session while Consul refuses one.
 const RETRY: Duration = Duration::from_secs(1);
 

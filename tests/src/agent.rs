@@ -74,7 +74,7 @@ impl AgentOptions {
             node: node.to_owned(),
             consul_addr: consul_addr.to_owned(),
             tick: Duration::from_millis(300),
-            session_ttl: Duration::from_secs(10),
+            session_ttl: Duration::ZERO,
             lock_delay: Duration::from_millis(500),
             prefix: "mysql/".to_owned(),
             netns: None,

@@ -191,6 +191,46 @@ pub async fn missing(server_url: &str, log: &WriterLog) -> anyhow::Result<Vec<u6
         .collect())
 }
 
+/// For a loss report: where each of `ids` is (which of `servers` holds
+/// it, unreachable ones named as such) and when the writer sent it and was
+/// told it committed, on the wall clock.
+pub async fn whereabouts(servers: &[(&str, String)], log: &WriterLog, ids: &[u64]) -> String {
+    let mut holders: Vec<(String, std::collections::HashSet<u64>)> = Vec::new();
+    for (name, url) in servers {
+        let held = async {
+            let mut conn = Conn::new(Opts::from_url(url)?).await?;
+            let rows: Vec<u64> = conn
+                .query(format!("SELECT id FROM {SCHEMA}.writes"))
+                .await?;
+            conn.disconnect().await?;
+            anyhow::Ok(rows.into_iter().collect::<std::collections::HashSet<u64>>())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), held).await {
+            Ok(Ok(set)) => holders.push((name.to_string(), set)),
+            _ => holders.push((format!("{name} (unreadable)"), Default::default())),
+        }
+    }
+    let mut out = String::new();
+    for id in ids {
+        let at = log.acked.iter().position(|(i, _)| i == id);
+        let (sent, acked) = at.map_or((0, 0), |k| {
+            (
+                log.start_unix_ms + log.sent.get(k).map_or(0, |d| d.as_millis() as u64),
+                log.start_unix_ms + log.acked[k].1.as_millis() as u64,
+            )
+        });
+        let on: Vec<&str> = holders
+            .iter()
+            .filter(|(_, s)| s.contains(id))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        out.push_str(&format!(
+            "write {id}: sent at {sent} ms, acknowledged at {acked} ms (unix), on {on:?}\n"
+        ));
+    }
+    out
+}
+
 /// A writer running as its own process (`successover-writer`).
 pub struct WriterProc {
     proc: crate::process::Proc,

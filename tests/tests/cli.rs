@@ -160,7 +160,7 @@ async fn realistic_tree(prefix: &str) {
     let session = c
         .session_create(&SessionRequest::new(
             format!("cli-test-{prefix}"),
-            Duration::from_secs(120),
+            Some(Duration::from_secs(120)),
         ))
         .await
         .unwrap();

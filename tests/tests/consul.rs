@@ -24,7 +24,7 @@ async fn client() -> Consul {
 }
 
 fn session_req(name: &str, lock_delay: Duration) -> SessionRequest {
-    let mut req = SessionRequest::new(name, Duration::from_secs(10));
+    let mut req = SessionRequest::new(name, Some(Duration::from_secs(10)));
     req.lock_delay = lock_delay;
     req
 }
@@ -145,7 +145,9 @@ async fn an_expired_session_frees_its_lock() {
     let cancel = CancellationToken::new();
     let keeper = {
         let (b, sb, cancel) = (b.clone(), sb.clone(), cancel.clone());
-        tokio::spawn(async move { keep_alive(&b, &sb, Duration::from_secs(10), &cancel).await })
+        tokio::spawn(
+            async move { keep_alive(&b, &sb, Some(Duration::from_secs(10)), &cancel).await },
+        )
     };
     wait_until(Duration::from_secs(45), || async {
         b.kv_acquire(key, "b", &sb).await.unwrap()
@@ -164,6 +166,68 @@ async fn an_expired_session_frees_its_lock() {
     b.session_destroy(&sb).await.unwrap();
 }
 
+/// What the agents' and renderers' sessions rest on: a session without a
+/// TTL lives as long as its liveness check passes, with no renewal, and
+/// the holder's watch learns at once when the check lapses and Consul
+/// ends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_without_a_ttl_lives_on_its_check_and_ends_with_it() {
+    let c = client().await;
+    let check = "t-nottl-check";
+    c.check_register_ttl(check, "t-nottl", Duration::from_secs(3))
+        .await
+        .unwrap();
+    c.check_pass(check).await.unwrap();
+    let mut req = SessionRequest::new("t-nottl", None);
+    req.behavior = SessionBehavior::Delete;
+    req.lock_delay = Duration::ZERO;
+    req.node_checks.push(check.into());
+    let s = c.session_create(&req).await.unwrap();
+    let info = c.session_info(&s).await.unwrap().expect("just created");
+    assert_eq!(info.ttl, "", "{info:?}");
+    let key = "t-nottl/report";
+    assert!(c.kv_acquire(key, "up", &s).await.unwrap());
+
+    let cancel = CancellationToken::new();
+    let watcher = {
+        let (c, s, cancel) = (c.clone(), s.clone(), cancel.clone());
+        tokio::spawn(async move { keep_alive(&c, &s, None, &cancel).await })
+    };
+    // 20 s of passes and nothing else: longer than Consul's shortest TTL
+    // (10 s, invalidated by 20 s at the latest), and the session stays.
+    let mut last_pass = std::time::Instant::now();
+    for _ in 0..20 {
+        c.check_pass(check).await.unwrap();
+        last_pass = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(c.session_info(&s).await.unwrap().is_some());
+    assert!(
+        !watcher.is_finished(),
+        "the watch ended with its session alive"
+    );
+    assert!(c.kv_get(key).await.unwrap().is_some());
+
+    // The passes stop: the check goes critical after its 3 s, Consul ends
+    // the session (deleting what it held), and the watch says so.
+    let ended = tokio::time::timeout(Duration::from_secs(15), watcher)
+        .await
+        .expect("the watch did not notice the session end")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(ConsulError::SessionGone { .. })),
+        "{ended:?}"
+    );
+    assert!(
+        last_pass.elapsed() >= Duration::from_millis(2500),
+        "ended {:?} after the last pass",
+        last_pass.elapsed()
+    );
+    assert!(c.kv_get(key).await.unwrap().is_none());
+    cancel.cancel();
+    c.check_deregister(check).await.unwrap();
+}
+
 /// What the failover cooldown rests on (#13 item 12): a key held by a
 /// session with a TTL, no node check and `delete` behaviour, never
 /// renewed, stays at least the TTL on Consul's clock and is then deleted.
@@ -171,7 +235,7 @@ async fn an_expired_session_frees_its_lock() {
 async fn a_key_held_by_an_unrenewed_ttl_session_outlives_the_ttl_then_goes() {
     let c = client().await;
     let key = "t-cooldown/last-failover";
-    let mut req = SessionRequest::new("cooldown", Duration::from_secs(10));
+    let mut req = SessionRequest::new("cooldown", Some(Duration::from_secs(10)));
     req.behavior = SessionBehavior::Delete;
     req.node_checks = Vec::new();
     req.lock_delay = Duration::ZERO;

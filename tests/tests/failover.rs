@@ -829,12 +829,21 @@ async fn a_source_host_cut_off_the_network_is_failed_over_and_fenced_when_it_ret
         "writes started after the cut were acknowledged to the direct client: {after_cut:?}"
     );
     let lost = writer::missing(&new_source.url(), &local).await.unwrap();
-    assert!(
-        lost.is_empty(),
-        "{} writes acknowledged to the application on db1's host are not on {}: {lost:?}",
-        lost.len(),
-        new_source.name()
-    );
+    if !lost.is_empty() {
+        let servers: Vec<(&str, String)> = ["db1", "db2", "db3"]
+            .iter()
+            .map(|n| (*n, stack.node(n).url()))
+            .collect();
+        panic!(
+            "{} writes acknowledged to the application on db1's host are not on {}: {lost:?}\n\
+             cut at {cut_ms}..{cut_done_ms} ms, db1 read-only in the cut at {fenced_in_cut_ms:?}\n{}\
+             failover: {entry:?}\n{}",
+            lost.len(),
+            new_source.name(),
+            writer::whereabouts(&servers, &local, &lost).await,
+            stack.logs()
+        );
+    }
     // db1 stays out: quarantined and not routed.
     assert!(stack
         .consul

@@ -814,7 +814,7 @@ async fn proxy_session(stack: &Stack) -> String {
         .consul
         .session_create(&SessionRequest {
             lock_delay: Duration::ZERO,
-            ..SessionRequest::new("edge1", Duration::from_secs(120))
+            ..SessionRequest::new("edge1", Some(Duration::from_secs(120)))
         })
         .await
         .unwrap()

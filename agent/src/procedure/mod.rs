@@ -787,7 +787,7 @@ impl Coordinator<'_> {
         }
         let mut req = successover_common::consul::SessionRequest::new(
             format!("successover cooldown {}", self.cluster),
-            ttl,
+            Some(ttl),
         );
         req.behavior = successover_common::consul::SessionBehavior::Delete;
         req.node_checks = Vec::new();

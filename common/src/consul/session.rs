@@ -22,8 +22,14 @@ pub enum SessionBehavior {
 #[serde(rename_all = "PascalCase")]
 pub struct SessionRequest {
     pub name: String,
-    #[serde(rename = "TTL", serialize_with = "as_go_duration")]
-    pub ttl: Duration,
+    /// `None`: no TTL, the session lives until one of its checks fails or
+    /// it is destroyed, and costs Consul nothing while it does.
+    #[serde(
+        rename = "TTL",
+        serialize_with = "as_go_duration_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
     #[serde(serialize_with = "as_go_duration")]
     pub lock_delay: Duration,
     pub behavior: SessionBehavior,
@@ -35,7 +41,7 @@ pub struct SessionRequest {
 }
 
 impl SessionRequest {
-    pub fn new(name: impl Into<String>, ttl: Duration) -> Self {
+    pub fn new(name: impl Into<String>, ttl: Option<Duration>) -> Self {
         SessionRequest {
             name: name.into(),
             ttl,
@@ -49,6 +55,13 @@ impl SessionRequest {
 
 fn as_go_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+fn as_go_duration_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => as_go_duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// `GET /v1/session/info/<id>`, the fields callers use.
@@ -139,37 +152,90 @@ impl Consul {
         expect_ok(OP, id, reply).map(|_| ())
     }
 
+    /// The sessions of Consul node `node` (a host's sessions, a short list).
+    pub async fn session_list_node(&self, node: &str) -> Result<Vec<SessionInfo>, ConsulError> {
+        const OP: &str = "session list node";
+        let reply = self
+            .call(
+                OP,
+                node,
+                Method::GET,
+                &format!("/v1/session/node/{node}"),
+                &[],
+                None,
+                None,
+            )
+            .await?;
+        let reply = expect_ok(OP, node, reply)?;
+        let infos: Option<Vec<SessionInfo>> = decode(OP, node, &reply.body)?;
+        Ok(infos.unwrap_or_default())
+    }
+
     /// `None` when the session does not exist.
     pub async fn session_info(&self, id: &str) -> Result<Option<SessionInfo>, ConsulError> {
+        Ok(self.session_info_blocking(id, 0, None).await?.1)
+    }
+
+    /// [`Self::session_info`] as a blocking query: with `index > 0` Consul
+    /// holds the request until the session table changes past `index` or
+    /// `wait` passes. Returns the new index with the answer.
+    pub async fn session_info_blocking(
+        &self,
+        id: &str,
+        index: u64,
+        wait: Option<Duration>,
+    ) -> Result<(u64, Option<SessionInfo>), ConsulError> {
         const OP: &str = "session info";
+        let mut query = Vec::new();
+        let mut timeout = None;
+        if index > 0 {
+            query.push(("index", index.to_string()));
+            if let Some(wait) = wait {
+                query.push(("wait", format!("{}ms", wait.as_millis())));
+                timeout = Some(wait + wait / 16 + self.config().request_timeout);
+            }
+        }
         let reply = self
             .call(
                 OP,
                 id,
                 Method::GET,
                 &format!("/v1/session/info/{id}"),
-                &[],
+                &query,
                 None,
-                None,
+                timeout,
             )
             .await?;
         let reply = expect_ok(OP, id, reply)?;
+        let index = reply.index.unwrap_or(0);
         let infos: Option<Vec<SessionInfo>> = decode(OP, id, &reply.body)?;
-        Ok(infos.and_then(|v| v.into_iter().next()))
+        Ok((index, infos.and_then(|v| v.into_iter().next())))
     }
 }
 
-/// Renews `session` every `ttl / 2` until `cancel` fires (returns `Ok`) or
-/// the session is lost (returns the error). A renewal that fails for a
-/// transient reason is retried quickly; the session is declared lost only on
-/// a 404 or once a full TTL has passed without a successful renewal, since
-/// by then Consul has invalidated it anyway.
+/// Keeps `session` until `cancel` fires (returns `Ok`) or the session is
+/// lost (returns the error).
+///
+/// With a TTL it is renewed every `ttl / 2`; a renewal that fails for a
+/// transient reason is retried quickly, and the session is declared lost
+/// only on a 404 or once a full TTL has passed without a successful
+/// renewal, since by then Consul has invalidated it anyway.
+///
+/// Without one there is nothing to renew: Consul ends the session when a
+/// check it is tied to fails. A blocking read of the session (held up to
+/// [`SESSION_WATCH_HOLD`]) notices that at once, for about one request per
+/// hold while nothing changes. Errors are retried with backoff and never
+/// count as a loss: what the holder may do meanwhile is bounded by its
+/// own lease, not by this.
 pub async fn keep_alive(
     consul: &Consul,
     session: &str,
-    ttl: Duration,
+    ttl: Option<Duration>,
     cancel: &CancellationToken,
 ) -> Result<(), ConsulError> {
+    let Some(ttl) = ttl else {
+        return watch_session(consul, session, cancel).await;
+    };
     // Consul invalidates a session no sooner than its TTL after the last
     // renewal (in practice twice that); a failed renewal is retried within
     // half a second, so half the TTL leaves room for several attempts.
@@ -196,13 +262,50 @@ pub async fn keep_alive(
     }
 }
 
+/// How long one blocking read of a session without a TTL is held.
+pub const SESSION_WATCH_HOLD: Duration = Duration::from_secs(600);
+
+async fn watch_session(
+    consul: &Consul,
+    session: &str,
+    cancel: &CancellationToken,
+) -> Result<(), ConsulError> {
+    let mut index = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let answer = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            a = consul.session_info_blocking(session, super::next_index(0, index), Some(SESSION_WATCH_HOLD)) => a,
+        };
+        match answer {
+            Ok((_, None)) => {
+                return Err(ConsulError::SessionGone {
+                    id: session.to_owned(),
+                })
+            }
+            Ok((returned, Some(_))) => {
+                failures = 0;
+                index = returned;
+            }
+            Err(err) => {
+                tracing::debug!(session, error = %err, "session watch failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(super::backoff_delay(failures)) => {}
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn request_serializes_as_consul_expects() {
-        let mut req = SessionRequest::new("agent db1", Duration::from_secs(10));
+        let mut req = SessionRequest::new("agent db1", Some(Duration::from_secs(10)));
         req.behavior = SessionBehavior::Delete;
         req.node_checks.clear();
         let json: serde_json::Value = serde_json::to_value(&req).unwrap();
@@ -212,5 +315,9 @@ mod tests {
         assert_eq!(json["Behavior"], "delete");
         assert_eq!(json["NodeChecks"], serde_json::json!([]));
         assert!(json.get("Node").is_none());
+        let req = SessionRequest::new("agent db1", None);
+        let json: serde_json::Value = serde_json::to_value(&req).unwrap();
+        assert!(json.get("TTL").is_none(), "{json}");
+        assert_eq!(json["NodeChecks"], serde_json::json!(["serfHealth"]));
     }
 }
