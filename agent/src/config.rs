@@ -40,7 +40,7 @@
 //! session_ttl = "0s"               # "0s": no TTL, the session ends with the liveness
 //!                                  # check (no renewals); else 10s to 24h, renewed at half
 //! lock_delay = "1s"
-//! report_heartbeat = "30s"
+//! report_heartbeat = "60s"
 //! proxy_ack_timeout = "10s"        # before a new source opens, how long live proxies may
 //!                                  # take to stop routing elsewhere; "0s": do not wait
 //!
@@ -439,7 +439,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
     let report_heartbeat = p.duration(
         "timing.report_heartbeat",
         t.report_heartbeat.as_deref(),
-        30 * SECOND,
+        60 * SECOND,
         (SECOND, 3600 * SECOND),
     );
     if report_heartbeat < tick {

@@ -165,7 +165,7 @@ address = "{consul}"
                         // A loaded test machine stretches every round trip:
                         // a switch's limits get room so a test sees a switch,
                         // not the machine's load.
-                        "[timing]\ntick = \"{}\"\nsession_ttl = \"{}\"\nlock_delay = \"{}\"\nreport_heartbeat = \"30s\"\n\
+                        "[timing]\ntick = \"{}\"\nsession_ttl = \"{}\"\nlock_delay = \"{}\"\nreport_heartbeat = \"60s\"\n\
                          [switchover]\nconverge_lag = \"500ms\"\ncatch_up_timeout = \"5s\"\n",
                         humantime::format_duration(opts.tick),
                         humantime::format_duration(opts.session_ttl),
