@@ -44,6 +44,7 @@ pub fn build(
         drift: Vec::new(),
         read_only_writers: Default::default(),
         coordinating: None,
+        parallel_apply: None,
     };
     let o = match obs {
         Ok(o) => o,
@@ -85,6 +86,23 @@ pub fn build(
     r.client_connections = Some(o.client_connections);
     r.drift = drift(o);
     r
+}
+
+/// The applier line of the report, and the settings of it that break the
+/// lossless checks (a candidate "has applied everything up to" a GTID
+/// position only if sequence numbers never go back and commits keep the
+/// source's order).
+pub fn add_apply_settings(r: &mut HealthReport, a: &crate::mysql::status::ApplySettings) {
+    r.parallel_apply = Some(a.describe());
+    if !a.gtid_strict {
+        r.drift.push(match a.mode {
+            Some(_) => "gtid_strict_mode is OFF: a GTID position no longer proves what a server applied, want ON".to_owned(),
+            None => "gtid_mode or enforce_gtid_consistency is not ON: GTID positions do not prove what a server applied, want both ON".to_owned(),
+        });
+    }
+    if a.workers > 1 && !a.ordered {
+        r.drift.push("parallel appliers commit out of order (replica_preserve_commit_order=OFF): a failover candidate may hold gaps, want ON".to_owned());
+    }
 }
 
 /// Settings that break the lossless rules, for the report's `drift`.

@@ -51,6 +51,9 @@ pub struct Agent {
     /// The local server's accounts that write through `read_only`, and
     /// when they were listed (grants change rarely).
     read_only_writers: Option<(Instant, Vec<String>)>,
+    /// The local server's applier settings, read as often as
+    /// `read_only_writers` (they change only by an operator's hand).
+    apply_settings: Option<(Instant, crate::mysql::status::ApplySettings)>,
     /// The coordinator's looks at its source between cycles.
     prober: crate::probe::Prober,
     free_lock_seen: u32,
@@ -149,6 +152,7 @@ impl Agent {
             last_reason: None,
             last_report_write: None,
             read_only_writers: None,
+            apply_settings: None,
             prober: crate::probe::Prober::new(Default::default()),
             free_lock_seen: 0,
             coordinating: false,
@@ -714,6 +718,18 @@ impl Agent {
                         .collect();
                     self.read_only_writers = Some((Instant::now(), users));
                 }
+            }
+            if self
+                .apply_settings
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= READ_ONLY_WRITERS_REFRESH)
+            {
+                if let Ok(a) = self.nodes.local.apply_settings().await {
+                    self.apply_settings = Some((Instant::now(), a));
+                }
+            }
+            if let Some((_, a)) = &self.apply_settings {
+                crate::report::add_apply_settings(&mut report, a);
             }
             if let Some((_, users)) = &self.read_only_writers {
                 report.read_only_writers = users

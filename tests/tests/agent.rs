@@ -1110,3 +1110,68 @@ async fn a_servers_start_time_names_one_run_of_it() {
     let again = read(&db).await.expect("the server says when it started");
     assert!(again > first, "restarted: {again}, first run {first}");
 }
+
+/// #15 item 2: every replica's report names how it applies (the harness,
+/// like the Ansible role, runs parallel appliers), and a setting that
+/// would let a GTID position lie about what a server applied is reported
+/// as drift: MariaDB without `gtid_strict_mode`, MySQL's parallel
+/// workers without `replica_preserve_commit_order`.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_report_their_appliers_and_a_loose_gtid_setting_is_drift() {
+    let topo = Topology::source_with_replicas(2).await;
+    let mysql = topo.source().flavour().is_mysql();
+    let loose = if mysql {
+        "STOP REPLICA SQL_THREAD; SET GLOBAL replica_preserve_commit_order = OFF; START REPLICA SQL_THREAD"
+    } else {
+        "SET GLOBAL gtid_strict_mode = OFF"
+    };
+    topo.server(2).exec(loose).await.unwrap();
+    let agents = healthy_agents("c-apply", &topo).await;
+    let kv = client().await;
+    let report = |node: &'static str| {
+        let kv = kv.clone();
+        async move {
+            let pair = kv
+                .kv_get(&format!("mysql/agent/c-apply/{node}"))
+                .await
+                .ok()??;
+            serde_json::from_slice::<successover_common::contract::HealthReport>(
+                pair.value.as_deref()?,
+            )
+            .ok()
+        }
+    };
+    let seen = wait_until(Duration::from_secs(20), || async {
+        let (a, b) = (report("db2").await, report("db3").await);
+        a.is_some_and(|r| r.parallel_apply.is_some())
+            && b.is_some_and(|r| r.parallel_apply.is_some())
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "no applier in the reports\n{}",
+        dump_logs(&agents)
+    );
+    let strict = report("db2").await.unwrap();
+    let loose = report("db3").await.unwrap();
+    assert_eq!(
+        strict.parallel_apply.as_deref(),
+        Some(if mysql {
+            "4 parallel workers"
+        } else {
+            "4 parallel workers, optimistic"
+        }),
+        "{strict:?}"
+    );
+    assert!(strict.drift.is_empty(), "{:?}", strict.drift);
+    let want = if mysql {
+        "commit out of order"
+    } else {
+        "gtid_strict_mode is OFF"
+    };
+    assert!(
+        loose.drift.iter().any(|d| d.contains(want)),
+        "db3's drift {:?} does not name {want}",
+        loose.drift
+    );
+}

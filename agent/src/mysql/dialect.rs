@@ -35,6 +35,13 @@ impl From<Flavor> for Dialect {
 pub const SERVER_INFO: &str =
     "SELECT @@version, @@version_comment, @@global.server_id, CONNECTION_ID(), @@session.sql_mode";
 
+/// The replica's applier and GTID settings, under either flavour's names
+/// ([`super::status::ApplySettings`]).
+pub const SHOW_APPLY_SETTINGS: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+     ('slave_parallel_threads', 'slave_parallel_mode', 'gtid_strict_mode', \
+     'replica_parallel_workers', 'slave_parallel_workers', 'replica_preserve_commit_order', \
+     'slave_preserve_commit_order', 'gtid_mode', 'enforce_gtid_consistency')";
+
 /// `SHOW FULL PROCESSLIST` has the same columns on every flavour (MariaDB adds `Progress`), and
 /// unlike `information_schema.PROCESSLIST` it is not deprecated on MySQL 8.4.
 pub const SHOW_PROCESSLIST: &str = "SHOW FULL PROCESSLIST";

@@ -790,6 +790,16 @@ impl Node {
     /// The accounts whose commits go through `read_only`: MariaDB's
     /// `READ_ONLY ADMIN` granted directly (a grant through a role is not
     /// seen). None on MySQL, whose `super_read_only` holds every account.
+    /// How this server applies replicated transactions; see
+    /// [`super::status::ApplySettings`].
+    pub async fn apply_settings(&mut self) -> Result<super::status::ApplySettings> {
+        const OP: &str = "apply_settings";
+        let rows = self.query_rows(OP, dialect::SHOW_APPLY_SETTINGS).await?;
+        super::status::name_values(&rows)
+            .and_then(|v| super::status::ApplySettings::parse(&v))
+            .map_err(|e| self.parse_error(OP, e))
+    }
+
     pub async fn read_only_writers(&mut self) -> Result<Vec<String>> {
         const OP: &str = "read_only_writers";
         if !self.dialect().await?.is_mariadb() {

@@ -593,6 +593,75 @@ pub fn name_values(rows: &[RowMap]) -> Result<BTreeMap<String, String>, ParseErr
         .collect()
 }
 
+/// How a replica applies what it receives, and whether GTIDs keep the
+/// order the lossless checks rely on (a `contains` of GTID positions means
+/// "applied everything up to" only when sequence numbers never go back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplySettings {
+    /// Parallel applier threads; 0 is one applier.
+    pub workers: u64,
+    /// MariaDB's `slave_parallel_mode`.
+    pub mode: Option<String>,
+    /// Commits in the source's order: always on MariaDB, MySQL's
+    /// `replica_preserve_commit_order` (or one applier).
+    pub ordered: bool,
+    /// MariaDB `gtid_strict_mode`; MySQL `gtid_mode=ON` with
+    /// `enforce_gtid_consistency=ON`.
+    pub gtid_strict: bool,
+}
+
+impl ApplySettings {
+    /// From [`super::dialect::SHOW_APPLY_SETTINGS`] as returned by
+    /// [`name_values`]; either flavour's names.
+    pub fn parse(v: &BTreeMap<String, String>) -> Result<Self, ParseError> {
+        let on = |name: &str| {
+            v.get(name)
+                .is_some_and(|x| x.eq_ignore_ascii_case("on") || x == "1")
+        };
+        if let Some(threads) = v.get("slave_parallel_threads") {
+            return Ok(ApplySettings {
+                workers: threads
+                    .parse()
+                    .map_err(|_| bad("slave_parallel_threads", threads))?,
+                mode: v.get("slave_parallel_mode").cloned(),
+                ordered: true,
+                gtid_strict: on("gtid_strict_mode"),
+            });
+        }
+        let (name, workers) = ["replica_parallel_workers", "slave_parallel_workers"]
+            .iter()
+            .find_map(|n| v.get(*n).map(|w| (*n, w)))
+            .ok_or_else(|| ParseError::MissingColumn("replica_parallel_workers".into()))?;
+        let workers: u64 = workers.parse().map_err(|_| bad(name, workers))?;
+        let ordered = workers <= 1
+            || on("replica_preserve_commit_order")
+            || on("slave_preserve_commit_order");
+        Ok(ApplySettings {
+            workers,
+            mode: None,
+            ordered,
+            gtid_strict: on("gtid_mode") && on("enforce_gtid_consistency"),
+        })
+    }
+
+    /// As the report and `status` show it.
+    pub fn describe(&self) -> String {
+        let mut out = match self.workers {
+            0 | 1 => "one applier".to_owned(),
+            n => format!("{n} parallel workers"),
+        };
+        if let Some(m) = &self.mode {
+            if self.workers > 1 {
+                out.push_str(&format!(", {m}"));
+            }
+        }
+        if self.workers > 1 && !self.ordered {
+            out.push_str(", commit order not kept");
+        }
+        out
+    }
+}
+
 impl SemiSyncState {
     /// Parses [`super::dialect::SHOW_SEMI_SYNC_VARIABLES`] and
     /// [`super::dialect::SHOW_SEMI_SYNC_STATUS`] output, as returned by [`name_values`].
@@ -1273,6 +1342,49 @@ mod tests {
                 .collect::<Vec<_>>(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn apply_settings_of_both_flavours() {
+        let m = ApplySettings::parse(&nv(&[
+            ("slave_parallel_threads", "4"),
+            ("slave_parallel_mode", "optimistic"),
+            ("gtid_strict_mode", "ON"),
+        ]))
+        .unwrap();
+        assert_eq!(m.describe(), "4 parallel workers, optimistic");
+        assert!(m.ordered && m.gtid_strict);
+        let loose = ApplySettings::parse(&nv(&[
+            ("slave_parallel_threads", "0"),
+            ("slave_parallel_mode", "optimistic"),
+            ("gtid_strict_mode", "OFF"),
+        ]))
+        .unwrap();
+        assert_eq!(loose.describe(), "one applier");
+        assert!(!loose.gtid_strict);
+        let my = ApplySettings::parse(&nv(&[
+            ("replica_parallel_workers", "4"),
+            ("replica_preserve_commit_order", "ON"),
+            ("gtid_mode", "ON"),
+            ("enforce_gtid_consistency", "ON"),
+        ]))
+        .unwrap();
+        assert_eq!(my.describe(), "4 parallel workers");
+        assert!(my.ordered && my.gtid_strict);
+        let unordered = ApplySettings::parse(&nv(&[
+            ("replica_parallel_workers", "8"),
+            ("replica_preserve_commit_order", "OFF"),
+            ("gtid_mode", "ON_PERMISSIVE"),
+            ("enforce_gtid_consistency", "ON"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            unordered.describe(),
+            "8 parallel workers, commit order not kept"
+        );
+        assert!(!unordered.ordered && !unordered.gtid_strict);
+        assert!(ApplySettings::parse(&nv(&[("gtid_mode", "ON")])).is_err());
+        assert!(ApplySettings::parse(&nv(&[("slave_parallel_threads", "many")])).is_err());
     }
 
     #[test]

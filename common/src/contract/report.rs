@@ -77,6 +77,10 @@ pub struct HealthReport {
     /// waits, refuses or acts). `successover status` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinating: Option<String>,
+    /// How the server applies replicated transactions ("4 parallel
+    /// workers, optimistic", "one applier").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_apply: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -368,6 +368,7 @@ fn node_status(node: &str, pair: &KvPair, quarantined: bool, now_ms: u64) -> Nod
         report_age_ms: None,
         drift: Vec::new(),
         read_only_writers: Default::default(),
+        apply: None,
         problem: None,
     };
     let report: HealthReport =
@@ -398,6 +399,7 @@ fn node_status(node: &str, pair: &KvPair, quarantined: bool, now_ms: u64) -> Nod
     n.report_age_ms = Some(now_ms.saturating_sub(report.observed_at_ms));
     n.drift = report.drift;
     n.read_only_writers = report.read_only_writers;
+    n.apply = report.parallel_apply;
     n
 }
 

@@ -104,6 +104,10 @@ pub struct NodeStatus {
     pub drift: Vec<String>,
     /// Accounts whose commits go through `read_only`, with connections.
     pub read_only_writers: std::collections::BTreeMap<String, u64>,
+    /// How the server applies replicated transactions, as its agent
+    /// reported it ("4 parallel workers, optimistic").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply: Option<String>,
     pub problem: Option<String>,
 }
 

@@ -272,6 +272,11 @@ fn state_cell(n: &NodeStatus) -> String {
             }
         }
     }
+    if n.replication.is_some() {
+        if let Some(a) = &n.apply {
+            parts.push(a.clone());
+        }
+    }
     parts.extend(n.drift.iter().map(|d| format!("drift: {d}")));
     if !n.read_only_writers.is_empty() {
         let accounts: Vec<String> = n
@@ -368,6 +373,7 @@ db3   -        -    -                               -                        -  
             report_age_ms: Some(61_000),
             drift: Vec::new(),
             read_only_writers: Default::default(),
+            apply: None,
             problem: None,
         }
     }
@@ -403,6 +409,7 @@ db3   -        -    -                               -                        -  
             }),
             drift: vec!["semi-sync wait point is AFTER_COMMIT".into()],
             read_only_writers: Default::default(),
+            apply: Some("one applier".into()),
             ..node("db2")
         };
         let settings = ClusterSettings {
@@ -501,7 +508,7 @@ problem      mysql/cluster/c1: odd
 
 NODE  ROLE     RO   REPLICATION                          SEMI-SYNC                         GTID_EXECUTED  AGE    STATE
 db1   unknown  -    -                                    -                                 -              1m01s  DOWN: connect refused\\nx, QUARANTINED, no agent session
-db2   replica  yes  db9:3306 io Connecting sql No lag ?  source ASYNC; replica not ACKing  0-1-7          1m01s  up, error connecting, drift: semi-sync wait point is AFTER_COMMIT
+db2   replica  yes  db9:3306 io Connecting sql No lag ?  source ASYNC; replica not ACKing  0-1-7          1m01s  up, error connecting, one applier, drift: semi-sync wait point is AFTER_COMMIT
 
 cluster      c2
 source       none published
