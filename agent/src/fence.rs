@@ -17,13 +17,24 @@ use crate::mysql::Node;
 /// commits queue behind it), then the clients are killed again, so none of
 /// them can be told OK any more. On MariaDB that ends their waits. MySQL
 /// keeps a killed session's thread waiting (it holds the commit lock
-/// read_only needs), so if read_only is still waiting, every session
-/// waiting for an ACK is killed whatever its account and the semi-sync
-/// source flag goes off: the orphaned commits finish, with nobody to tell,
-/// on a server that is not the source.
+/// read_only needs), so if read_only is still waiting the semi-sync source
+/// flag goes off and the orphaned commits finish, with nobody to tell, on a
+/// server that is not the source. Everything that flag releases must have
+/// no client left: not only the sessions waiting for an ACK but those
+/// queued behind one at the commit stage (MySQL's group commit parks them
+/// there, in no ACK wait of their own), whatever their account, including
+/// a connection made after the kill passes. So once read_only is seen
+/// waiting for its lock (no new write can start), every connection but
+/// ours and read_only's is killed, and only then does the flag go off.
 pub async fn fence_local(local: &mut Node, except: &[&str]) -> Result<usize, String> {
     let first = local.kill_client_connections(except).await;
     let mut ro_conn = Node::new(local.config().clone());
+    // Connected first, so its id is known before it asks for read_only.
+    let ro_id = ro_conn
+        .server_info()
+        .await
+        .map_err(|e| e.to_string())?
+        .connection_id;
     let ro = tokio::spawn(
         async move {
             let r = ro_conn.set_read_only(true).await;
@@ -39,14 +50,7 @@ pub async fn fence_local(local: &mut Node, except: &[&str]) -> Result<usize, Str
     let ok_ro = tokio::select! {
         r = &mut ro => r,
         _ = settle => {
-            // The kills above spare the agents' accounts: a session of
-            // theirs (a DBA's, or a test's) still waiting would be told OK
-            // by the flag going off, for a commit no replica has.
-            let released = match local.kill_ack_waiters(&[]).await {
-                Ok(_) => local.set_semi_sync_source(false).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = released {
+            if let Err(e) = release_orphans(local, ro_id).await {
                 tracing::warn!(error = %e, "cannot release commits waiting on a fenced server");
             }
             ro.await
@@ -62,4 +66,35 @@ pub async fn fence_local(local: &mut Node, except: &[&str]) -> Result<usize, Str
         .await
         .map_err(|e| e.to_string())?;
     Ok(third.len() + first.as_ref().map_or(0, Vec::len) + second.as_ref().map_or(0, Vec::len))
+}
+
+/// How long [`release_orphans`] waits to see read_only waiting for its lock.
+const RO_WAIT_SEEN: Duration = Duration::from_secs(5);
+
+/// Ends the orphaned ACK waits that hold `read_only` (connection `ro_id`)
+/// up; see [`fence_local`]. Does nothing while read_only is not yet seen
+/// waiting for its lock (a write could still start and be told OK once the
+/// flag is off), and nothing once it is done.
+async fn release_orphans(local: &mut Node, ro_id: u64) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    loop {
+        match local.state_of(ro_id).await.map_err(|e| e.to_string())? {
+            None => return Ok(()),
+            Some(state) if state.to_ascii_lowercase().contains("lock") => break,
+            Some(state) if started.elapsed() >= RO_WAIT_SEEN => {
+                return Err(format!(
+                    "read_only is not waiting for its lock (state {state:?}): the semi-sync flag stays on"
+                ))
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    local
+        .kill_clients_but(&[ro_id])
+        .await
+        .map_err(|e| e.to_string())?;
+    local
+        .set_semi_sync_source(false)
+        .await
+        .map_err(|e| e.to_string())
 }

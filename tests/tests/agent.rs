@@ -1175,3 +1175,88 @@ async fn replicas_report_their_appliers_and_a_loose_gtid_setting_is_drift() {
         loose.drift
     );
 }
+
+/// The fence of an old source whose `read_only` waits behind orphaned ACK
+/// waits (MySQL keeps a killed session waiting) ends them by turning the
+/// semi-sync source flag off. A commit queued behind such a wait is not
+/// itself waiting for an ACK (MySQL's group commit parks it at the commit
+/// stage until the leader's wait ends), so it is released too, with no
+/// wait of its own: its client must be gone by then, whatever its account.
+/// Here it is an account the fence spares (a DBA's under the agent's, say;
+/// an application's connection made after the kill passes is the same
+/// case), on a source with no replica to ACK.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_queued_behind_an_orphaned_ack_wait_is_not_acknowledged_by_the_fence() {
+    use successover_agent::mysql::{Node, NodeConfig};
+    use successover_tests::mariadb::{
+        MariaDbOptions, APP_PASSWORD, APP_USER, ROOT_PASSWORD, ROOT_USER,
+    };
+    let db = MariaDb::start(MariaDbOptions::new("fence-queue", 1)).await;
+    db.exec(
+        "CREATE DATABASE IF NOT EXISTS successover_check; \
+         CREATE TABLE successover_check.q (id BIGINT PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    let cfg = NodeConfig::new(db.host().to_string(), db.port(), ROOT_USER, ROOT_PASSWORD);
+    let mut node = Node::new(cfg);
+    node.set_semi_sync_source(true).await.unwrap();
+    let insert = |user: &'static str, password: &'static str, id: u64| {
+        let (host, port) = (db.host().to_string(), db.port());
+        tokio::spawn(async move {
+            let opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname(host)
+                .tcp_port(port)
+                .user(Some(user))
+                .pass(Some(password))
+                .prefer_socket(false);
+            let mut c = mysql_async::Conn::new(opts).await?;
+            c.query_drop(format!("INSERT INTO successover_check.q VALUES ({id})"))
+                .await?;
+            anyhow::Ok(())
+        })
+    };
+    let waiting = || async {
+        let mut c = db.conn().await.unwrap();
+        let rows: Vec<(u64, String, Option<String>)> = c
+            .query("SELECT ID, USER, STATE FROM information_schema.PROCESSLIST")
+            .await
+            .unwrap();
+        rows.into_iter()
+            .filter(|(_, _, s)| {
+                s.as_deref()
+                    .is_some_and(|s| s.to_ascii_lowercase().contains("semi-sync ack"))
+            })
+            .count()
+    };
+    let a = insert(APP_USER, APP_PASSWORD, 1);
+    wait_until(Duration::from_secs(10), || async { waiting().await == 1 })
+        .await
+        .expect("the application's commit never waited for an ACK");
+    let x = insert(ROOT_USER, ROOT_PASSWORD, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !x.is_finished(),
+        "the second commit did not wait: {:?}",
+        x.await
+    );
+
+    let fenced = successover_agent::fence::fence_local(&mut node, &[ROOT_USER]).await;
+    assert!(fenced.is_ok(), "{fenced:?}");
+    let told = tokio::time::timeout(Duration::from_secs(20), x)
+        .await
+        .expect("the queued commit still hangs after the fence")
+        .unwrap();
+    assert!(
+        told.is_err(),
+        "a commit no replica received was acknowledged to its client by the fence"
+    );
+    let told_a = tokio::time::timeout(Duration::from_secs(20), a).await;
+    assert!(
+        matches!(told_a, Ok(Ok(Err(_)))),
+        "the application's commit: {told_a:?}"
+    );
+    let ro = var(&db, "read_only").await;
+    assert!(matches!(ro.as_str(), "1" | "ON"), "read_only is {ro}");
+    node.close().await;
+}

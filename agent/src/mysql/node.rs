@@ -763,6 +763,31 @@ impl Node {
         Ok(killed)
     }
 
+    /// Kills every client connection except ours and `spare` (by id), whatever its account.
+    /// Returns the ids it killed.
+    pub async fn kill_clients_but(&mut self, spare: &[u64]) -> Result<Vec<u64>> {
+        const OP: &str = "kill_clients_but";
+        let clients = self.processlist_clients().await?;
+        let mut killed = Vec::new();
+        for c in clients.into_iter().filter(|c| !spare.contains(&c.id)) {
+            match self.query_drop(OP, &dialect::kill_connection(c.id)).await {
+                Ok(()) => killed.push(c.id),
+                Err(e) if e.server_error_code() == Some(dialect::ER_NO_SUCH_THREAD) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(killed)
+    }
+
+    /// The processlist state of connection `id`; `None` when it is gone.
+    pub async fn state_of(&mut self, id: u64) -> Result<Option<String>> {
+        let clients = self.processlist_clients().await?;
+        Ok(clients
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(|c| c.state.unwrap_or_default()))
+    }
+
     /// Kills every client connection except ours and those of `except_users` (peers' agents,
     /// say), sparing replication threads. Returns the ids it killed; connections that ended on
     /// their own meanwhile are skipped. A client that bypasses the proxy is exactly what this
