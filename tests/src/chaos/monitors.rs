@@ -214,6 +214,10 @@ async fn no_tx_sampler(
                 last = Some(now);
             }
             _ => {
+                // Unseen for a while (a fence kills every connection, this
+                // one too): the next look starts afresh, as "writable at
+                // both looks" no longer says writable in between.
+                last = None;
                 if let Some(c) = conn.take() {
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(Duration::from_secs(1), c.disconnect()).await;
