@@ -1,4 +1,4 @@
-//! `successover-bench-failover [--failovers N] [--fault kill9|sigstop|cut]`:
+//! `successover-bench-failover [--failovers N] [--fault kill9|sigstop|cut] [--writers W --load-secs S]`:
 //! time from `kill -9` (or SIGSTOP: a hung host; or `cut`: the source's
 //! host cut off the network, its link down so that packets are dropped and
 //! connections hang) of the source's mysqld to the first write
@@ -19,6 +19,12 @@
 //! comes back once the failover is done, and the time until its server
 //! reads back `read_only=1` is measured the same way (its agent, cut from
 //! Consul, fences it on its own side of the cut).
+//!
+//! With `--writers W` (default 0), W more writers, each in its own process,
+//! write through HAProxy as fast as they go for `--load-secs` (default 1)
+//! before the fault and on through the failover: the replicas fall behind,
+//! and the failover has their backlog to apply first. Their writes are
+//! checked for losses like the measuring writer's.
 //!
 //! Between failovers the cluster is made whole again the way an operator
 //! would: the dead server is rebuilt from an empty datadir and replicates
@@ -100,6 +106,17 @@ async fn main() -> anyhow::Result<()> {
         Some("cut") => Fault::Cut,
         Some(other) => anyhow::bail!("--fault {other:?}: kill9, sigstop or cut"),
     };
+    let num = |name: &str, default: u64| -> anyhow::Result<u64> {
+        Ok(args
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let load_writers = num("--writers", 0)?;
+    let load_secs = num("--load-secs", 1)?;
     let hang = fault != Fault::Kill9;
     let mut woken_read_only: Vec<u64> = Vec::new();
     let mut hosts = Vec::new();
@@ -135,7 +152,12 @@ async fn main() -> anyhow::Result<()> {
         let idx: usize = source.trim_start_matches("db").parse::<usize>()? - 1;
         let before = failovers(&stack).await.len();
         let w = WriterProc::start(stack.proxy_port.port(), round as u32 + 1).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut load = Vec::new();
+        for k in 0..load_writers {
+            let id = 1000 + round as u32 * 64 + k as u32;
+            load.push(WriterProc::start(stack.proxy_port.port(), id).await);
+        }
+        tokio::time::sleep(Duration::from_secs(load_secs.max(1))).await;
 
         match fault {
             Fault::Kill9 => stack.topo.server_mut(idx).kill9().await,
@@ -176,6 +198,18 @@ async fn main() -> anyhow::Result<()> {
         wait_routed_to(&stack, &to, Duration::from_secs(30)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let log = w.finish().await?;
+        let mut load_acked = 0;
+        for lw in load {
+            let l = lw.finish().await?;
+            let lost = writer::missing(&stack.node(&to).url(), &l).await?;
+            anyhow::ensure!(
+                lost.is_empty(),
+                "round {round}: {} writes acknowledged to a load writer are not on {to}",
+                lost.len()
+            );
+            load_acked += l.acked.len();
+            logs.push(l);
+        }
         let lost = writer::missing(&stack.node(&to).url(), &log).await?;
         anyhow::ensure!(
             lost.is_empty(),
@@ -201,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
             })?;
         let split = phase_split(&entry, crash_ms, first);
         println!(
-            "failover {:>2}: {source} -> {to}: crash -> first write {:>5} ms ({}); {} writes acknowledged, {} failed attempts",
+            "failover {:>2}: {source} -> {to}: crash -> first write {:>5} ms ({}); {} writes acknowledged, {} failed attempts; load writers {load_acked} acknowledged",
             round + 1,
             first - crash_ms,
             split
@@ -232,13 +266,18 @@ async fn main() -> anyhow::Result<()> {
     let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
 
     println!(
-        "\nfailover benchmark: {rounds} failovers ({}) on {}, writer through HAProxy (own process)\n",
+        "\nfailover benchmark: {rounds} failovers ({}) on {}, writer through HAProxy (own process){}\n",
         match fault {
             Fault::Kill9 => "kill -9 of the source's mysqld",
             Fault::Sigstop => "SIGSTOP of the source's mysqld",
             Fault::Cut => "the source's host cut off the network",
         },
-        successover_tests::Flavour::from_env().name()
+        successover_tests::Flavour::from_env().name(),
+        if load_writers > 0 {
+            format!(", {load_writers} more writers through HAProxy for {load_secs} s before each fault")
+        } else {
+            String::new()
+        }
     );
     println!(
         "| {:<44} | {:>6} | {:>6} | {:>6} | {:>6} |",
