@@ -130,6 +130,12 @@ impl Prober {
         s.stall.as_ref().is_some_and(|st| st.span() >= ACK_STALL)
     }
 
+    /// Whether the last look at the target failed.
+    pub fn failing(&self) -> bool {
+        let s = self.state.lock().expect("probe state");
+        s.target.is_some() && s.failures > 0
+    }
+
     /// Consecutive failed looks at `name`, if it is the target.
     pub fn failures_of(&self, name: &str) -> u32 {
         let s = self.state.lock().expect("probe state");

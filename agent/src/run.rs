@@ -296,6 +296,18 @@ impl Agent {
             self.metrics.error("consul");
             return self.idle(format!("cannot create a Consul session: {err}"));
         }
+        // A failover is decided on quarantine and the last failover, which
+        // the polled read carries: read them fresh while the source is
+        // suspect or a procedure runs, so an operator's rejoin a moment
+        // before the crash is seen (it read as a two-node cluster, a
+        // refusal, in the failover benchmark).
+        if self.suspects_source()
+            || self.active.is_some()
+            || self.prober.failing()
+            || self.prober.stalled()
+        {
+            self.last_poll = None;
+        }
         self.poll_kv().await;
         let mut kv = match cluster::read(&self.consul, &self.cache, &self.keys, &self.cluster).await
         {
