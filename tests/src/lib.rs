@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod bins;
 pub mod chaos;
+pub mod cli;
 pub mod consul;
 pub mod flavour;
 pub mod haproxy;

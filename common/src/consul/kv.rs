@@ -112,15 +112,7 @@ impl Consul {
     ) -> Result<(u64, Vec<KvPair>), ConsulError> {
         const OP: &str = "kv list";
         let mut query = vec![("recurse", String::new())];
-        let mut timeout = None;
-        if index > 0 {
-            query.push(("index", index.to_string()));
-            if let Some(wait) = wait {
-                query.push(("wait", format!("{}ms", wait.as_millis())));
-                // Consul adds up to wait/16 of jitter to the hold time.
-                timeout = Some(wait + wait / 16 + self.config().request_timeout);
-            }
-        }
+        let timeout = self.blocking(&mut query, index, wait);
         let reply = self
             .call(
                 OP,

@@ -318,6 +318,27 @@ impl Consul {
     }
 }
 
+impl Consul {
+    /// A blocking query's parameters: with `index > 0`, Consul holds the
+    /// request until its result changes past `index` or `wait` passes; the
+    /// request's timeout then covers the hold (plus the up to wait/16 of
+    /// jitter Consul adds). Appended to `query`; returns the timeout.
+    pub(crate) fn blocking(
+        &self,
+        query: &mut Vec<(&'static str, String)>,
+        index: u64,
+        wait: Option<Duration>,
+    ) -> Option<Duration> {
+        if index == 0 {
+            return None;
+        }
+        query.push(("index", index.to_string()));
+        let wait = wait?;
+        query.push(("wait", format!("{}ms", wait.as_millis())));
+        Some(wait + wait / 16 + self.config().request_timeout)
+    }
+}
+
 /// Turns a non-success reply into a typed error carrying Consul's message.
 pub(crate) fn expect_ok(
     op: &'static str,

@@ -187,14 +187,7 @@ impl Consul {
     ) -> Result<(u64, Option<SessionInfo>), ConsulError> {
         const OP: &str = "session info";
         let mut query = Vec::new();
-        let mut timeout = None;
-        if index > 0 {
-            query.push(("index", index.to_string()));
-            if let Some(wait) = wait {
-                query.push(("wait", format!("{}ms", wait.as_millis())));
-                timeout = Some(wait + wait / 16 + self.config().request_timeout);
-            }
-        }
+        let timeout = self.blocking(&mut query, index, wait);
         let reply = self
             .call(
                 OP,

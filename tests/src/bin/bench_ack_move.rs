@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
+use successover_tests::cli::arg;
 use successover_tests::consul::ConsulDev;
 use successover_tests::mariadb::{global_var, APP_PASSWORD, APP_USER};
 use successover_tests::stack::Stack;
@@ -29,13 +30,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let restarts: usize = args
-        .iter()
-        .position(|a| a == "--restarts")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10);
+    let restarts: usize = arg(&args, "--restarts", 10)?;
     let drain = args.iter().any(|a| a == "--drain");
     let hang = args.iter().any(|a| a == "--hang");
     anyhow::ensure!(!(drain && hang), "--drain and --hang exclude each other");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use successover_common::procedure::Outcome;
 use successover_tests::agent::{parse_consul_requests, scrape};
+use successover_tests::cli::arg;
 use successover_tests::consul::ConsulDev;
 use successover_tests::stack::{Stack, StackOptions};
 
@@ -171,20 +172,6 @@ fn print_phase(p: &Phase, clusters: usize) {
         agents_per_cluster_s,
         all_agents / p.secs / clusters as f64 * 10_000.0,
     );
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-    {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{name} {v:?}: {e}")),
-    }
 }
 
 #[tokio::main]

@@ -35,6 +35,7 @@
 use std::time::Duration;
 
 use successover_common::procedure::Outcome;
+use successover_tests::cli::arg;
 use successover_tests::consul::{ConsulDev, ConsulDevOptions};
 use successover_tests::mariadb::{global_var, replica_status, wait_for_gtids};
 use successover_tests::netns::NetHost;
@@ -87,36 +88,16 @@ enum Fault {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--failovers")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10);
+    let rounds: usize = arg(&args, "--failovers", 10)?;
     anyhow::ensure!(rounds > 0, "--failovers must be at least 1");
-    let fault = match args
-        .iter()
-        .position(|a| a == "--fault")
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-    {
-        None | Some("kill9") => Fault::Kill9,
-        Some("sigstop") => Fault::Sigstop,
-        Some("cut") => Fault::Cut,
-        Some(other) => anyhow::bail!("--fault {other:?}: kill9, sigstop or cut"),
+    let fault = match arg(&args, "--fault", "kill9".to_owned())?.as_str() {
+        "kill9" => Fault::Kill9,
+        "sigstop" => Fault::Sigstop,
+        "cut" => Fault::Cut,
+        other => anyhow::bail!("--fault {other:?}: kill9, sigstop or cut"),
     };
-    let num = |name: &str, default: u64| -> anyhow::Result<u64> {
-        Ok(args
-            .iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(default))
-    };
-    let load_writers = num("--writers", 0)?;
-    let load_secs = num("--load-secs", 1)?;
+    let load_writers: u64 = arg(&args, "--writers", 0)?;
+    let load_secs: u64 = arg(&args, "--load-secs", 1)?;
     let hang = fault != Fault::Kill9;
     let mut woken_read_only: Vec<u64> = Vec::new();
     let mut hosts = Vec::new();

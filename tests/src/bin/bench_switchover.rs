@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use successover_common::procedure::Outcome;
+use successover_tests::cli::arg;
 use successover_tests::consul::ConsulDev;
 use successover_tests::mariadb::{
     global_var, wait_for_gtids, ADMIN_APP_PASSWORD, ADMIN_APP_USER, APP_PASSWORD, APP_USER,
@@ -41,15 +42,7 @@ fn row(name: &str, mut v: Vec<u64>) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: usize| -> anyhow::Result<usize> {
-        Ok(args
-            .iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(default))
-    };
+    let flag = |name: &str, default: usize| arg(&args, name, default);
     let switches = flag("--switches", 20)?;
     let writers = flag("--writers", 4)?;
     let interval = Duration::from_millis(flag("--interval-ms", 0)? as u64);
