@@ -11,6 +11,9 @@
 //! | `successover_agent_coordinator` | gauge | 1 while this agent holds the cluster lock |
 //! | `successover_agent_mysql_up` | gauge | 1 when the local server answered this tick |
 //! | `successover_agent_last_cycle_timestamp_seconds` | gauge | |
+//! | `successover_agent_apply_backlog_transactions` | gauge | on a replica: received, not yet applied |
+//! | `successover_agent_applied_transactions_per_second` | gauge | on a replica, over the last 10 s |
+//! | `successover_agent_expected_apply_seconds` | gauge | on a replica: the backlog at that rate (absent while the applier is stalled with work to do) |
 //! | `successover_consul_requests_total` | counter | `op`: kv get, kv list, kv list blocking, txn, session renew, check pass, … |
 
 use std::collections::BTreeMap;
@@ -29,6 +32,7 @@ struct Inner {
     coordinator: bool,
     mysql_up: bool,
     last_cycle: f64,
+    apply: Option<crate::observe::ApplyLag>,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +77,11 @@ impl Metrics {
 
     pub fn session_lost(&self) {
         self.with(|m| m.sessions_lost += 1);
+    }
+
+    /// The local replica's apply lag this cycle; `None` on a source.
+    pub fn apply_lag(&self, lag: Option<&crate::observe::ApplyLag>) {
+        self.with(|m| m.apply = lag.copied());
     }
 
     pub fn report_write(&self) {
@@ -162,6 +171,33 @@ impl Metrics {
                 "1 when the local server answered in the last cycle.",
                 plain(m.mysql_up as u64),
             );
+            // Only a replica has an applier: on a source the families
+            // are announced without samples.
+            let apply = m.apply.as_ref();
+            line(
+                "successover_agent_apply_backlog_transactions",
+                "gauge",
+                "Transactions the local replica received and has not applied.",
+                apply.map(|a| plain(a.backlog)).unwrap_or_default(),
+            );
+            line(
+                "successover_agent_applied_transactions_per_second",
+                "gauge",
+                "Transactions the local replica applied per second over the last 10 s.",
+                apply
+                    .and_then(|a| a.per_second)
+                    .map(plain)
+                    .unwrap_or_default(),
+            );
+            line(
+                "successover_agent_expected_apply_seconds",
+                "gauge",
+                "How long the local replica takes to apply its backlog at that rate: what a failover to it waits.",
+                apply
+                    .and_then(|a| a.expected)
+                    .map(|d| vec![(String::new(), format!("{:.3}", d.as_secs_f64()))])
+                    .unwrap_or_default(),
+            );
             line(
                 "successover_agent_last_cycle_timestamp_seconds",
                 "gauge",
@@ -190,5 +226,15 @@ mod tests {
             .contains("successover_agent_actions_total{action=\"publish\",outcome=\"error\"} 1"));
         assert!(text.contains("successover_agent_coordinator 1"));
         assert!(text.contains("successover_agent_errors_total{stage=\"consul\"} 1"));
+        assert!(!text.contains("\nsuccessover_agent_apply_backlog_transactions "));
+        m.apply_lag(Some(&crate::observe::ApplyLag {
+            backlog: 1200,
+            per_second: Some(400),
+            expected: Some(std::time::Duration::from_secs(3)),
+        }));
+        let text = m.exposition();
+        assert!(text.contains("successover_agent_apply_backlog_transactions 1200"));
+        assert!(text.contains("successover_agent_applied_transactions_per_second 400"));
+        assert!(text.contains("successover_agent_expected_apply_seconds 3.000"));
     }
 }

@@ -69,6 +69,9 @@ pub fn build(
         last_io_error: s.last_io_error.clone(),
         last_sql_error: s.last_sql_error.clone(),
         received_gtid: s.received().to_string(),
+        apply_backlog: None,
+        applied_per_s: None,
+        expected_apply_ms: None,
     });
     r.gtid_executed = Some(o.gtid_executed.to_string());
     let s = &o.semi_sync;
@@ -102,6 +105,15 @@ pub fn add_apply_settings(r: &mut HealthReport, a: &crate::mysql::status::ApplyS
     }
     if a.workers > 1 && !a.ordered {
         r.drift.push("parallel appliers commit out of order (replica_preserve_commit_order=OFF): a failover candidate may hold gaps, want ON".to_owned());
+    }
+}
+
+/// A replica's apply backlog and rate (see [`crate::observe::ApplyMeter`]).
+pub fn add_apply_lag(r: &mut HealthReport, lag: &crate::observe::ApplyLag) {
+    if let Some(rep) = r.replication.as_mut() {
+        rep.apply_backlog = Some(lag.backlog);
+        rep.applied_per_s = lag.per_second;
+        rep.expected_apply_ms = lag.expected.map(|d| d.as_millis() as u64);
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Agent {
     /// The local server's applier settings, read as often as
     /// `read_only_writers` (they change only by an operator's hand).
     apply_settings: Option<(Instant, crate::mysql::status::ApplySettings)>,
+    /// The local replica's apply backlog and rate, for the report and the
+    /// metrics.
+    apply_meter: crate::observe::ApplyMeter,
     /// The coordinator's looks at its source between cycles.
     prober: crate::probe::Prober,
     free_lock_seen: u32,
@@ -153,6 +156,7 @@ impl Agent {
             last_report_write: None,
             read_only_writers: None,
             apply_settings: None,
+            apply_meter: Default::default(),
             prober: crate::probe::Prober::new(Default::default()),
             free_lock_seen: 0,
             coordinating: false,
@@ -701,6 +705,11 @@ impl Agent {
     /// due: a KV write is a Raft round, and thousands of agents share one
     /// Consul (DESIGN.md "Scale").
     async fn report(&mut self, local: &Result<Observation, String>) {
+        let lag = local
+            .as_ref()
+            .ok()
+            .and_then(|o| self.apply_meter.observe(std::time::Instant::now(), o));
+        self.metrics.apply_lag(lag.as_ref());
         let Some(session) = self.session().map(str::to_owned) else {
             return;
         };
@@ -742,6 +751,9 @@ impl Agent {
             }
             if let Some((_, a)) = &self.apply_settings {
                 crate::report::add_apply_settings(&mut report, a);
+            }
+            if let Some(lag) = &lag {
+                crate::report::add_apply_lag(&mut report, lag);
             }
             if let Some((_, users)) = &self.read_only_writers {
                 report.read_only_writers = users

@@ -1174,6 +1174,68 @@ async fn replicas_report_their_appliers_and_a_loose_gtid_setting_is_drift() {
         "db3's drift {:?} does not name {want}",
         loose.drift
     );
+
+    // What a failover to a replica would wait for: with its applier
+    // stopped, its report and its agent's metrics show the backlog and no
+    // time to apply it; running again, it catches up to nothing left.
+    let sql_thread = |verb: &str| {
+        if mysql {
+            format!("{verb} REPLICA SQL_THREAD")
+        } else {
+            format!("{verb} SLAVE SQL_THREAD")
+        }
+    };
+    topo.server(2).exec(&sql_thread("STOP")).await.unwrap();
+    topo.source()
+        .exec(
+            "CREATE DATABASE IF NOT EXISTS successover_check; \
+             CREATE TABLE IF NOT EXISTS successover_check.lag (id BIGINT PRIMARY KEY)",
+        )
+        .await
+        .unwrap();
+    for id in 0..50 {
+        insert(topo.source(), "lag", id).await.unwrap();
+    }
+    let apply = |node: &'static str| {
+        let report = &report;
+        async move { report(node).await.and_then(|r| r.replication) }
+    };
+    let stalled = wait_until(Duration::from_secs(20), || async {
+        apply("db3")
+            .await
+            .is_some_and(|r| r.apply_backlog >= Some(50) && r.expected_apply_ms.is_none())
+    })
+    .await;
+    assert!(
+        stalled.is_ok(),
+        "db3's report never showed its stopped applier's backlog: {:?}\n{}",
+        apply("db3").await,
+        dump_logs(&agents)
+    );
+    let db3 = agents.iter().find(|a| a.opts.node == "db3").unwrap();
+    let metrics = db3.metrics().await.unwrap_or_default();
+    let backlog: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("successover_agent_apply_backlog_transactions "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no apply backlog in db3's metrics:\n{metrics}"));
+    assert!(backlog >= 50, "db3's metrics show a backlog of {backlog}");
+    assert!(
+        !metrics.contains("\nsuccessover_agent_expected_apply_seconds "),
+        "a stalled applier was given an apply time:\n{metrics}"
+    );
+    topo.server(2).exec(&sql_thread("START")).await.unwrap();
+    let caught_up = wait_until(Duration::from_secs(20), || async {
+        apply("db3")
+            .await
+            .is_some_and(|r| r.apply_backlog == Some(0) && r.expected_apply_ms == Some(0))
+    })
+    .await;
+    assert!(
+        caught_up.is_ok(),
+        "db3's report never showed it caught up: {:?}",
+        apply("db3").await
+    );
 }
 
 /// The fence of an old source whose `read_only` waits behind orphaned ACK

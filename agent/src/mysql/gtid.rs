@@ -633,6 +633,31 @@ impl GtidState {
         }
     }
 
+    /// How many transactions `self` holds beyond `other`: on a replica,
+    /// received beyond applied (its apply backlog), or applied now beyond
+    /// applied a moment ago (its apply progress). MariaDB counts sequence
+    /// numbers per domain, which gtid_strict_mode keeps increasing by one
+    /// per transaction within a domain's history; MySQL counts the GTIDs.
+    pub fn transactions_beyond(&self, other: &GtidState) -> Result<u64, FlavourMismatch> {
+        if self.is_empty() {
+            return Ok(0);
+        }
+        match (self, other) {
+            (GtidState::MariaDb(a), GtidState::MariaDb(b)) => Ok(a.iter().fold(0u64, |n, g| {
+                let behind = b
+                    .get(g.domain)
+                    .map_or(g.seq, |o| g.seq.saturating_sub(o.seq));
+                n.saturating_add(behind)
+            })),
+            (GtidState::MySql(a), GtidState::MySql(b)) => Ok(a.subtract(b).count()),
+            (_, o) if o.is_empty() => Ok(match self {
+                GtidState::MariaDb(a) => a.iter().fold(0u64, |n, g| n.saturating_add(g.seq)),
+                GtidState::MySql(a) => a.count(),
+            }),
+            _ => Err(FlavourMismatch),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             GtidState::MariaDb(p) => p.is_empty(),
@@ -994,6 +1019,35 @@ mod tests {
         }
         assert_eq!(empty_text.contains(&y), Ok(false));
         assert!(empty_text.not_in(&y).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_backlog_counts_the_transactions_received_beyond_those_applied() {
+        let m = |s: &str| GtidState::MariaDb(pos(s));
+        // Two domains behind by 5 and 2; a domain only received counts whole.
+        assert_eq!(
+            m("0-1-105,1-2-7").transactions_beyond(&m("0-1-100,1-2-5")),
+            Ok(7)
+        );
+        assert_eq!(
+            m("0-1-105,1-2-7").transactions_beyond(&m("0-1-100")),
+            Ok(12)
+        );
+        // Applied ahead of received (the IO thread restarted) is no backlog.
+        assert_eq!(m("0-1-90").transactions_beyond(&m("0-1-100")), Ok(0));
+        let y = |s: &str| GtidState::MySql(GtidSet::parse(s).unwrap());
+        let u = "3E11FA47-71CA-11E1-9E33-C80AA9429562";
+        assert_eq!(
+            y(&format!("{u}:1-100:120-130")).transactions_beyond(&y(&format!("{u}:1-95"))),
+            Ok(16)
+        );
+        let empty = GtidState::parse_any("").unwrap();
+        assert_eq!(y(&format!("{u}:1-10")).transactions_beyond(&empty), Ok(10));
+        assert_eq!(empty.transactions_beyond(&y(&format!("{u}:1-10"))), Ok(0));
+        assert_eq!(
+            m("0-1-5").transactions_beyond(&y(&format!("{u}:1-10"))),
+            Err(FlavourMismatch)
+        );
     }
 }
 

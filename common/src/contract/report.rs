@@ -26,7 +26,9 @@
 //!
 //! `replication` on a replica: `{ "source": "host:port", "io_running": "Yes",
 //! "sql_running": true, "seconds_behind": 0, "last_io_error": "",
-//! "last_sql_error": "", "received_gtid": "0-1-42" }`.
+//! "last_sql_error": "", "received_gtid": "0-1-42", "apply_backlog": 0,
+//! "applied_per_s": 120, "expected_apply_ms": 0 }` (the last three absent
+//! until the agent has measured them).
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +94,17 @@ pub struct ReplicationReport {
     pub last_io_error: String,
     pub last_sql_error: String,
     pub received_gtid: String,
+    /// Transactions received and not yet applied: what a failover to this
+    /// replica applies before it opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_backlog: Option<u64>,
+    /// Transactions applied per second over the agent's last 10 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_per_s: Option<u64>,
+    /// The backlog at that rate, in milliseconds; absent while the applier
+    /// makes no progress with work to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_apply_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +152,17 @@ impl HealthReport {
             }
             if let Some(rep) = r.replication.as_mut() {
                 rep.received_gtid.clear();
+                rep.applied_per_s = None;
+                rep.apply_backlog = rep.apply_backlog.map(|n| match n {
+                    0..=999 => 0,
+                    1_000..=99_999 => 1,
+                    _ => 2,
+                });
+                rep.expected_apply_ms = rep.expected_apply_ms.map(|ms| match ms {
+                    0..=4_999 => 0,
+                    5_000..=59_999 => 1,
+                    _ => 2,
+                });
                 // Lag is reported in coarse steps so a replica that wobbles
                 // between 0 and 1 s does not write every tick.
                 rep.seconds_behind = rep.seconds_behind.map(|s| match s {
@@ -185,7 +209,11 @@ mod tests {
 
     #[test]
     fn counters_and_small_lag_changes_are_not_material() {
-        let a = HealthReport::parse(REPLICA.as_bytes()).unwrap();
+        let mut a = HealthReport::parse(REPLICA.as_bytes()).unwrap();
+        let rep = a.replication.as_mut().unwrap();
+        rep.apply_backlog = Some(0);
+        rep.applied_per_s = Some(120);
+        rep.expected_apply_ms = Some(0);
         let mut b = a.clone();
         b.observed_at_ms += 30_000;
         b.client_connections = Some(40);
@@ -194,7 +222,16 @@ mod tests {
         let rep = b.replication.as_mut().unwrap();
         rep.received_gtid = "0-1-99".into();
         rep.seconds_behind = Some(3);
+        rep.apply_backlog = Some(800);
+        rep.applied_per_s = Some(450);
+        rep.expected_apply_ms = Some(1_800);
         assert!(!a.differs_materially(&b));
+        let mut behind = b.clone();
+        behind.replication.as_mut().unwrap().expected_apply_ms = Some(7_000);
+        assert!(b.differs_materially(&behind), "apply time crossed a step");
+        behind = b.clone();
+        behind.replication.as_mut().unwrap().apply_backlog = Some(1_000);
+        assert!(b.differs_materially(&behind), "backlog crossed a step");
         b.replication.as_mut().unwrap().seconds_behind = Some(5);
         assert!(a.differs_materially(&b), "lag crossed a step");
         let mut c = a.clone();

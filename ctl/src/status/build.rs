@@ -30,6 +30,9 @@ impl From<&ReplicationReport> for Replication {
             seconds_behind: r.seconds_behind,
             last_io_error: r.last_io_error.clone(),
             last_sql_error: r.last_sql_error.clone(),
+            apply_backlog: r.apply_backlog,
+            applied_per_s: r.applied_per_s,
+            expected_apply_ms: r.expected_apply_ms,
         }
     }
 }

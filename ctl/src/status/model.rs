@@ -119,6 +119,16 @@ pub struct Replication {
     pub seconds_behind: Option<u64>,
     pub last_io_error: String,
     pub last_sql_error: String,
+    /// Transactions received and not yet applied: what a failover to this
+    /// replica would apply before it opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_backlog: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_per_s: Option<u64>,
+    /// The backlog at that rate (ms); absent while the applier is stalled
+    /// with work to do, or not yet measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_apply_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

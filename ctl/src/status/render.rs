@@ -216,11 +216,25 @@ fn replication_cell(r: &Replication) -> String {
         .seconds_behind
         .map_or("lag ?".to_owned(), |s| format!("lag {s}s"));
     format!(
-        "{} io {} sql {} {lag}",
+        "{} io {} sql {} {lag}{}",
         r.source,
         r.io_running,
-        if r.sql_running { "Yes" } else { "No" }
+        if r.sql_running { "Yes" } else { "No" },
+        apply_words(r)
     )
+}
+
+/// What a failover to the replica would wait for: its unapplied backlog
+/// at its recent apply rate.
+fn apply_words(r: &Replication) -> String {
+    match (r.apply_backlog, r.expected_apply_ms) {
+        (None, _) | (Some(0), _) => String::new(),
+        (Some(n), Some(ms)) => format!(", {n} tx to apply (~{:.1} s)", ms as f64 / 1000.0),
+        (Some(n), None) if r.applied_per_s == Some(0) => {
+            format!(", {n} tx to apply, applier STALLED")
+        }
+        (Some(n), None) => format!(", {n} tx to apply"),
+    }
 }
 
 fn semi_sync_cell(s: &SemiSync) -> String {
@@ -398,6 +412,9 @@ db3   -        -    -                               -                        -  
                 seconds_behind: None,
                 last_io_error: "error connecting".into(),
                 last_sql_error: String::new(),
+                apply_backlog: Some(4200),
+                applied_per_s: Some(0),
+                expected_apply_ms: None,
             }),
             semi_sync: Some(SemiSync {
                 source_enabled: true,
@@ -493,6 +510,35 @@ db3   -        -    -                               -                        -  
     }
 
     #[test]
+    fn a_replica_behind_says_what_a_failover_to_it_would_apply() {
+        let r = |backlog, rate, ms| Replication {
+            source: "db1:3306".into(),
+            io_running: "Yes".into(),
+            sql_running: true,
+            seconds_behind: Some(4),
+            last_io_error: String::new(),
+            last_sql_error: String::new(),
+            apply_backlog: backlog,
+            applied_per_s: rate,
+            expected_apply_ms: ms,
+        };
+        let cell = |b, p, m| replication_cell(&r(b, p, m));
+        assert_eq!(
+            cell(Some(3000), Some(1200), Some(2500)),
+            "db1:3306 io Yes sql Yes lag 4s, 3000 tx to apply (~2.5 s)"
+        );
+        assert_eq!(
+            cell(Some(0), Some(900), Some(0)),
+            "db1:3306 io Yes sql Yes lag 4s"
+        );
+        assert_eq!(cell(None, None, None), "db1:3306 io Yes sql Yes lag 4s");
+        assert_eq!(
+            cell(Some(12), None, None),
+            "db1:3306 io Yes sql Yes lag 4s, 12 tx to apply"
+        );
+    }
+
+    #[test]
     fn text_of_a_model() {
         let text = text(&doc());
         let expected = "\
@@ -506,9 +552,9 @@ request      pending: target best candidate, force, skip catch-up, max lag 30 s,
 quarantined  db1
 problem      mysql/cluster/c1: odd
 
-NODE  ROLE     RO   REPLICATION                          SEMI-SYNC                         GTID_EXECUTED  AGE    STATE
-db1   unknown  -    -                                    -                                 -              1m01s  DOWN: connect refused\\nx, QUARANTINED, no agent session
-db2   replica  yes  db9:3306 io Connecting sql No lag ?  source ASYNC; replica not ACKing  0-1-7          1m01s  up, error connecting, one applier, drift: semi-sync wait point is AFTER_COMMIT
+NODE  ROLE     RO   REPLICATION                                                             SEMI-SYNC                         GTID_EXECUTED  AGE    STATE
+db1   unknown  -    -                                                                       -                                 -              1m01s  DOWN: connect refused\\nx, QUARANTINED, no agent session
+db2   replica  yes  db9:3306 io Connecting sql No lag ?, 4200 tx to apply, applier STALLED  source ASYNC; replica not ACKing  0-1-7          1m01s  up, error connecting, one applier, drift: semi-sync wait point is AFTER_COMMIT
 
 cluster      c2
 source       none published

@@ -1,7 +1,10 @@
-//! `successover-bench-ack-move [--restarts N] [--drain | --hang]`: what
-//! patching the ACKing replica costs the writers. With `--hang` the ACKer
-//! is not restarted but hung (SIGSTOP, a hung host), and woken once commits
-//! resumed: the gap is what a hung ACKer costs. With `--drain` each restart is
+//! `successover-bench-ack-move [--restarts N] [--drain | --hang | --cut]`:
+//! what patching the ACKing replica costs the writers. With `--hang` the
+//! ACKer is not restarted but hung (SIGSTOP, a hung host), and woken once
+//! commits resumed: the gap is what a hung ACKer costs. With `--cut` (root:
+//! every database host is a network namespace) the ACKer's host, its agent
+//! included, is cut off the network instead, and healed once commits
+//! resumed. With `--drain` each restart is
 //! preceded by `drain/<cluster>/<node>` (what `successover drain` writes),
 //! as the rolling-upgrade runbook says, and the gap is measured from the
 //! drain request through the restart. Four writers commit as fast as they can,
@@ -17,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use successover_tests::cli::arg;
-use successover_tests::consul::ConsulDev;
+use successover_tests::consul::{ConsulDev, ConsulDevOptions};
 use successover_tests::mariadb::{global_var, APP_PASSWORD, APP_USER};
-use successover_tests::stack::Stack;
+use successover_tests::netns::NetHost;
+use successover_tests::stack::{NodeOptions, Stack, StackOptions};
 use successover_tests::wait_until;
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -33,9 +37,34 @@ async fn main() -> anyhow::Result<()> {
     let restarts: usize = arg(&args, "--restarts", 10)?;
     let drain = args.iter().any(|a| a == "--drain");
     let hang = args.iter().any(|a| a == "--hang");
-    anyhow::ensure!(!(drain && hang), "--drain and --hang exclude each other");
-    let consul = ConsulDev::start().await;
-    let mut stack = Stack::start("bench-ack", &consul.http_addr()).await;
+    let cut = args.iter().any(|a| a == "--cut");
+    anyhow::ensure!(
+        [drain, hang, cut].iter().filter(|&&f| f).count() <= 1,
+        "--drain, --hang and --cut exclude each other"
+    );
+    let fault = if hang {
+        ("hang", "hangs (SIGSTOP)")
+    } else if cut {
+        ("cut", "cuts off the network")
+    } else {
+        ("restart", "clean restarts")
+    };
+    let mut hosts = Vec::new();
+    if cut {
+        for i in 1..=3 {
+            hosts.push(NetHost::create(&format!("db{i}")).await);
+        }
+    }
+    let consul = ConsulDev::start_with(ConsulDevOptions {
+        extra_client_addrs: hosts.iter().map(|h| h.host_side_addr().into()).collect(),
+        ..ConsulDevOptions::default()
+    })
+    .await;
+    let mut opts = StackOptions::new("bench-ack", &consul.http_addr());
+    for (i, host) in hosts.iter().enumerate() {
+        opts.nodes[i] = NodeOptions::in_host(host, consul.http_port());
+    }
+    let mut stack = Stack::start_with(opts).await;
     let source = stack.node("db1");
     source
         .exec("CREATE DATABASE IF NOT EXISTS successover_check; CREATE TABLE IF NOT EXISTS successover_check.ack (id BIGINT PRIMARY KEY)")
@@ -104,6 +133,8 @@ async fn main() -> anyhow::Result<()> {
         }
         if hang {
             stack.topo.server_mut(i).sigstop()?;
+        } else if cut {
+            hosts[i].cut().await?;
         } else {
             stack.topo.server_mut(i).restart().await;
         }
@@ -124,6 +155,9 @@ async fn main() -> anyhow::Result<()> {
         if hang {
             stack.topo.server_mut(i).sigcont()?;
         }
+        if cut {
+            hosts[i].heal().await?;
+        }
         let mut at: Vec<Instant> = acked
             .lock()
             .unwrap()
@@ -133,10 +167,7 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         at.sort();
         let gap = at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-        eprintln!(
-            "{} {round} of {name}: longest commit gap {gap:?}",
-            if hang { "hang" } else { "restart" }
-        );
+        eprintln!("{} {round} of {name}: longest commit gap {gap:?}", fault.0);
         longest.push(gap.as_millis() as u64);
     }
     stop.cancel();
@@ -157,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         "\nsuccessover benchmark: {restarts} {} of the ACKing replica{}, 4 writers straight at the source\n\
          longest commit gap per restart (ms): min {} p50 {} p99 {} max {}\n\
          acknowledged commits {}, missing on some server {lost}",
-        if hang { "hangs (SIGSTOP)" } else { "clean restarts" },
+        fault.1,
         if drain { ", each drained first" } else { "" },
         longest[0],
         percentile(&longest, 0.5),
