@@ -343,6 +343,18 @@ impl Stack {
             .map(|i| format!("db{}", i + 1))
     }
 
+    /// The node whose agent holds the coordinator lock (the lock key's
+    /// value is `<cluster>/<node>`), if one does.
+    pub async fn coordinator_node(&self) -> Option<String> {
+        let kv = self
+            .consul
+            .kv_get(&format!("mysql/lock/{}", self.cluster))
+            .await
+            .ok()??;
+        kv.session.as_ref()?;
+        Some(kv.value_str()?.trim().rsplit('/').next()?.to_owned())
+    }
+
     /// Sets `"maintenance"` in the cluster's settings, keeping the rest:
     /// the coordinator then watches but repairs nothing.
     pub async fn set_maintenance(&self, on: bool) {

@@ -112,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
         }
         let name = flagged.ok_or_else(|| anyhow::anyhow!("no flagged replica"))?;
         let i: usize = name[2..].parse::<usize>()? - 1;
+        // Where the coordinator runs decides what losing the ACKer's host
+        // costs: the lock must move first when it is that host's.
+        let coordinator = stack.coordinator_node().await.unwrap_or_default();
         let restarted = Instant::now();
         let drain_key = format!("mysql/drain/{}/{name}", stack.cluster);
         if drain {
@@ -167,7 +170,10 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         at.sort();
         let gap = at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-        eprintln!("{} {round} of {name}: longest commit gap {gap:?}", fault.0);
+        eprintln!(
+            "{} {round} of {name} (coordinator on {coordinator}): longest commit gap {gap:?}",
+            fault.0
+        );
         longest.push(gap.as_millis() as u64);
     }
     stop.cancel();
