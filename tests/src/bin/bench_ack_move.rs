@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::*;
 use successover_tests::cli::arg;
 use successover_tests::consul::{ConsulDev, ConsulDevOptions};
-use successover_tests::mariadb::{global_var, APP_PASSWORD, APP_USER};
+use successover_tests::mariadb::{global_var, status_var, APP_PASSWORD, APP_USER};
 use successover_tests::netns::NetHost;
 use successover_tests::stack::{NodeOptions, Stack, StackOptions};
 use successover_tests::wait_until;
@@ -103,14 +103,30 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|_| anyhow::anyhow!("semi-sync never healthy before round {round}"))?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut flagged = None;
-        for name in ["db2", "db3"] {
-            let mut c = stack.node(name).conn().await?;
-            if global_var(&mut c, "rpl_semi_sync_slave_enabled").await? == "1" {
-                flagged = Some(name);
+        // The ACKer is the replica whose IO thread runs semi-sync now: a
+        // flag set on a replica that was out of reach may still read 1
+        // until the coordinator turns it off.
+        let acking = || async {
+            let mut on = Vec::new();
+            for name in ["db2", "db3"] {
+                let Ok(mut c) = stack.node(name).conn().await else {
+                    continue;
+                };
+                if status_var(&mut c, "Rpl_semi_sync_slave_status")
+                    .await
+                    .is_ok_and(|v| v == "ON")
+                {
+                    on.push(name);
+                }
             }
-        }
-        let name = flagged.ok_or_else(|| anyhow::anyhow!("no flagged replica"))?;
+            on
+        };
+        wait_until(Duration::from_secs(30), || async {
+            acking().await.len() == 1
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("round {round}: not exactly one ACKing replica"))?;
+        let name = acking().await[0];
         let i: usize = name[2..].parse::<usize>()? - 1;
         // Where the coordinator runs decides what losing the ACKer's host
         // costs: the lock must move first when it is that host's.
