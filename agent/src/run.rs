@@ -845,32 +845,41 @@ impl Agent {
             Holder::Nobody => self.free_lock_seen + 1,
             _ => 0,
         };
-        let on_source = kv
-            .published
-            .as_ref()
-            .is_some_and(|p| p.same(&self.advertise()));
-        // An agent whose own server does not answer pays that server's read
-        // timeout on every cycle, and every decision waits for the cycle:
-        // like one on the source, it leaves the lock to an agent whose
-        // server answers.
-        let local_down = self.last_report.as_ref().is_some_and(|r| !r.up);
-        let unsuited = on_source || local_down;
-        let other_live_agent = kv
+        let on_published = |addr: &HostPort| kv.published.as_ref().is_some_and(|p| p.same(addr));
+        let on_source = on_published(&self.advertise());
+        let acker = |r: &HealthReport| r.semi_sync.as_ref().is_some_and(|s| s.replica_enabled);
+        let mine = match self.last_report.as_ref() {
+            Some(r) => member::Placement::of(r.up, on_source, acker(r)),
+            None => member::Placement::of(true, on_source, false),
+        };
+        let best_other = kv
             .reports
             .values()
-            .any(|r| r.node != self.node.as_str() && r.up);
-        match member::lock_move(holder, unsuited, other_live_agent, self.free_lock_seen) {
+            .filter(|r| r.node != self.node.as_str() && r.up)
+            .map(|r| {
+                let on = successover_common::contract::HostPort::parse(&r.addr)
+                    .is_ok_and(|a| on_published(&a));
+                member::Placement::of(r.up, on, acker(r))
+            })
+            .min();
+        let may_hand_over =
+            self.active.is_none() && !self.suspects_source() && !self.prober.failing();
+        match member::lock_move(holder, mine, best_other, may_hand_over, self.free_lock_seen) {
             LockMove::Keep => Ok(true),
             LockMove::Wait => Ok(false),
             LockMove::Release => {
                 membership.unlock(&key).await?;
                 self.free_lock_seen = 0;
-                if on_source {
-                    tracing::info!("handing the coordinator lock to an agent not on the source");
-                } else {
-                    tracing::info!(
+                match mine {
+                    member::Placement::Source => tracing::info!(
+                        "handing the coordinator lock to an agent not on the source"
+                    ),
+                    member::Placement::Acker => tracing::info!(
+                        "handing the coordinator lock to an agent on a replica that does not ACK"
+                    ),
+                    _ => tracing::info!(
                         "handing the coordinator lock to an agent whose server answers: this one's does not"
-                    );
+                    ),
                 }
                 Ok(false)
             }

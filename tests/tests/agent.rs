@@ -1116,6 +1116,75 @@ async fn a_servers_start_time_names_one_run_of_it() {
 /// would let a GTID position lie about what a server applied is reported
 /// as drift: MariaDB without `gtid_strict_mode`, MySQL's parallel
 /// workers without `replica_preserve_commit_order`.
+/// The coordinator runs where losing its host stops no commit: not on the
+/// source, not on the ACKer (whose loss stalls every commit until the
+/// coordinator moves the ACK role, and a coordinator lost with it must
+/// first have its lock expire), but on the replica that does neither; and
+/// it moves there again when the ACK role moves to its host.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_runs_on_the_replica_that_neither_takes_writes_nor_acks() {
+    let topo = Topology::source_with_replicas(2).await;
+    let agents = healthy_agents("c-place", &topo).await;
+    let kv = client().await;
+    let holder = || {
+        let kv = kv.clone();
+        async move {
+            let pair = kv.kv_get("mysql/lock/c-place").await.ok()??;
+            pair.session.as_ref()?;
+            let v = String::from_utf8(pair.value?).ok()?;
+            Some(v.trim().rsplit('/').next()?.to_owned())
+        }
+    };
+    let acker = || async {
+        for (i, name) in [(1, "db2"), (2, "db3")] {
+            let mut c = topo.server(i).conn().await.ok()?;
+            if global_var(&mut c, "rpl_semi_sync_slave_enabled")
+                .await
+                .ok()?
+                == "1"
+            {
+                return Some(name);
+            }
+        }
+        None
+    };
+    let spare = |a: &str| if a == "db2" { "db3" } else { "db2" };
+    let placed = wait_until(Duration::from_secs(30), || async {
+        match (acker().await, holder().await) {
+            (Some(a), Some(h)) => h == spare(a),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(
+        placed.is_ok(),
+        "the coordinator is on {:?}, the ACKer is {:?}\n{}",
+        holder().await,
+        acker().await,
+        dump_logs(&agents)
+    );
+    // Drain the ACKer: the role moves to the coordinator's host, and the
+    // lock follows to the replica that no longer ACKs.
+    let first = acker().await.unwrap();
+    kv.kv_put(
+        &format!("mysql/drain/c-place/{first}"),
+        "{\"by\": \"test\"}",
+    )
+    .await
+    .unwrap();
+    let moved = wait_until(Duration::from_secs(30), || async {
+        acker().await == Some(spare(first)) && holder().await.as_deref() == Some(first)
+    })
+    .await;
+    assert!(
+        moved.is_ok(),
+        "after draining {first}: the coordinator is on {:?}, the ACKer is {:?}\n{}",
+        holder().await,
+        acker().await,
+        dump_logs(&agents)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_report_their_appliers_and_a_loose_gtid_setting_is_drift() {
     let topo = Topology::source_with_replicas(2).await;
