@@ -54,6 +54,9 @@
 //! converge_lag = "100ms"           # "close": it applies the source's position within this
 //! catch_up_timeout = "500ms"       # after read-only, the rest; past it the switch rolls back
 //!
+//! [history]
+//! keep = 100                       # entries per cluster; older ones are deleted
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9104"        # default: no metrics server
 //! ```
@@ -88,7 +91,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub switchover: RawSwitchover,
     #[serde(default)]
+    pub history: RawHistory,
+    #[serde(default)]
     pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHistory {
+    /// History entries kept per cluster.
+    pub keep: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,6 +277,9 @@ pub struct Config {
     /// After the old source is read-only: how long the target may take to
     /// apply the rest before the switch rolls back.
     pub catch_up_timeout: Duration,
+    /// History entries kept per cluster: after each procedure the
+    /// coordinator deletes the oldest beyond this.
+    pub history_keep: u32,
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -496,6 +510,13 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
         500 * MILLISECOND,
         (50 * MILLISECOND, 600 * SECOND),
     );
+    let history_keep = raw.history.keep.unwrap_or(100);
+    if !(1..=100_000).contains(&history_keep) {
+        p.push(
+            "history.keep",
+            ProblemKind::Expected("a count from 1 to 100000"),
+        );
+    }
     let replication_public_key_file = raw.mysql.replication_public_key_file.clone();
     if let Some(path) = &replication_public_key_file {
         if raw.mysql.replication_tls != Some(false) {
@@ -545,6 +566,7 @@ pub fn validate(raw: RawConfig, env: Env<'_>) -> Result<Config, Vec<Problem>> {
         converge_timeout,
         converge_lag,
         catch_up_timeout,
+        history_keep,
         metrics_listen,
     })
 }

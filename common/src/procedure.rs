@@ -189,6 +189,34 @@ impl HistoryEntry {
     }
 }
 
+/// Which of the history keys under `prefix` (`history/<cluster>/`, as
+/// `kv_keys` lists them) to delete so that the newest `keep` remain. Ids
+/// sort by start time; `spare` (a procedure running, say) is never
+/// deleted, nor is any key but an entry's (`in-progress` and
+/// `last-failover` share the prefix).
+pub fn history_to_prune(keys: &[String], prefix: &str, keep: usize, spare: &[&str]) -> Vec<String> {
+    let is_entry_id = |id: &str| {
+        let (time, kind) = id.split_at(id.len().min(15));
+        time.len() == 15
+            && time.bytes().all(|b| b.is_ascii_digit())
+            && kind.len() > 1
+            && kind.starts_with('-')
+            && !kind.contains('/')
+    };
+    let mut entries: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.strip_prefix(prefix).is_some_and(is_entry_id))
+        .collect();
+    entries.sort();
+    let excess = entries.len().saturating_sub(keep);
+    entries
+        .into_iter()
+        .take(excess)
+        .filter(|k| !spare.iter().any(|id| k.strip_prefix(prefix) == Some(*id)))
+        .cloned()
+        .collect()
+}
+
 /// Entry ids sort by start time: milliseconds, zero-padded.
 pub fn history_id(started_ms: u64, kind: ProcedureKind) -> String {
     format!("{started_ms:015}-{}", kind.as_str())
@@ -525,5 +553,42 @@ mod tests {
         let a = history_id(999, ProcedureKind::Switchover);
         let b = history_id(1_000, ProcedureKind::Failover);
         assert!(a < b, "{a} {b}");
+    }
+
+    #[test]
+    fn history_keeps_the_newest_entries_and_never_a_running_one() {
+        let p = "mysql/history/c1/";
+        let keys: Vec<String> = [5u64, 1, 4, 2, 3]
+            .iter()
+            .map(|t| format!("{p}{}", history_id(*t, ProcedureKind::Failover)))
+            .chain(
+                [
+                    "mysql/history/c1/x/y",
+                    "mysql/history/c1/",
+                    "mysql/history/c1/in-progress",
+                    "mysql/history/c1/last-failover",
+                    "mysql/history/c1/000000000000000-failover/x",
+                ]
+                .map(str::to_owned),
+            )
+            .collect();
+        // Keeping one deletes four entries and nothing else.
+        assert_eq!(history_to_prune(&keys, p, 1, &[]).len(), 4);
+        assert!(history_to_prune(&keys, p, 1, &[])
+            .iter()
+            .all(|k| k[p.len()..].starts_with("0000")));
+        let pruned = history_to_prune(&keys, p, 2, &[]);
+        let ids: Vec<&str> = pruned.iter().map(|k| &k[p.len()..]).collect();
+        assert_eq!(
+            ids,
+            [1u64, 2, 3]
+                .iter()
+                .map(|t| history_id(*t, ProcedureKind::Failover))
+                .collect::<Vec<_>>()
+        );
+        let running = history_id(2, ProcedureKind::Failover);
+        assert_eq!(history_to_prune(&keys, p, 2, &[&running]).len(), 2);
+        assert!(history_to_prune(&keys, p, 5, &[]).is_empty());
+        assert!(history_to_prune(&keys, p, 100, &[]).is_empty());
     }
 }

@@ -65,6 +65,8 @@ pub struct AgentOptions {
     /// The daemon's defaults, as [`shipped_timing`] gives every agent: for
     /// a test whose claim is about the shipped configuration.
     pub shipped: bool,
+    /// `[history] keep`, when not the daemon's default.
+    pub history_keep: Option<u32>,
 }
 
 impl AgentOptions {
@@ -81,6 +83,7 @@ impl AgentOptions {
             account: None,
             advertise: None,
             shipped: false,
+            history_keep: None,
         }
     }
 }
@@ -130,10 +133,14 @@ replication_password_file = "{repl_pw}"
 [consul]
 address = "{consul}"
 {metrics}
-{timing}"#,
+{timing}{history}"#,
                 metrics = metrics_port
                     .as_ref()
                     .map(|p| format!("\n[metrics]\nlisten = \"127.0.0.1:{}\"\n", p.port()))
+                    .unwrap_or_default(),
+                history = opts
+                    .history_keep
+                    .map(|n| format!("\n[history]\nkeep = {n}\n"))
                     .unwrap_or_default(),
                 cluster = opts.cluster,
                 node = opts.node,

@@ -83,6 +83,8 @@ pub struct StackOptions {
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// Agents on the daemon's defaults (see [`AgentOptions::shipped`]).
     pub shipped_timing: bool,
+    /// The agents' `[history] keep`, when not the default.
+    pub history_keep: Option<u32>,
 }
 
 impl StackOptions {
@@ -94,6 +96,7 @@ impl StackOptions {
             nodes: vec![NodeOptions::default(); 3],
             settings: serde_json::Map::new(),
             shipped_timing: false,
+            history_keep: None,
         }
     }
 
@@ -171,6 +174,7 @@ impl Stack {
             );
             o.netns = n.netns.clone();
             o.shipped = opts.shipped_timing;
+            o.history_keep = opts.history_keep;
             o.advertise = relays
                 .get(&format!("db{}", i + 1))
                 .map(|r: &Relay| r.addr());

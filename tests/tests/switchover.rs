@@ -995,3 +995,73 @@ async fn a_lock_deleted_by_hand_mid_switch_stops_its_coordinator() {
         entry.outcome, entry.reason
     );
 }
+
+/// The history keeps the newest `history.keep` entries per cluster: a
+/// finished switch deletes the oldest beyond, and nothing else under the
+/// prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_switch_prunes_the_history_to_its_newest_entries() {
+    use successover_common::procedure::{history_id, ProcedureKind};
+    use successover_tests::stack::StackOptions;
+    let mut opts = StackOptions::new("c-prune", &consul_addr().await);
+    opts.history_keep = Some(3);
+    let stack = Stack::start_with(opts).await;
+    // Five switches of long ago, and a key under the prefix that is not an
+    // entry.
+    let old: Vec<String> = (1..=5u64)
+        .map(|t| history_id(t * 1000, ProcedureKind::Switchover))
+        .collect();
+    for id in &old {
+        let mut e = HistoryEntry::start(ProcedureKind::Switchover, "c-prune", "c-prune/db9", 0);
+        e.id = id.clone();
+        e.outcome = Outcome::Done;
+        stack
+            .consul
+            .kv_put(
+                &format!("mysql/history/c-prune/{id}"),
+                serde_json::to_vec(&e).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    stack
+        .consul
+        .kv_put(
+            "mysql/history/c-prune/last-failover",
+            r#"{"id": "000000000001000-failover", "at_ms": 1000}"#,
+        )
+        .await
+        .unwrap();
+    // Not `request`: the entry it waits for by position moves when the
+    // older ones go.
+    stack
+        .consul
+        .kv_put("mysql/switchover/c-prune", "db2")
+        .await
+        .unwrap();
+    let entry = wait_for(Duration::from_secs(60), || async {
+        history(&stack)
+            .await
+            .into_iter()
+            .find(|e| !old.contains(&e.id) && e.outcome != Outcome::Running)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the switch never finished\n{}", stack.logs()));
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    let kept = wait_for(Duration::from_secs(20), || async {
+        let ids: Vec<String> = history(&stack).await.into_iter().map(|e| e.id).collect();
+        (ids.len() == 3).then_some(ids)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("history never pruned to 3\n{}", stack.logs()));
+    assert_eq!(kept, vec![old[3].clone(), old[4].clone(), entry.id.clone()]);
+    assert!(
+        stack
+            .consul
+            .kv_get("mysql/history/c-prune/last-failover")
+            .await
+            .unwrap()
+            .is_some(),
+        "a key that is not an entry was pruned"
+    );
+}

@@ -224,6 +224,41 @@ impl Coordinator<'_> {
         }
     }
 
+    /// Deletes the cluster's oldest history entries beyond
+    /// `history.keep`, never `running`'s. Best effort: an entry left over
+    /// goes with the next procedure's pruning.
+    pub async fn prune_history(&self, running: &[&str]) {
+        let prefix = self.keys.history_prefix(self.cluster);
+        let keys = match self.consul.kv_keys(&prefix, None).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the history to prune it");
+                return;
+            }
+        };
+        let old = successover_common::procedure::history_to_prune(
+            &keys,
+            &prefix,
+            self.cfg.history_keep as usize,
+            running,
+        );
+        // A Consul transaction takes 64 operations; one is the lock check.
+        for chunk in old.chunks(63) {
+            let ops = chunk.iter().map(TxnOp::delete).collect();
+            if let Err(e) = self.guarded_txn(ops).await {
+                tracing::warn!(error = e, "cannot delete old history entries");
+                return;
+            }
+        }
+        if !old.is_empty() {
+            tracing::info!(
+                deleted = old.len(),
+                keep = self.cfg.history_keep,
+                "pruned the history"
+            );
+        }
+    }
+
     pub fn history_op(&self, entry: &HistoryEntry) -> TxnOp {
         TxnOp::set(
             self.keys.history_key(self.cluster, &entry.id),
@@ -756,6 +791,8 @@ impl Coordinator<'_> {
         }
         if let Err(e) = self.guarded_txn(ops).await {
             tracing::warn!(error = e, "cannot record the procedure's outcome");
+        } else {
+            self.prune_history(&[]).await;
         }
         let kind = entry.kind.as_str();
         match outcome {

@@ -65,6 +65,9 @@ impl Coordinator<'_> {
         }
         kv.rejoins.retain(|r| r.key != request.key);
         tracing::info!(node, ?outcome, "rejoin: {reason}");
+        let running = kv.in_progress.as_ref().map(|(id, _)| id.as_str());
+        self.prune_history(&running.into_iter().collect::<Vec<_>>())
+            .await;
         Ok(Some(format!("rejoin {}: {reason}", outcome.as_str())))
     }
 
