@@ -10,7 +10,7 @@ use successover_agent::config;
 use successover_agent::metrics::Metrics;
 use successover_agent::run::Agent;
 use successover_common::systemd;
-use successover_common::telemetry::{init_logging, report, serve_metrics, Exposition};
+use successover_common::telemetry::{init_logging, report, serve_metrics, Exposition, Readiness};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -123,7 +123,15 @@ async fn run(args: Args, cfg: config::Config) -> ExitCode {
             Ok(listener) => {
                 let m = metrics.clone();
                 let exposition: Exposition = Arc::new(move || m.exposition());
-                tokio::spawn(serve_metrics(listener, exposition, cancel.clone()).in_current_span());
+                let m = metrics.clone();
+                // A cycle takes a tick plus its reads: three ticks and the
+                // read timeout without one is a stalled agent.
+                let stale = cfg.tick * 3 + cfg.query_timeout;
+                let readiness: Readiness = Arc::new(move || m.readiness(stale));
+                tokio::spawn(
+                    serve_metrics(listener, exposition, readiness, cancel.clone())
+                        .in_current_span(),
+                );
             }
             Err(e) => {
                 eprintln!("cannot listen on {addr} for metrics: {e}");

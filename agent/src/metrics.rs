@@ -31,7 +31,10 @@ struct Inner {
     report_writes: u64,
     coordinator: bool,
     mysql_up: bool,
+    reached_consul: bool,
     last_cycle: f64,
+    /// When the last cycle ended, on the monotonic clock.
+    last_cycle_at: Option<std::time::Instant>,
     apply: Option<crate::observe::ApplyLag>,
 }
 
@@ -48,7 +51,7 @@ impl Metrics {
         f(&mut guard)
     }
 
-    pub fn cycle(&self, coordinator: bool, mysql_up: bool) {
+    pub fn cycle(&self, coordinator: bool, mysql_up: bool, reached_consul: bool) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -58,8 +61,25 @@ impl Metrics {
             *m.cycles.entry(role).or_default() += 1;
             m.coordinator = coordinator;
             m.mysql_up = mysql_up;
+            m.reached_consul = reached_consul;
             m.last_cycle = now;
+            m.last_cycle_at = Some(std::time::Instant::now());
         });
+    }
+
+    /// Ready when a cycle ended within `stale`, reached Consul and read
+    /// the local server.
+    pub fn readiness(&self, stale: std::time::Duration) -> Result<(), String> {
+        self.with(|m| match m.last_cycle_at {
+            None => Err("no cycle finished yet".to_owned()),
+            Some(at) if at.elapsed() > stale => Err(format!(
+                "no cycle finished for {:.1} s",
+                at.elapsed().as_secs_f64()
+            )),
+            Some(_) if !m.reached_consul => Err("the last cycle did not reach Consul".to_owned()),
+            Some(_) if !m.mysql_up => Err("the local server did not answer".to_owned()),
+            Some(_) => Ok(()),
+        })
     }
 
     pub fn action(&self, action: &'static str, ok: bool) {
@@ -216,7 +236,7 @@ mod tests {
     #[test]
     fn exposition_has_each_family() {
         let m = Metrics::default();
-        m.cycle(true, true);
+        m.cycle(true, true, true);
         m.action("set_read_only", true);
         m.action("publish", false);
         m.error("consul");
@@ -227,6 +247,20 @@ mod tests {
         assert!(text.contains("successover_agent_coordinator 1"));
         assert!(text.contains("successover_agent_errors_total{stage=\"consul\"} 1"));
         assert!(!text.contains("\nsuccessover_agent_apply_backlog_transactions "));
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(m.readiness(second), Ok(()));
+        m.cycle(false, false, true);
+        assert_eq!(
+            m.readiness(second),
+            Err("the local server did not answer".into())
+        );
+        m.cycle(false, true, false);
+        assert!(m.readiness(second).unwrap_err().contains("Consul"));
+        assert!(m
+            .readiness(std::time::Duration::ZERO)
+            .unwrap_err()
+            .contains("no cycle finished for"));
+        assert!(Metrics::default().readiness(second).is_err());
         m.apply_lag(Some(&crate::observe::ApplyLag {
             backlog: 1200,
             per_second: Some(400),

@@ -285,6 +285,7 @@ impl Agent {
         self.metrics.cycle(
             outcome.coordinator,
             self.last_report.as_ref().is_some_and(|r| r.up),
+            outcome.reached_consul,
         );
         outcome
     }

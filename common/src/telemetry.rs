@@ -55,11 +55,17 @@ pub fn consul_requests_exposition(consul: &crate::consul::Consul) -> String {
 /// Produces the Prometheus text exposition on each scrape.
 pub type Exposition = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serves `GET /metrics` until cancelled. One request per connection: a
-/// scraper needs nothing more, and there is no keep-alive state to leak.
+/// Whether the daemon does its job now (`/ready`), or why not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves until cancelled: `GET /metrics`; `GET /health`, 200 while the
+/// process answers (liveness); `GET /ready`, 200 when `readiness` says so,
+/// else 503 with the reason. One request per connection: a scraper or a
+/// probe needs nothing more, and there is no keep-alive state to leak.
 pub async fn serve_metrics(
     listener: TcpListener,
     exposition: Exposition,
+    readiness: Readiness,
     cancel: CancellationToken,
 ) {
     loop {
@@ -75,18 +81,22 @@ pub async fn serve_metrics(
             },
         };
         let exposition = exposition.clone();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
             let Ok(Ok(n)) = read else { return };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if request.starts_with("GET ")
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                ("200 OK", exposition())
-            } else {
-                ("404 Not Found", "not found\n".to_owned())
+            let path = path.split('?').next().unwrap_or("");
+            let (status, body) = match (request.starts_with("GET "), path) {
+                (true, "/metrics") => ("200 OK", exposition()),
+                (true, "/health") => ("200 OK", "ok\n".to_owned()),
+                (true, "/ready") => match readiness() {
+                    Ok(()) => ("200 OK", "ready\n".to_owned()),
+                    Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+                },
+                _ => ("404 Not Found", "not found\n".to_owned()),
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

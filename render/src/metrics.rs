@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use successover_common::telemetry::{serve_metrics, Exposition};
+use successover_common::telemetry::{serve_metrics, Exposition, Readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -117,6 +117,16 @@ impl Metrics {
         });
     }
 
+    /// Ready once a configuration read from Consul was rendered and
+    /// applied to HAProxy. It stays ready through a Consul outage: the
+    /// last good configuration keeps serving.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.with(|m| match m.last_success {
+            Some(_) => Ok(()),
+            None => Err("no configuration from Consul applied to HAProxy yet".to_owned()),
+        })
+    }
+
     pub fn exposition(&self) -> String {
         self.with(|m| {
             let mut out = String::new();
@@ -208,10 +218,12 @@ pub async fn serve(
     consul: successover_common::consul::Consul,
     cancel: CancellationToken,
 ) {
+    let m = metrics.clone();
     let exposition: Exposition = Arc::new(move || {
-        metrics.exposition() + &successover_common::telemetry::consul_requests_exposition(&consul)
+        m.exposition() + &successover_common::telemetry::consul_requests_exposition(&consul)
     });
-    serve_metrics(listener, exposition, cancel).await
+    let readiness: Readiness = Arc::new(move || metrics.readiness());
+    serve_metrics(listener, exposition, readiness, cancel).await
 }
 
 #[cfg(test)]
@@ -267,7 +279,7 @@ mod tests {
             successover_common::consul::ConsulConfig::new("http://127.0.0.1:1"),
         )
         .unwrap();
-        let server = tokio::spawn(serve(listener, metrics, consul, cancel.clone()));
+        let server = tokio::spawn(serve(listener, metrics.clone(), consul, cancel.clone()));
 
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -283,6 +295,12 @@ mod tests {
         assert!(ok.contains("successover_render_renders_total{outcome=\"unchanged\"} 1"));
         assert!(ok.contains("# TYPE successover_consul_requests_total counter"));
         assert!(get("/").await.starts_with("HTTP/1.1 404"));
+        assert!(get("/health").await.starts_with("HTTP/1.1 200 OK"));
+        let not_ready = get("/ready").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(not_ready.contains("no configuration"), "{not_ready}");
+        metrics.success(None);
+        assert!(get("/ready").await.starts_with("HTTP/1.1 200 OK"));
         cancel.cancel();
         server.await.unwrap();
     }

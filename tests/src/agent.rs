@@ -219,6 +219,16 @@ address = "{consul}"
         scrape(port).await
     }
 
+    /// `GET /ready` on the metrics listener: (status, body).
+    pub async fn ready(&self) -> Option<(u16, String)> {
+        let port = self.metrics_port.as_ref()?.port();
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    }
+
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }

@@ -365,6 +365,23 @@ async fn writes_resume_after_losing_the_semi_sync_replica(cluster: &str, hang: b
     eprintln!(
         "semi-sync replica killed -> first commit acknowledged again after {resumed:?}; longest commit {stall:?}"
     );
+    // The dead replica's agent says it is not ready (its `/ready` probe),
+    // and why.
+    if !hang {
+        let dead = &agents[semi];
+        let down = wait_until(Duration::from_secs(15), || async {
+            dead.ready()
+                .await
+                .is_some_and(|(status, body)| status == 503 && body.contains("local server"))
+        })
+        .await;
+        assert!(
+            down.is_ok(),
+            "{}'s /ready: {:?}",
+            dead.opts.node,
+            dead.ready().await
+        );
+    }
     // The flag moved to the surviving replica, and it holds every write.
     // (The hung replica answers nothing: only the other one is asked.)
     let survivor_flags = (
@@ -1149,6 +1166,19 @@ async fn the_coordinator_runs_on_the_replica_that_neither_takes_writes_nor_acks(
         None
     };
     let spare = |a: &str| if a == "db2" { "db3" } else { "db2" };
+    // Every agent of a healthy cluster is ready (its `/ready` probe).
+    for a in &agents {
+        let ready = wait_until(Duration::from_secs(10), || async {
+            a.ready().await.is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+        assert!(
+            ready.is_ok(),
+            "{} not ready: {:?}",
+            a.opts.node,
+            a.ready().await
+        );
+    }
     let placed = wait_until(Duration::from_secs(30), || async {
         match (acker().await, holder().await) {
             (Some(a), Some(h)) => h == spare(a),
