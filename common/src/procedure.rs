@@ -44,6 +44,15 @@ pub struct SwitchoverRequest {
     /// Chosen by the requester to find its history entry.
     #[serde(default)]
     pub id: Option<String>,
+    /// A scheduled switch: not started before this time (Unix ms, the
+    /// coordinator's clock). Until then the request waits in KV, where a
+    /// new coordinator finds it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    /// Not started after this time (Unix ms): past it the coordinator
+    /// consumes the request and records a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_ms: Option<u64>,
 }
 
 impl SwitchoverRequest {
@@ -72,6 +81,14 @@ impl SwitchoverRequest {
                 field: "skip_catchup",
                 expected: "accompanied by force: true",
             });
+        }
+        if let (Some(from), Some(until)) = (req.not_before_ms, req.not_after_ms) {
+            if until <= from {
+                return Err(ValueError::OutOfRange {
+                    field: "not_after_ms",
+                    expected: "later than not_before_ms",
+                });
+            }
         }
         Ok(req)
     }
@@ -468,6 +485,8 @@ mod tests {
             b"{\"target\": 3}",
             b"{\"tagret\": \"db2\"}",
             b"{\"skip_catchup\": true}",
+            b"{\"not_before_ms\": 2000, \"not_after_ms\": 2000}",
+            b"{\"not_before_ms\": -1}",
             b"\xff",
         ] {
             assert!(SwitchoverRequest::parse(bad).is_err(), "{bad:?}");

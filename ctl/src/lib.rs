@@ -8,7 +8,9 @@
 //!
 //! - `status [<cluster>]`: see [`status`] for the JSON document.
 //! - `switchover <cluster> [--to <node>] [--force] [--skip-catchup]
-//!   [--max-lag <s>] [--wait] [--timeout <s>]`: see [`switchover`].
+//!   [--max-lag <s>] [--at <time>] [--not-after <time>] [--wait]
+//!   [--timeout <s>]`: see [`switchover`].
+//! - `cancel <cluster>`: withdraws a pending or scheduled switch request.
 //! - `history <cluster> [-n <count>] [<id>]`: see [`history`].
 //! - `fence <cluster> [--reason <text>]`, `unfence <cluster>`: see [`fence`].
 //! - `drain <cluster> <node> [--undo] [--wait]`: see [`drain`].
@@ -143,6 +145,9 @@ pub enum Command {
     Status { cluster: Option<ClusterName> },
     /// Ask the coordinator for a planned switch (successover).
     Switchover(switchover::SwitchoverArgs),
+    /// Withdraw a pending or scheduled switch request (one the coordinator
+    /// has not taken yet).
+    Cancel { cluster: ClusterName },
     /// Past and running failovers and switchovers, newest first; with an
     /// id (an entry id or a request id), one entry in full.
     History {
@@ -273,6 +278,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
         Command::Status { cluster } => status::run(&ctx, cluster.as_ref()).await,
         Command::Switchover(args) => switchover::run(&ctx, &args).await,
+        Command::Cancel { cluster } => switchover::cancel(&ctx, &cluster).await,
         Command::History { cluster, limit, id } => {
             history::run(&ctx, &cluster, limit as usize, id.as_deref()).await
         }

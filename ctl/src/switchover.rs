@@ -1,5 +1,6 @@
 //! `successover switchover <cluster> [--to <node>] [--force]
-//! [--skip-catchup] [--max-lag <s>] [--wait] [--timeout <s>]`.
+//! [--skip-catchup] [--max-lag <s>] [--at <time>] [--not-after <time>]
+//! [--wait] [--timeout <s>]`, and `successover cancel <cluster>`.
 //!
 //! Writes a [`SwitchoverRequest`] with a fresh `id` into
 //! `switchover/<cluster>` — only if no request is pending there (CAS on
@@ -49,13 +50,41 @@ pub struct SwitchoverArgs {
     /// max_lag_seconds).
     #[arg(long, value_name = "SECONDS")]
     pub max_lag: Option<u32>,
+    /// Schedule the switch: not before this time, RFC 3339 in UTC
+    /// (`2026-12-05T02:00:00Z`) or from now (`+30m`). The request waits in
+    /// KV until then; `successover cancel` withdraws it.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub at: Option<u64>,
+    /// Not after this time (same forms): a switch that could not start by
+    /// then is refused, with nothing changed.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub not_after: Option<u64>,
     /// Follow the switch live until it finishes.
     #[arg(long)]
     pub wait: bool,
-    /// With --wait: stop waiting after this many seconds (exit 3).
+    /// With --wait: stop waiting after this many seconds (exit 3); with
+    /// --at, counted from that time.
     #[arg(long, value_name = "SECONDS", default_value_t = 120, requires = "wait",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+}
+
+/// `--at` and `--not-after`: an RFC 3339 time in UTC, or `+<duration>`
+/// from now (`+90s`, `+30m`, `+2h`), as Unix milliseconds.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    let at = match s.strip_prefix('+') {
+        Some(d) => {
+            let d = humantime::parse_duration(d)
+                .map_err(|e| format!("{s:?}: {e} (a duration like +30m)"))?;
+            std::time::SystemTime::now() + d
+        }
+        None => humantime::parse_rfc3339(s).map_err(|e| {
+            format!("{s:?}: {e} (a UTC time like 2026-12-05T02:00:00Z, or +30m from now)")
+        })?,
+    };
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("{s:?} is before 1970"))
 }
 
 /// A request id unique enough for one operator's switches: the clock and
@@ -83,6 +112,8 @@ pub fn build_request(
         max_lag_seconds: args.max_lag,
         skip_catchup: args.skip_catchup,
         id: Some(id.to_owned()),
+        not_before_ms: args.at,
+        not_after_ms: args.not_after,
     };
     let body = serde_json::to_vec(&req)
         .map_err(|e| Failure::failed(format!("cannot encode the request: {e}")))?;
@@ -208,7 +239,9 @@ pub async fn run(ctx: &Ctx, args: &SwitchoverArgs) -> Result<Exit, Failure> {
         }
         return Ok(Exit::Ok);
     }
-    let timeout = Duration::from_secs(args.timeout);
+    // A scheduled switch: --timeout counts from its time.
+    let until_due = args.at.map_or(0, |at| at.saturating_sub(now_ms()));
+    let timeout = Duration::from_secs(args.timeout) + Duration::from_millis(until_due);
     doc.entry = follow(ctx, cluster, &id, timeout).await;
     let exit = doc.entry.as_ref().and_then(|e| outcome_exit(e.outcome));
     doc.result = Some(match (&doc.entry, exit) {
@@ -390,6 +423,41 @@ mod tests {
     }
 
     #[test]
+    fn a_scheduled_request_carries_its_window() {
+        let a = args(&[
+            "c1",
+            "--at",
+            "2026-12-05T02:00:00Z",
+            "--not-after",
+            "2026-12-05T03:00:00Z",
+        ])
+        .unwrap();
+        let (r, body) = build_request(&a, "cli-1-2").unwrap();
+        assert_eq!(r.not_before_ms, Some(1_796_436_000_000));
+        assert_eq!(r.not_after_ms, Some(1_796_439_600_000));
+        assert_eq!(SwitchoverRequest::parse(&body).unwrap(), r);
+        assert!(request_line(&r).contains("not before 2026-12-05T02:00:00Z"));
+        // Relative to now.
+        let soon = parse_time("+30m").unwrap();
+        let expected = now_ms() + 30 * 60 * 1000;
+        assert!(soon.abs_diff(expected) < 5_000, "{soon} vs {expected}");
+        // A window that ends before it starts is refused before it is
+        // written, as the coordinator would refuse it.
+        let backwards = args(&["c1", "--at", "+2h", "--not-after", "+1h"]).unwrap();
+        assert_eq!(
+            build_request(&backwards, "cli-1-2").unwrap_err().exit,
+            Exit::Usage
+        );
+        for bad in ["tomorrow", "2026-12-05 02:00", "+soon"] {
+            assert_eq!(
+                args(&["c1", "--at", bad]).unwrap_err().exit_code(),
+                2,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn skip_catchup_needs_force() {
         let a = args(&["c1", "--to", "db2", "--skip-catchup"]).unwrap();
         let err = build_request(&a, "cli-1-2").unwrap_err();
@@ -478,4 +546,65 @@ mod tests {
         assert!(find_entry(&pairs, "cli-b", Some("mysql/history/c1/001-switchover")).is_none());
         assert!(find_entry(&pairs, "cli-c", None).is_none());
     }
+}
+
+#[derive(Debug, Serialize)]
+struct CancelDoc<'a> {
+    cluster: &'a str,
+    key: &'a str,
+    /// Whether a pending request was withdrawn.
+    cancelled: bool,
+    /// The request withdrawn, or found unreadable (its raw value).
+    request: Option<serde_json::Value>,
+}
+
+/// `successover cancel <cluster>`: withdraws a pending (or scheduled)
+/// switch request, only the one it showed (CAS on its modify index): a
+/// request the coordinator took meanwhile is running or done, and `cancel`
+/// says so instead.
+pub async fn cancel(ctx: &Ctx, cluster: &ClusterName) -> Result<Exit, Failure> {
+    ensure_known(ctx, cluster).await?;
+    let key = ctx.keys.switchover_key(cluster);
+    let Some(pair) = ctx.consul.kv_get(&key).await? else {
+        if ctx.json {
+            print_json(&CancelDoc {
+                cluster: cluster.as_str(),
+                key: &key,
+                cancelled: false,
+                request: None,
+            })?;
+        } else {
+            println!("no switch request is pending for {cluster}");
+        }
+        return Ok(Exit::Ok);
+    };
+    let raw = pair.value.as_deref().unwrap_or_default();
+    let parsed = SwitchoverRequest::parse(raw);
+    let shown = match &parsed {
+        Ok(r) => request_line(r),
+        Err(e) => format!("unreadable: {e}"),
+    };
+    if !ctx.consul.kv_delete_cas(&key, pair.modify_index).await? {
+        return Err(Failure::failed(format!(
+            "the request ({shown}) changed or was taken by the coordinator before it could be \
+             withdrawn: see `successover status {cluster}` and `successover history {cluster}`"
+        )));
+    }
+    if ctx.json {
+        print_json(&CancelDoc {
+            cluster: cluster.as_str(),
+            key: &key,
+            cancelled: true,
+            request: Some(match parsed {
+                Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                Err(_) => serde_json::Value::String(String::from_utf8_lossy(raw).into_owned()),
+            }),
+        })?;
+    } else {
+        println!(
+            "withdrew the switch request for {cluster}: {}",
+            clean(&shown)
+        );
+    }
+    Ok(Exit::Ok)
 }

@@ -335,6 +335,50 @@ async fn one_pending_switchover_request_at_a_time() {
         .is_none());
 }
 
+/// A scheduled request carries its window, shows in `status`, and
+/// `cancel` withdraws it (and says so when there is nothing to withdraw).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_switch_request_is_shown_and_cancelled() {
+    let p = "t-cli-sched/";
+    realistic_tree(p).await;
+    let c = client().await;
+    let key = format!("{p}switchover/c1");
+    let asked = cli(
+        p,
+        &[
+            "switchover",
+            "c1",
+            "--to",
+            "db2",
+            "--at",
+            "+1h",
+            "--not-after",
+            "+2h",
+        ],
+    )
+    .await;
+    assert_eq!(asked.code, 0, "{asked}");
+    let stored = c.kv_get(&key).await.unwrap().expect("request written");
+    let req = SwitchoverRequest::parse(stored.value.as_deref().unwrap()).unwrap();
+    let (from, until) = (req.not_before_ms.unwrap(), req.not_after_ms.unwrap());
+    let hour = 3_600_000;
+    assert!(from.abs_diff(now_ms() + hour) < 60_000, "{req:?}");
+    assert!(until.abs_diff(now_ms() + 2 * hour) < 60_000, "{req:?}");
+    let status = cli(p, &["status", "c1"]).await;
+    assert!(status.stdout.contains("not before 20"), "{status}");
+    let cancelled = cli(p, &["cancel", "c1", "--json"]).await;
+    assert_eq!(cancelled.code, 0, "{cancelled}");
+    assert_eq!(cancelled.json()["cancelled"], json!(true));
+    assert_eq!(cancelled.json()["request"]["target"], json!("db2"));
+    assert!(c.kv_get(&key).await.unwrap().is_none(), "request withdrawn");
+    let nothing = cli(p, &["cancel", "c1"]).await;
+    assert_eq!(nothing.code, 0, "{nothing}");
+    assert!(
+        nothing.stdout.contains("no switch request is pending"),
+        "{nothing}"
+    );
+}
+
 /// Plays the coordinator for the request the CLI writes: takes it, then
 /// writes the entry as it progresses.
 async fn coordinate(prefix: &str, steps: &[(&str, u64)], outcome: &str) -> String {

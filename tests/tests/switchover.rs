@@ -1065,3 +1065,72 @@ async fn a_finished_switch_prunes_the_history_to_its_newest_entries() {
         "a key that is not an entry was pruned"
     );
 }
+
+/// A scheduled switch waits in KV until its time, the cluster kept as it
+/// was, then runs; one whose window has closed is refused and changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_switch_runs_in_its_window_and_an_expired_one_is_refused() {
+    let stack = Stack::start("c-sched", &consul_addr().await).await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let key = "mysql/switchover/c-sched";
+    let at = now() + 6_000;
+    stack
+        .consul
+        .kv_put(
+            key,
+            format!(
+                r#"{{"target": "db2", "not_before_ms": {at}, "not_after_ms": {}}}"#,
+                at + 60_000
+            ),
+        )
+        .await
+        .unwrap();
+    // Before its time: still pending, nothing started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        stack.consul.kv_get(key).await.unwrap().is_some(),
+        "taken early"
+    );
+    assert!(history(&stack).await.is_empty(), "started early");
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    let entry = wait_for(Duration::from_secs(60), || async {
+        history(&stack)
+            .await
+            .into_iter()
+            .find(|e| e.outcome != Outcome::Running)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the scheduled switch never finished\n{}", stack.logs()));
+    assert_eq!(entry.outcome, Outcome::Done, "{}", entry.reason);
+    assert!(
+        entry.started_ms >= at,
+        "started {} ms early",
+        at - entry.started_ms
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db2"));
+    wait_settled(&stack).await;
+
+    // A window that closed before the coordinator saw it.
+    let past = now() - 120_000;
+    let refused = request(
+        &stack,
+        &format!(
+            r#"{{"target": "db1", "not_before_ms": {past}, "not_after_ms": {}}}"#,
+            past + 60_000
+        ),
+    )
+    .await;
+    assert_eq!(refused.outcome, Outcome::Refused, "{}", refused.reason);
+    assert!(
+        refused.reason.contains("window closed"),
+        "{}",
+        refused.reason
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db2"));
+}

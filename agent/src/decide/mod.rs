@@ -608,9 +608,16 @@ pub fn decide(input: &Input<'_>, memory: &Memory) -> Decision {
         let (step, reason) = rejoin::step(input, req);
         return Decision::step(step, reason, memory);
     }
+    // A scheduled request waits in KV, and the cluster is kept meanwhile.
+    let mut scheduled = None;
     if let Some(req) = &input.kv.switchover {
-        let (step, reason) = switchover::start(input, req);
-        return Decision::step(step, reason, memory);
+        match switchover::waits(input, req) {
+            Some(why) => scheduled = Some(why),
+            None => {
+                let (step, reason) = switchover::start(input, req);
+                return Decision::step(step, reason, memory);
+            }
+        }
     }
     let stalled = stall::check(view, &input.kv.ack_floors, input.probe_stall, &mut memory);
     let mut enforce = invariants::enforce(view, &input.kv.ack_floors);
@@ -623,6 +630,9 @@ pub fn decide(input: &Input<'_>, memory: &Memory) -> Decision {
         // A fence left by a refused failover: what it waits for is the
         // cluster's state, not "fenced".
         enforce.reason = why;
+    }
+    if let Some(why) = scheduled {
+        enforce.reason = format!("{}; {why}", enforce.reason);
     }
     match (stalled, enforce.actions.is_empty()) {
         // Releasing comes first: with commits stuck, nothing else the

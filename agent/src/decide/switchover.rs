@@ -250,6 +250,19 @@ pub fn plan(
     })
 }
 
+/// A request scheduled for later (`not_before_ms` ahead of the
+/// coordinator's clock): why it waits. A malformed request does not wait:
+/// [`start`] consumes it with its refusal.
+pub fn waits(input: &Input<'_>, request: &KvPair) -> Option<String> {
+    let req = SwitchoverRequest::parse(request.value.as_deref().unwrap_or_default()).ok()?;
+    let at = req.not_before_ms.filter(|&t| input.wall_ms < t)?;
+    Some(format!(
+        "a switchover to {} is scheduled in {} s",
+        req.target.as_deref().unwrap_or("the best candidate"),
+        (at - input.wall_ms).div_ceil(1000)
+    ))
+}
+
 /// A pending request: the step that consumes it, starting the switch or
 /// recording why not. The request key is consumed (CAS on its modify
 /// index) in the same txn, so it is acted on exactly once.
@@ -264,6 +277,10 @@ pub fn start(input: &Input<'_>, request: &KvPair) -> (Step, String) {
     entry.request = parsed.as_ref().ok().cloned();
     let planned = match &parsed {
         Err(e) => Err(format!("malformed request in {}: {e}", request.key)),
+        Ok(req) if req.not_after_ms.is_some_and(|t| input.wall_ms > t) => Err(format!(
+            "its window closed {} s before the coordinator could start it",
+            (input.wall_ms - req.not_after_ms.unwrap_or_default()).div_ceil(1000)
+        )),
         Ok(req) => plan(req, input.view, input.kv.max_lag_seconds),
     };
     let planned = planned.and_then(|p| {
@@ -759,6 +776,65 @@ mod tests {
             ok,
             detail: if ok { String::new() } else { "boom".into() },
         });
+    }
+
+    /// A scheduled request waits in KV (the cluster is kept meanwhile),
+    /// starts once its time comes, and is refused past its window.
+    #[test]
+    fn a_scheduled_request_waits_for_its_time_and_not_past_its_window() {
+        use crate::decide::{decide, Intent, Memory};
+        let v = cluster(0);
+        let wall = |now_ms: u64| 1_700_000_000_000 + now_ms;
+        let mut kv = KvInputs {
+            max_lag_seconds: 10,
+            ..KvInputs::default()
+        };
+        let pair = |value: String| KvPair {
+            key: "mysql/switchover/c1".into(),
+            value: Some(value.into_bytes()),
+            flags: 0,
+            session: None,
+            create_index: 1,
+            modify_index: 7,
+            lock_index: 0,
+        };
+        kv.switchover = Some(pair(format!(
+            r#"{{"target": "db2", "not_before_ms": {}, "not_after_ms": {}}}"#,
+            wall(60_000),
+            wall(120_000)
+        )));
+        let early = decide(&fixtures::input(&v, &kv, "db3", 1_000), &Memory::default());
+        assert!(
+            !matches!(early.intent, Intent::Step(_)),
+            "{:?}",
+            early.intent
+        );
+        assert!(
+            early
+                .reason
+                .contains("a switchover to db2 is scheduled in 59 s"),
+            "{}",
+            early.reason
+        );
+        let due = decide(&fixtures::input(&v, &kv, "db3", 60_000), &Memory::default());
+        let Intent::Step(Step::StartSwitch { entry, plan, .. }) = due.intent else {
+            panic!("{:?}", due.intent)
+        };
+        assert!(plan.is_some(), "{}", entry.reason);
+        let late = decide(
+            &fixtures::input(&v, &kv, "db3", 125_000),
+            &Memory::default(),
+        );
+        let Intent::Step(Step::StartSwitch { entry, plan, .. }) = late.intent else {
+            panic!("{:?}", late.intent)
+        };
+        assert!(plan.is_none());
+        assert_eq!(entry.outcome, Outcome::Refused);
+        assert!(
+            entry.reason.contains("window closed 5 s"),
+            "{}",
+            entry.reason
+        );
     }
 
     /// Each step, then the view as the executor leaves it, in order.

@@ -200,6 +200,17 @@ pub fn request_line(r: &SwitchoverRequest) -> String {
     if let Some(id) = &r.id {
         parts.push(format!("id {id}"));
     }
+    let utc = |ms: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+    };
+    if let Some(t) = r.not_before_ms {
+        parts.push(format!("not before {}", utc(t)));
+    }
+    if let Some(t) = r.not_after_ms {
+        parts.push(format!("not after {}", utc(t)));
+    }
     parts.join(", ")
 }
 
@@ -458,6 +469,7 @@ db3   -        -    -                               -                        -  
                         max_lag_seconds: Some(30),
                         skip_catchup: true,
                         id: Some("ops-1".into()),
+                        ..SwitchoverRequest::default()
                     }),
                     procedure: Some(Procedure {
                         id: "007-failover".into(),
