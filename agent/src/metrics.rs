@@ -11,6 +11,7 @@
 //! | `successover_agent_coordinator` | gauge | 1 while this agent holds the cluster lock |
 //! | `successover_agent_mysql_up` | gauge | 1 when the local server answered this tick |
 //! | `successover_agent_last_cycle_timestamp_seconds` | gauge | |
+//! | `successover_failover_ready` | gauge | on the coordinator: 1 when a failover would find a node to promote |
 //! | `successover_agent_apply_backlog_transactions` | gauge | on a replica: received, not yet applied |
 //! | `successover_agent_applied_transactions_per_second` | gauge | on a replica, over the last 10 s |
 //! | `successover_agent_expected_apply_seconds` | gauge | on a replica: the backlog at that rate (absent while the applier is stalled with work to do) |
@@ -36,6 +37,7 @@ struct Inner {
     /// When the last cycle ended, on the monotonic clock.
     last_cycle_at: Option<std::time::Instant>,
     apply: Option<crate::observe::ApplyLag>,
+    failover_ready: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +99,12 @@ impl Metrics {
 
     pub fn session_lost(&self) {
         self.with(|m| m.sessions_lost += 1);
+    }
+
+    /// On the coordinator: whether a failover would find a node to promote
+    /// now (the plan); `None` elsewhere.
+    pub fn failover_ready(&self, ready: Option<bool>) {
+        self.with(|m| m.failover_ready = ready);
     }
 
     /// The local replica's apply lag this cycle; `None` on a source.
@@ -216,6 +224,14 @@ impl Metrics {
                 apply
                     .and_then(|a| a.expected)
                     .map(|d| vec![(String::new(), format!("{:.3}", d.as_secs_f64()))])
+                    .unwrap_or_default(),
+            );
+            line(
+                "successover_failover_ready",
+                "gauge",
+                "On the coordinator: 1 when a failover would find a node to promote now (plan/<cluster>), 0 when none would.",
+                m.failover_ready
+                    .map(|r| plain(r as u64))
                     .unwrap_or_default(),
             );
             line(

@@ -57,6 +57,8 @@ pub struct Agent {
     /// The local replica's apply backlog and rate, for the report and the
     /// metrics.
     apply_meter: crate::observe::ApplyMeter,
+    /// The failover plan this agent last wrote as coordinator.
+    last_plan: Option<successover_common::contract::FailoverPlan>,
     /// The coordinator's looks at its source between cycles.
     prober: crate::probe::Prober,
     free_lock_seen: u32,
@@ -157,6 +159,7 @@ impl Agent {
             read_only_writers: None,
             apply_settings: None,
             apply_meter: Default::default(),
+            last_plan: None,
             prober: crate::probe::Prober::new(Default::default()),
             free_lock_seen: 0,
             coordinating: false,
@@ -380,6 +383,10 @@ impl Agent {
             // A procedure this agent ran belongs to whoever holds the lock
             // now: it recovers from KV and the servers.
             self.active = None;
+            // The next term writes its plan afresh; meanwhile the
+            // coordinator's gauge is someone else's.
+            self.last_plan = None;
+            self.metrics.failover_ready(None);
             // Failed looks counted while it last coordinated would make a
             // later term skip a source that answers again (see `skip`
             // below) before any look of its own.
@@ -492,6 +499,24 @@ impl Agent {
         };
         let (session, lease) = (m.session.clone(), m.lease.clone());
         let settings = self.settings();
+        // The plan is kept while nothing moves: during a procedure or a
+        // suspicion it would only describe a moment of it.
+        if self.active.is_none() && kv.in_progress.is_none() && !self.suspects_source() {
+            let input = Input {
+                view,
+                kv,
+                running: None,
+                probe_failures: 0,
+                probe_stall: None,
+                settings,
+                now_ms: self.clock_ms(),
+                coordinator: self.node.as_str(),
+                wall_ms: now_ms(),
+            };
+            let plan = crate::decide::failover::plan(&input);
+            let source = view.source().map(|n| n.name.clone());
+            self.publish_plan(source, plan).await;
+        }
         let mut last_failed: Option<String> = None;
         let mut reasons: Vec<String> = Vec::new();
         for _ in 0..MAX_STEPS_PER_CYCLE {
@@ -692,6 +717,53 @@ impl Agent {
                 Err(e) => tracing::warn!(key, error = %e, "cannot record cluster membership"),
             },
             Err(e) => tracing::warn!(key, error = %e, "cannot read cluster membership"),
+        }
+    }
+
+    /// Writes `plan/<cluster>` when what it says changed, and sets the
+    /// `successover_failover_ready` gauge.
+    async fn publish_plan(
+        &mut self,
+        source: Option<String>,
+        plan: Result<(String, String), String>,
+    ) {
+        self.metrics.failover_ready(Some(plan.is_ok()));
+        let (candidate, reason) = match plan {
+            Ok((to, why)) => (Some(to), why),
+            Err(why) => (None, why),
+        };
+        let plan = successover_common::contract::FailoverPlan {
+            ready: candidate.is_some(),
+            source,
+            candidate,
+            reason,
+            coordinator: format!("{}/{}", self.cluster, self.node),
+            at_ms: now_ms(),
+        };
+        if self
+            .last_plan
+            .as_ref()
+            .is_some_and(|p| !p.differs_materially(&plan))
+        {
+            return;
+        }
+        let Ok(body) = serde_json::to_vec(&plan) else {
+            return;
+        };
+        match self
+            .consul
+            .kv_put(&self.keys.plan_key(&self.cluster), body)
+            .await
+        {
+            Ok(()) => {
+                if plan.ready {
+                    tracing::info!(candidate = plan.candidate, "failover plan: {}", plan.reason);
+                } else {
+                    tracing::info!("failover plan: none would be promoted: {}", plan.reason);
+                }
+                self.last_plan = Some(plan);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot write the failover plan"),
         }
     }
 

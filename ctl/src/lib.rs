@@ -11,6 +11,7 @@
 //!   [--max-lag <s>] [--at <time>] [--not-after <time>] [--wait]
 //!   [--timeout <s>]`: see [`switchover`].
 //! - `cancel <cluster>`: withdraws a pending or scheduled switch request.
+//! - `plan <cluster>`: the failover plan; see [`plan`].
 //! - `history <cluster> [-n <count>] [<id>]`: see [`history`].
 //! - `fence <cluster> [--reason <text>]`, `unfence <cluster>`: see [`fence`].
 //! - `drain <cluster> <node> [--undo] [--wait]`: see [`drain`].
@@ -32,6 +33,7 @@ pub mod drain;
 pub mod fence;
 pub mod format;
 pub mod history;
+pub mod plan;
 pub mod rejoin;
 pub mod status;
 pub mod switchover;
@@ -145,6 +147,9 @@ pub enum Command {
     Status { cluster: Option<ClusterName> },
     /// Ask the coordinator for a planned switch (successover).
     Switchover(switchover::SwitchoverArgs),
+    /// The failover plan: the node a failover would promote if the source
+    /// died now, or why none would be (exit 1 then).
+    Plan { cluster: ClusterName },
     /// Withdraw a pending or scheduled switch request (one the coordinator
     /// has not taken yet).
     Cancel { cluster: ClusterName },
@@ -279,6 +284,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Status { cluster } => status::run(&ctx, cluster.as_ref()).await,
         Command::Switchover(args) => switchover::run(&ctx, &args).await,
         Command::Cancel { cluster } => switchover::cancel(&ctx, &cluster).await,
+        Command::Plan { cluster } => plan::run(&ctx, &cluster).await,
         Command::History { cluster, limit, id } => {
             history::run(&ctx, &cluster, limit as usize, id.as_deref()).await
         }

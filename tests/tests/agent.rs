@@ -1133,6 +1133,80 @@ async fn a_servers_start_time_names_one_run_of_it() {
 /// would let a GTID position lie about what a server applied is reported
 /// as drift: MariaDB without `gtid_strict_mode`, MySQL's parallel
 /// workers without `replica_preserve_commit_order`.
+/// The coordinator keeps `plan/<cluster>`: who a failover would promote if
+/// the source died now. With the ACKer dead, nobody (it may hold commits
+/// no other replica has, and cannot be read); with it back and seen
+/// again, a node again. The coordinator's gauge says the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_failover_plan_changes_when_the_semi_sync_replica_dies() {
+    use successover_common::contract::FailoverPlan;
+    let mut topo = Topology::source_with_replicas(2).await;
+    let agents = healthy_agents("c-plan", &topo).await;
+    let kv = client().await;
+    let plan = || {
+        let kv = kv.clone();
+        async move {
+            let pair = kv.kv_get("mysql/plan/c-plan").await.ok()??;
+            FailoverPlan::parse(pair.value.as_deref()?).ok()
+        }
+    };
+    let Ok(ready) = wait_for(Duration::from_secs(30), || async {
+        plan().await.filter(|p| p.ready)
+    })
+    .await
+    else {
+        panic!("no ready plan: {:?}\n{}", plan().await, dump_logs(&agents));
+    };
+    let acker = ready.candidate.clone().unwrap();
+    assert_eq!(ready.source.as_deref(), Some("db1"), "{ready:?}");
+    let i: usize = acker[2..].parse::<usize>().unwrap() - 1;
+    assert!(
+        var(topo.server(i), "rpl_semi_sync_slave_enabled").await == "1",
+        "the plan names {acker}, not the semi-sync replica"
+    );
+    let gauge = || async {
+        for a in &agents {
+            let m = a.metrics().await.unwrap_or_default();
+            if let Some(v) = m
+                .lines()
+                .find_map(|l| l.strip_prefix("successover_failover_ready "))
+            {
+                return Some(v.trim().to_owned());
+            }
+        }
+        None
+    };
+    assert_eq!(gauge().await.as_deref(), Some("1"));
+
+    topo.server_mut(i).kill9().await;
+    let Ok(refused) = wait_for(Duration::from_secs(30), || async {
+        plan().await.filter(|p| !p.ready)
+    })
+    .await
+    else {
+        panic!("the plan stayed {:?}\n{}", plan().await, dump_logs(&agents));
+    };
+    assert!(refused.reason.contains(&acker), "{refused:?}");
+    assert_eq!(refused.candidate, None);
+    let zero = wait_until(Duration::from_secs(10), || async {
+        gauge().await.as_deref() == Some("0")
+    })
+    .await;
+    assert!(zero.is_ok(), "gauge {:?}", gauge().await);
+
+    topo.server_mut(i).start_again().await;
+    let again = wait_for(Duration::from_secs(60), || async {
+        plan().await.filter(|p| p.ready)
+    })
+    .await;
+    assert!(
+        again.is_ok(),
+        "no node again after {acker} came back: {:?}\n{}",
+        plan().await,
+        dump_logs(&agents)
+    );
+}
+
 /// The coordinator runs where losing its host stops no commit: not on the
 /// source, not on the ACKer (whose loss stalls every commit until the
 /// coordinator moves the ACK role, and a coordinator lost with it must

@@ -116,6 +116,51 @@ pub fn choose_candidate(
     }
 }
 
+/// The failover plan: the node a failover would promote if the published
+/// source died now, and why, or why none would be. The same checks as a
+/// failover's, on the positions the replicas show now: a failover decided
+/// later reads them again with their IO threads stopped, so the plan is a
+/// forecast that can only be too optimistic by what the source commits in
+/// between, never a promise.
+pub fn plan(input: &Input<'_>) -> Result<(String, String), String> {
+    let view = input.view;
+    if view.maintenance {
+        return Err("maintenance mode: automation suspended".into());
+    }
+    if let Some(why) = super::detect::failover_forbidden(input) {
+        return Err(why);
+    }
+    let source = view.source().ok_or("no published source")?;
+    let from = source.name.as_str();
+    if let Some(why) = restarted_acker(input, from) {
+        return Err(why);
+    }
+    let except: BTreeSet<&str> = [from].into();
+    let candidates: Vec<CandidateView> = live_nodes(view, &except)
+        .filter_map(|n| {
+            let r = n.replica.as_ref()?;
+            r.source.same(&source.addr).then(|| CandidateView {
+                name: n.name.clone(),
+                received: r.received.clone(),
+                semi_sync: n.semi_sync_replica,
+            })
+        })
+        .collect();
+    let mut ackers = input.kv.ack_floors.clone();
+    ackers.remove(from);
+    let (to, why) = choose_candidate(&candidates, &ackers)?;
+    if !view
+        .nodes
+        .iter()
+        .any(|n| n.name != from && n.name != to && !n.quarantined)
+    {
+        return Err(format!(
+            "{to} is the only other node: a two-node cluster is failed over by an operator"
+        ));
+    }
+    Ok((to, why))
+}
+
 /// A step named `name` was tried in this procedure and failed, with no
 /// success after it.
 fn failed(entry: &HistoryEntry, name: &str) -> bool {
@@ -554,6 +599,42 @@ mod tests {
             received: pos(received),
             semi_sync: semi,
         }
+    }
+
+    /// The plan names who a failover would promote now, or why nobody.
+    #[test]
+    fn the_plan_follows_the_checks_of_a_failover() {
+        let mut v = healthy();
+        v.nodes[1].started_s = Some(100);
+        let mut kv = KvInputs {
+            auto_failover: true,
+            ..KvInputs::default()
+        };
+        kv.ack_floors.insert("db2".into(), Some(pos("0-1-5")));
+        kv.acker_started.insert("db2".into(), 100);
+        let plan_of = |v: &ClusterView, kv: &KvInputs| plan(&fixtures::input(v, kv, "db3", 0));
+        assert_eq!(plan_of(&v, &kv).map(|(to, _)| to), Ok("db2".to_owned()));
+        // The ACKer out of sight: it may hold what no one else does.
+        let mut gone = v.clone();
+        gone.nodes[1].reachable = false;
+        assert!(plan_of(&gone, &kv).unwrap_err().contains("db2"));
+        // Restarted since it was seen ACKing.
+        let mut restarted = v.clone();
+        restarted.nodes[1].started_s = Some(5_000);
+        assert!(plan_of(&restarted, &kv).unwrap_err().contains("restarted"));
+        // No failover at all.
+        let mut off = kv.clone();
+        off.auto_failover = false;
+        assert!(plan_of(&v, &off)
+            .unwrap_err()
+            .contains("auto_failover is off"));
+        let mut maint = v.clone();
+        maint.maintenance = true;
+        assert!(plan_of(&maint, &kv).unwrap_err().contains("maintenance"));
+        // Two nodes left: an operator's call.
+        let mut two = v.clone();
+        two.nodes.truncate(2);
+        assert!(plan_of(&two, &kv).unwrap_err().contains("two-node"));
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! characters back into logs.
 
 mod fence;
+mod plan;
 mod proxy;
 mod quarantine;
 pub mod report;
@@ -35,6 +36,7 @@ mod source;
 pub mod time;
 
 pub use fence::Fence;
+pub use plan::FailoverPlan;
 pub use proxy::{ProxyServing, ServedCluster};
 pub use quarantine::{host_is_node, Quarantine};
 pub use report::{HealthReport, ReplicationReport, SemiSyncReport, MIN_SEMI_SYNC_TIMEOUT_MS};
@@ -556,6 +558,11 @@ impl Keys {
 
     pub fn lock_key(&self, cluster: &ClusterName) -> String {
         format!("{}lock/{cluster}", self.prefix)
+    }
+
+    /// `plan/<cluster>`: the coordinator's failover plan.
+    pub fn plan_key(&self, cluster: &ClusterName) -> String {
+        format!("{}plan/{cluster}", self.prefix)
     }
 
     pub fn switchover_key(&self, cluster: &ClusterName) -> String {
