@@ -218,24 +218,16 @@ pub fn plan(
         repoint.push(from.name.clone());
     }
     // Keep the flag where it is if that replica stays a replica; otherwise
-    // the old source, which is fully caught up by construction. Except on
-    // MySQL, where turning the old source's semi-sync source flag off (it
-    // must go before the old source replicates) waits for its ACK receiver
-    // thread to finish a poll of up to 1 s, inside the window: another
-    // healthy replica takes the flag there, and the old source is
-    // repointed after the target opens.
-    let other_replica = |active: bool| {
-        view.nodes.iter().find(|n| {
+    // the old source, which is fully caught up by construction.
+    let semi_sync = view
+        .nodes
+        .iter()
+        .find(|n| {
             n.name != to.name
                 && n.name != from.name
-                && (n.semi_sync_replica_active || !active)
-                && !view.drained.contains(&n.name)
+                && n.semi_sync_replica_active
                 && n.healthy_replica_of(&from.addr)
         })
-    };
-    let mysql = matches!(from.gtid_executed, Some(GtidState::MySql(_)));
-    let semi_sync = other_replica(true)
-        .or_else(|| other_replica(false).filter(|_| mysql))
         .map(|n| n.name.clone())
         .unwrap_or_else(|| from.name.clone());
     Ok(Plan {
@@ -622,26 +614,6 @@ mod tests {
         // The old source takes the semi-sync flag: db2, which had it, is
         // the new source.
         assert_eq!(p.semi_sync, "db1");
-    }
-
-    #[test]
-    fn on_mysql_a_replica_takes_the_flag_rather_than_the_old_source() {
-        let mut v = cluster(0);
-        let set = |s: &str| Some(GtidState::MySql(GtidSet::parse(s).unwrap()));
-        for n in v.nodes.iter_mut() {
-            n.gtid_executed = set("3E11FA47-71CA-11E1-9E33-C80AA9429562:1-9");
-        }
-        let p = plan(&req(None), &v, 10).unwrap();
-        assert_eq!(p.to, "db2");
-        assert_eq!(p.semi_sync, "db3");
-        // Not a drained one, nor one that does not replicate: the old
-        // source then, as on MariaDB.
-        let mut drained = v.clone();
-        drained.drained.insert("db3".into());
-        assert_eq!(plan(&req(None), &drained, 10).unwrap().semi_sync, "db1");
-        let mut stopped = v.clone();
-        stopped.nodes[2].replica.as_mut().unwrap().io_running = false;
-        assert_eq!(plan(&req(None), &stopped, 10).unwrap().semi_sync, "db1");
     }
 
     #[test]
