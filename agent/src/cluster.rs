@@ -160,6 +160,7 @@ pub async fn coordinator_inputs(
         last_failover_ms,
         last_failover_held,
         auto_failover: settings.is_none_or(|s| s.auto_failover),
+        observe_failover: settings.is_some_and(|s| s.observe_failover),
         failover_cooldown_ms: settings
             .map(|s| s.failover_cooldown_seconds)
             .unwrap_or(3600)

@@ -111,6 +111,9 @@ pub enum Outcome {
     Done,
     /// Started, then undone: the old source is the source again.
     Aborted,
+    /// Observe mode: what a failover would have done, recorded; nothing
+    /// was touched.
+    Simulated,
     /// Refused before anything changed.
     Refused,
     /// Stopped in a state an operator must look at.
@@ -172,6 +175,7 @@ impl Outcome {
             Outcome::Aborted => "aborted",
             Outcome::Refused => "refused",
             Outcome::Failed => "failed",
+            Outcome::Simulated => "simulated",
         }
     }
 }

@@ -324,7 +324,7 @@ pub fn outcome_line(e: &HistoryEntry) -> String {
 pub fn outcome_exit(o: Outcome) -> Option<Exit> {
     match o {
         Outcome::Running => None,
-        Outcome::Done => Some(Exit::Ok),
+        Outcome::Done | Outcome::Simulated => Some(Exit::Ok),
         Outcome::Aborted | Outcome::Refused | Outcome::Failed => Some(Exit::Failed),
     }
 }

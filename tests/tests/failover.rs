@@ -15,8 +15,8 @@ use successover_tests::consul::{ConsulCluster, ConsulDev, ConsulDevOptions};
 use successover_tests::mariadb::{global_var, gtids_contain, ROOT_PASSWORD, ROOT_USER};
 use successover_tests::netns::NetHost;
 use successover_tests::scenario::{
-    check, finished_failover, in_progress, phases, wait_routed_to, writes_land, DirectClient,
-    RouteMonitor,
+    check, failovers, finished_failover, in_progress, phases, wait_routed_to, writes_land,
+    DirectClient, RouteMonitor,
 };
 use successover_tests::stack::{NodeOptions, Stack, StackOptions};
 use successover_tests::writer::{self, unix_ms, WriterProc};
@@ -1613,4 +1613,76 @@ async fn a_hung_source_that_wakes_is_seen_again() {
         "db1 answers again but the coordinator does not see it\n{}",
         stack.logs()
     );
+}
+
+/// Observe mode (`auto_failover` off, `observe_failover` on): a dead source
+/// is recorded once as a simulated failover naming the node a failover
+/// would have promoted, and nothing is touched: no fence, the `master` key
+/// unchanged, every replica still read-only and a replica of the dead
+/// source.
+#[tokio::test(flavor = "multi_thread")]
+async fn observe_mode_records_a_simulated_failover_and_changes_nothing() {
+    let opts = StackOptions::new("c-f-observe", &consul_addr().await)
+        .setting("auto_failover", false)
+        .setting("observe_failover", true);
+    let mut stack = Stack::start_with(opts).await;
+    stack
+        .topo
+        .wait_replicated(Duration::from_secs(20))
+        .await
+        .unwrap();
+    stack.topo.server_mut(0).kill9().await;
+    let Ok(entry) = wait_for(Duration::from_secs(60), || async {
+        failovers(&stack)
+            .await
+            .into_iter()
+            .find(|e| e.outcome != Outcome::Running)
+    })
+    .await
+    else {
+        panic!("no simulated failover recorded\n{}", stack.logs());
+    };
+    assert_eq!(entry.outcome, Outcome::Simulated, "{}", entry.reason);
+    let to = entry
+        .to
+        .clone()
+        .expect("the simulated failover names a node");
+    assert!(["db2", "db3"].contains(&to.as_str()), "{to}");
+    assert!(
+        entry.reason.contains("would have promoted"),
+        "{}",
+        entry.reason
+    );
+    // A few more cycles: still one entry, and nothing touched.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        failovers(&stack).await.len(),
+        1,
+        "recorded once per incident"
+    );
+    assert_eq!(stack.published_node().await.as_deref(), Some("db1"));
+    assert!(
+        stack
+            .consul
+            .kv_get(&format!("mysql/master/{}/failed", stack.cluster))
+            .await
+            .unwrap()
+            .is_none(),
+        "observe mode fenced the cluster"
+    );
+    let db1_port = stack.topo.server(0).port().to_string();
+    for i in [1, 2] {
+        let mut c = stack.topo.server(i).conn().await.unwrap();
+        assert_eq!(global_var(&mut c, "read_only").await.unwrap(), "1");
+        let status = successover_tests::mariadb::replica_status(&mut c)
+            .await
+            .unwrap()
+            .expect("still a replica");
+        let port = status
+            .get("Master_Port")
+            .or_else(|| status.get("Source_Port"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(port, db1_port, "db{} was repointed", i + 1);
+    }
 }

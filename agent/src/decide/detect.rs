@@ -235,6 +235,55 @@ pub fn failover_forbidden(input: &Input<'_>) -> Option<String> {
     })
 }
 
+/// Observe mode: a confirmed dead source is recorded once per incident as
+/// a `simulated` failover, with the node a failover would have promoted
+/// (by its own checks, on what the replicas show) or why it would have
+/// refused; nothing is touched.
+fn simulate(input: &Input<'_>, memory: &mut Memory, source: &str, evidence: &str) -> Decision {
+    if memory.incident_recorded {
+        return Decision::hold(
+            format!("observe mode: {source} is dead; the simulated failover is recorded"),
+            memory.clone(),
+        );
+    }
+    memory.incident_recorded = true;
+    let as_if = super::KvInputs {
+        auto_failover: true,
+        ..input.kv.clone()
+    };
+    let would = super::failover::plan(&Input {
+        view: input.view,
+        kv: &as_if,
+        running: None,
+        probe_failures: input.probe_failures,
+        probe_stall: input.probe_stall,
+        settings: input.settings,
+        now_ms: input.now_ms,
+        coordinator: input.coordinator,
+        wall_ms: input.wall_ms,
+    });
+    let mut entry = failover_entry(input, memory, source, evidence);
+    entry.outcome = Outcome::Simulated;
+    entry.finished_ms = Some(input.wall_ms);
+    entry.reason = match would {
+        Ok((to, why)) => {
+            entry
+                .evidence
+                .insert("candidate_reason".into(), why.clone().into());
+            entry.to = Some(to.clone());
+            format!("observe mode: a failover would have promoted {to}; nothing was touched")
+        }
+        Err(why) => format!("observe mode: a failover would have been refused: {why}"),
+    };
+    Decision {
+        reason: entry.reason.clone(),
+        intent: Intent::RecordRefusal {
+            entry: Box::new(entry),
+        },
+        memory: memory.clone(),
+    }
+}
+
 /// Detection for the published source: `None` when the source is healthy
 /// (or a fence set by hand says an operator is acting), else the cycle's
 /// decision: confirming, refusing or starting a failover.
@@ -296,6 +345,9 @@ pub fn watch(input: &Input<'_>, memory: &mut Memory) -> Option<Decision> {
                     format!("source looks dead ({count}/{needed}): {evidence}"),
                     memory,
                 );
+            }
+            if !input.kv.auto_failover && input.kv.observe_failover {
+                return Some(simulate(input, memory, &source, &evidence));
             }
             if let Some(why) = failover_forbidden(input) {
                 let reason = format!("source is dead but not failing over: {why}");
@@ -390,6 +442,7 @@ mod tests {
     fn kv() -> KvInputs {
         KvInputs {
             auto_failover: true,
+            observe_failover: false,
             failover_cooldown_ms: 3_600_000,
             max_lag_seconds: 10,
             ..KvInputs::default()
@@ -521,6 +574,42 @@ mod tests {
         )
         .unwrap();
         assert!(!d.reason.contains("still receive"), "{}", d.reason);
+    }
+
+    /// Observe mode: the dead source is recorded once as a simulated
+    /// failover naming the node it would have promoted; nothing else.
+    #[test]
+    fn observe_mode_records_a_simulated_failover_once() {
+        let v = view(false, false, false);
+        let mut kv = kv();
+        kv.auto_failover = false;
+        kv.observe_failover = true;
+        let mut m = Memory::default();
+        let mut entries = Vec::new();
+        for now in [0, 1000, 2000, 3000, 4000, 5000] {
+            match watch(&input(&v, &kv, now), &mut m).unwrap().intent {
+                Intent::RecordRefusal { entry } => entries.push(*entry),
+                Intent::Hold => {}
+                other => panic!("observe mode acted: {other:?}"),
+            }
+        }
+        assert_eq!(entries.len(), 1);
+        let e = &entries[0];
+        assert_eq!(e.outcome, Outcome::Simulated);
+        assert_eq!(e.to.as_deref(), Some("db2"), "{}", e.reason);
+        assert!(e.reason.contains("would have promoted db2"), "{}", e.reason);
+        // Without observe mode the same incident is a refusal.
+        kv.observe_failover = false;
+        let mut m = Memory::default();
+        let refused = (0..6)
+            .filter_map(
+                |i| match watch(&input(&v, &kv, i * 1000), &mut m).unwrap().intent {
+                    Intent::RecordRefusal { entry } => Some(entry.outcome),
+                    _ => None,
+                },
+            )
+            .collect::<Vec<_>>();
+        assert_eq!(refused, vec![Outcome::Refused]);
     }
 
     #[test]

@@ -608,6 +608,7 @@ mod tests {
         v.nodes[1].started_s = Some(100);
         let mut kv = KvInputs {
             auto_failover: true,
+            observe_failover: false,
             ..KvInputs::default()
         };
         kv.ack_floors.insert("db2".into(), Some(pos("0-1-5")));
@@ -829,6 +830,7 @@ mod tests {
         use crate::decide::detect::watch;
         let kv = KvInputs {
             auto_failover: true,
+            observe_failover: false,
             ..KvInputs::default()
         };
         let mut m = crate::decide::Memory::default();

@@ -212,6 +212,9 @@ pub struct KvInputs {
     /// cooldown runs on Consul's clock, until Consul deletes the marker.
     pub last_failover_held: bool,
     pub auto_failover: bool,
+    /// Observe mode (with `auto_failover` off): record what a failover
+    /// would have done instead of a refusal.
+    pub observe_failover: bool,
     pub failover_cooldown_ms: u64,
     pub max_lag_seconds: u32,
     /// Health reports' view of their own server, by node: whether the

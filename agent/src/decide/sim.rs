@@ -616,6 +616,7 @@ impl Sim {
             last_failover_ms: self.kv.last_failover_ms,
             last_failover_held: false,
             auto_failover: true,
+            observe_failover: false,
             // Short, so a run sees several failovers.
             failover_cooldown_ms: 2_000,
             max_lag_seconds: 10,

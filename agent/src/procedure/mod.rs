@@ -1120,11 +1120,16 @@ impl Coordinator<'_> {
         if let Err(e) = self.guarded_txn(vec![self.history_op(entry)]).await {
             tracing::warn!(error = e, "cannot record the failover refusal");
         }
-        tracing::error!(
-            source = entry.from.as_deref().unwrap_or_default(),
-            "source is dead but not failing over: {}",
-            entry.reason
-        );
+        let source = entry.from.as_deref().unwrap_or_default();
+        if entry.outcome == Outcome::Simulated {
+            tracing::warn!(source, id = entry.id, "source is dead: {}", entry.reason);
+        } else {
+            tracing::error!(
+                source,
+                "source is dead but not failing over: {}",
+                entry.reason
+            );
+        }
     }
 
     /// Releases commits stalled on an ACK that cannot come — only when the

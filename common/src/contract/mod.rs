@@ -643,6 +643,14 @@ pub struct ClusterSettings {
     /// Whether the coordinator may fail over without an operator.
     #[serde(default = "default_true")]
     pub auto_failover: bool,
+    /// Observe mode, with `auto_failover` off: a dead source is detected
+    /// as usual, and instead of a refusal the coordinator records what a
+    /// failover would have done (a `simulated` history entry with its
+    /// evidence and timings), touching nothing. A separate field, so an
+    /// agent that predates it reads the cluster as `auto_failover` off,
+    /// which also touches nothing.
+    #[serde(default)]
+    pub observe_failover: bool,
     /// A successover refuses (unless forced) when the candidate lags more.
     #[serde(default = "default_max_lag_seconds")]
     pub max_lag_seconds: u32,
@@ -946,6 +954,7 @@ mod tests {
                 proxy_port: 13306,
                 semi_sync_replicas: 1,
                 auto_failover: true,
+                observe_failover: false,
                 max_lag_seconds: 10,
                 failover_cooldown_seconds: 3600,
                 maintenance: false,

@@ -66,7 +66,11 @@ pub fn render_cluster(c: &ClusterStatus) -> String {
             "proxy port {}, {} semi-sync replica(s), auto-failover {}, max lag {} s",
             s.proxy_port,
             s.semi_sync_replicas,
-            if s.auto_failover { "on" } else { "off" },
+            match (s.auto_failover, s.observe_failover) {
+                (true, _) => "on",
+                (false, true) => "observe (simulated only)",
+                (false, false) => "off",
+            },
             s.max_lag_seconds
         );
         if s.maintenance {
@@ -444,6 +448,7 @@ db3   -        -    -                               -                        -  
             proxy_port: 13306,
             semi_sync_replicas: 1,
             auto_failover: false,
+            observe_failover: false,
             max_lag_seconds: 3,
             failover_cooldown_seconds: 3600,
             maintenance: true,
