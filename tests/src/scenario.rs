@@ -232,7 +232,12 @@ pub async fn check(
             continue;
         };
         let ro = global_var(&mut c, "read_only").await.unwrap();
-        assert_eq!(ro == "0", name == new_source, "{name} read_only={ro}");
+        assert_eq!(
+            ro == "0",
+            name == new_source,
+            "{name} read_only={ro}\n{}",
+            stack.logs()
+        );
     }
     let first_after = after[0].1.as_millis() as u64 + log.start_unix_ms;
     Checked {
