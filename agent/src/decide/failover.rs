@@ -29,6 +29,17 @@ pub struct CandidateView {
     pub semi_sync: bool,
 }
 
+impl CandidateView {
+    /// A replica as a candidate; `None` for a node that does not replicate.
+    pub fn of(n: &NodeView) -> Option<CandidateView> {
+        n.replica.as_ref().map(|r| CandidateView {
+            name: n.name.clone(),
+            received: r.received.clone(),
+            semi_sync: n.semi_sync_replica,
+        })
+    }
+}
+
 /// Pure: the candidate that provably holds every acknowledged transaction.
 ///
 /// Under AFTER_SYNC a commit is acknowledged only after a semi-sync replica
@@ -137,14 +148,12 @@ pub fn plan(input: &Input<'_>) -> Result<(String, String), String> {
     }
     let except: BTreeSet<&str> = [from].into();
     let candidates: Vec<CandidateView> = live_nodes(view, &except)
-        .filter_map(|n| {
-            let r = n.replica.as_ref()?;
-            r.source.same(&source.addr).then(|| CandidateView {
-                name: n.name.clone(),
-                received: r.received.clone(),
-                semi_sync: n.semi_sync_replica,
-            })
+        .filter(|n| {
+            n.replica
+                .as_ref()
+                .is_some_and(|r| r.source.same(&source.addr))
         })
+        .filter_map(CandidateView::of)
         .collect();
     let mut ackers = input.kv.ack_floors.clone();
     ackers.remove(from);
@@ -347,13 +356,7 @@ fn resumable(input: &Input<'_>, entry: &HistoryEntry, from: &str) -> Result<Stri
     }
     let except: BTreeSet<&str> = [from].into();
     let candidates: Vec<CandidateView> = live_nodes(view, &except)
-        .filter_map(|n| {
-            n.replica.as_ref().map(|r| CandidateView {
-                name: n.name.clone(),
-                received: r.received.clone(),
-                semi_sync: n.semi_sync_replica,
-            })
-        })
+        .filter_map(CandidateView::of)
         .collect();
     let mut ackers = input.kv.ack_floors.clone();
     ackers.remove(from);
@@ -402,13 +405,7 @@ pub fn next(input: &Input<'_>, entry: &HistoryEntry) -> (Option<Step>, String) {
         }
         let candidates: Vec<CandidateView> = replicas
             .iter()
-            .filter_map(|n| {
-                n.replica.as_ref().map(|r| CandidateView {
-                    name: n.name.clone(),
-                    received: r.received.clone(),
-                    semi_sync: n.semi_sync_replica,
-                })
-            })
+            .filter_map(|n| CandidateView::of(n))
             .collect();
         let unacked = entry
             .evidence
